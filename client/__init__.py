@@ -1,0 +1,1 @@
+"""Site (hospital) side of SemioFed: keypoint extraction, DP training, Flower ClientApp, analysis."""

@@ -1,0 +1,15 @@
+"""``semiofed site …``: commands a hospital runs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    site = sub.add_parser(
+        "site",
+        help="hospital: extract keypoints, train, join the federation, analyse videos",
+        description="Commands a hospital runs locally. Nothing but protected model updates leaves the site.",
+    )
+    cmds = site.add_subparsers(dest="site_command", metavar="COMMAND", required=True)
+    del cmds  # subcommands are added by their modules below as they land

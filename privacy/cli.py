@@ -1,0 +1,14 @@
+"""``semiofed audit …``: the privacy officer's commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="privacy officer: ε checks, approvals, audit trail, reports",
+        description="Privacy officer's toolkit: independent ε checks, configuration approval, audit trail.",
+    )
+    audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)

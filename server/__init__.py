@@ -1,0 +1,1 @@
+"""Coordinator side of SemioFed: Flower ServerApp, consortium orchestration, model registry."""

@@ -1,0 +1,331 @@
+"""The SemioFed keypoint recording format (version 1).
+
+One recording is one ``*_keypoints.npz`` file (a ZIP of NumPy arrays, deflate-compressed)
+in the MediaPipe Holistic layout, written atomically. Members:
+
+================  ==========  ================  =============================================
+member            dtype       shape             meaning
+================  ==========  ================  =============================================
+``header``        uint8       (bytes,)          UTF-8 JSON, see below
+``timestamps``    float64     (T,)              seconds from recording start, increasing
+``pose``          int16       (T, 33, 3)        x, y, z; quantised, delta-coded over time
+``pose_vis``      uint8       (T, 33)           visibility × 255
+``face``          int16       (T, 468, 3)       x, y, z; quantised, delta-coded
+``left_hand``     int16       (T, 21, 3)        x, y, z; quantised, delta-coded
+``right_hand``    int16       (T, 21, 3)        x, y, z; quantised, delta-coded
+``mask``          uint8       (T, 4)            bit 0: stream detected; bit 1: gap-filled
+``motion``        float16     (T, R)            optional optical-flow energy per region
+================  ==========  ================  =============================================
+
+Header keys: ``format`` (``"semiofed-keypoints"``), ``version`` (1), ``fps``,
+``n_frames``, ``quant_step``, ``source_sha256``, ``extractor`` (``{"name", "version"}``),
+``streams`` (order of the mask columns), ``motion_regions`` and free-form ``meta``.
+
+Coordinates are MediaPipe's normalised image coordinates (x, y in [0, 1] of the frame
+width/height, z on the scale of x). They are quantised to ``quant_step`` (default 1/4096 of
+the frame, ≈0.16 px at 640 px: below MediaPipe's own jitter) and stored as wrapping int16
+differences between consecutive frames, which compress well because most of a monitoring
+video is a patient lying still. Frames where a stream was not detected decode to NaN; the
+``mask`` says which frames were detected and which were filled by interpolation (flagged,
+never passed off as detections).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import FormatError
+from .skeleton import N_FACE, N_HAND, N_POSE
+
+FORMAT_NAME = "semiofed-keypoints"
+FORMAT_VERSION = 1
+SUFFIX = "_keypoints.npz"
+STREAMS: tuple[str, ...] = ("pose", "face", "left_hand", "right_hand")
+STREAM_POINTS: dict[str, int] = {
+    "pose": N_POSE,
+    "face": N_FACE,
+    "left_hand": N_HAND,
+    "right_hand": N_HAND,
+}
+DEFAULT_QUANT_STEP = 1.0 / 4096
+DETECTED, FILLED = 1, 2
+
+
+@dataclass
+class Recording:
+    """One keypoint recording in memory. Absent frames of a stream are NaN."""
+
+    timestamps: np.ndarray  # (T,) float64
+    pose: np.ndarray  # (T, 33, 4) float32: x, y, z, visibility
+    face: np.ndarray  # (T, 468, 3) float32
+    left_hand: np.ndarray  # (T, 21, 3) float32
+    right_hand: np.ndarray  # (T, 21, 3) float32
+    present: np.ndarray  # (T, 4) bool, columns in STREAMS order
+    fps: float
+    source_sha256: str = ""
+    extractor_name: str = "unknown"
+    extractor_version: str = "0"
+    filled: np.ndarray | None = None  # (T, 4) bool
+    motion: np.ndarray | None = None  # (T, R) float32
+    motion_regions: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.filled is None:
+            self.filled = np.zeros_like(self.present, dtype=bool)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.timestamps.shape[0])
+
+    @property
+    def duration(self) -> float:
+        return float(self.n_frames / self.fps)
+
+    def stream(self, name: str) -> np.ndarray:
+        """xyz (T, N, 3) of a stream (pose without visibility)."""
+        arr = getattr(self, name)
+        return arr[..., :3]
+
+    def validate(self, path: str | Path = "<memory>") -> None:
+        """Raise :class:`FormatError` if shapes, timestamps or values are inconsistent."""
+        t = self.n_frames
+        ts = self.timestamps
+        if ts.ndim != 1:
+            raise FormatError(path, f"timestamps must be 1-D, got shape {ts.shape}")
+        if not np.all(np.isfinite(ts)):
+            raise FormatError(path, "timestamps contain NaN or infinite values")
+        if t > 1 and not np.all(np.diff(ts) > 0):
+            bad = int(np.argmax(np.diff(ts) <= 0)) + 1
+            raise FormatError(path, f"timestamps are not increasing (frame {bad})")
+        if not (np.isfinite(self.fps) and self.fps > 0):
+            raise FormatError(path, f"fps must be a positive number, got {self.fps}")
+        expected = {
+            "pose": (t, N_POSE, 4),
+            "face": (t, N_FACE, 3),
+            "left_hand": (t, N_HAND, 3),
+            "right_hand": (t, N_HAND, 3),
+        }
+        for name, shape in expected.items():
+            arr = getattr(self, name)
+            if arr.shape != shape:
+                raise FormatError(path, f"{name} has shape {arr.shape}, expected {shape}")
+        for name, arr in (("present", self.present), ("filled", self.filled)):
+            if arr is None or arr.shape != (t, len(STREAMS)):
+                raise FormatError(
+                    path,
+                    f"{name} mask has shape {None if arr is None else arr.shape}, expected {(t, len(STREAMS))}",
+                )
+        for i, name in enumerate(STREAMS):
+            arr = getattr(self, name)
+            valid = self.present[:, i] | self.filled[:, i]
+            if not np.all(np.isfinite(arr[valid])):
+                raise FormatError(
+                    path, f"{name} has NaN or infinite values in frames marked present"
+                )
+        if self.motion is not None and (self.motion.ndim != 2 or self.motion.shape[0] != t):
+            raise FormatError(path, f"motion has shape {self.motion.shape}, expected ({t}, R)")
+        if self.motion is not None and self.motion.shape[1] != len(self.motion_regions):
+            raise FormatError(path, "motion columns do not match motion_regions")
+
+
+def _encode(values: np.ndarray, valid: np.ndarray, step: float) -> np.ndarray:
+    q = np.zeros(values.shape, dtype=np.int16)
+    if valid.any():
+        v = np.where(valid[:, None, None], values, 0.0)
+        q = np.clip(np.rint(v / step), -32767, 32767).astype(np.int16)
+        # Hold the last valid value through absent frames: deltas of zero compress away.
+        idx = np.where(valid, np.arange(len(valid)), 0)
+        np.maximum.accumulate(idx, out=idx)
+        q = q[idx]
+    out = np.empty_like(q)
+    out[:1] = q[:1]
+    np.subtract(q[1:], q[:-1], out=out[1:])  # wraps in int16; decoding wraps back
+    return out
+
+
+def _decode(deltas: np.ndarray, valid: np.ndarray, step: float) -> np.ndarray:
+    q = np.cumsum(deltas, axis=0, dtype=np.int16)
+    out = q.astype(np.float32)
+    out *= np.float32(step)
+    out[~valid] = np.nan
+    return out
+
+
+def save_recording(
+    rec: Recording, path: str | Path, quant_step: float = DEFAULT_QUANT_STEP
+) -> Path:
+    """Validate and write ``rec`` atomically to ``path`` (should end in ``_keypoints.npz``)."""
+    path = Path(path)
+    rec.validate(path)
+    valid = rec.present | rec.filled
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "fps": float(rec.fps),
+        "n_frames": rec.n_frames,
+        "quant_step": quant_step,
+        "source_sha256": rec.source_sha256,
+        "extractor": {"name": rec.extractor_name, "version": rec.extractor_version},
+        "streams": list(STREAMS),
+        "motion_regions": list(rec.motion_regions),
+        "meta": rec.meta,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        "timestamps": rec.timestamps.astype(np.float64),
+        "pose": _encode(rec.pose[..., :3], valid[:, 0], quant_step),
+        "pose_vis": np.clip(np.rint(np.nan_to_num(rec.pose[..., 3]) * 255), 0, 255).astype(
+            np.uint8
+        ),
+        "face": _encode(rec.face, valid[:, 1], quant_step),
+        "left_hand": _encode(rec.left_hand, valid[:, 2], quant_step),
+        "right_hand": _encode(rec.right_hand, valid[:, 3], quant_step),
+        "mask": (rec.present.astype(np.uint8) * DETECTED) | (rec.filled.astype(np.uint8) * FILLED),
+    }
+    if rec.motion is not None:
+        arrays["motion"] = rec.motion.astype(np.float16)
+    with (
+        atomic_path(path) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf,
+    ):
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    return path
+
+
+def _member(zf: zipfile.ZipFile, path: Path, name: str, dtype: str) -> np.ndarray:
+    try:
+        raw = zf.read(f"{name}.npy")
+    except KeyError:
+        raise FormatError(path, f"missing member {name!r}") from None
+    arr = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+    if arr.dtype != np.dtype(dtype):
+        raise FormatError(path, f"member {name!r} has dtype {arr.dtype}, expected {dtype}")
+    return arr
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Read only the JSON header of a recording (fast; used by indexers)."""
+    path = Path(path)
+    with _open_zip(path) as zf:
+        return _header(zf, path)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.exists():
+        raise FormatError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise FormatError(path, "file is empty (0 bytes)")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FormatError(
+            path, f"not a readable recording (truncated or not a {FORMAT_NAME} file: {exc})"
+        ) from None
+
+
+def _header(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(_member(zf, path, "header", "uint8").tobytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FormatError(path, "header is not valid JSON") from None
+    if header.get("format") != FORMAT_NAME:
+        raise FormatError(path, f"not a {FORMAT_NAME} file (format={header.get('format')!r})")
+    if header.get("version") != FORMAT_VERSION:
+        raise FormatError(
+            path,
+            f"unknown format version {header.get('version')!r} (this SemioFed reads version {FORMAT_VERSION})",
+        )
+    return header
+
+
+def load_recording(path: str | Path) -> Recording:
+    """Load and validate a recording; raises :class:`FormatError` naming the file."""
+    path = Path(path)
+    with _open_zip(path) as zf:
+        try:
+            header = _header(zf, path)
+            step = float(header["quant_step"])
+            n = int(header["n_frames"])
+            ts = _member(zf, path, "timestamps", "float64")
+            if ts.shape != (n,):
+                raise FormatError(path, f"timestamps has shape {ts.shape}, header says {n} frames")
+            mask = _member(zf, path, "mask", "uint8")
+            if mask.shape != (n, len(STREAMS)):
+                raise FormatError(
+                    path, f"mask has shape {mask.shape}, expected {(n, len(STREAMS))}"
+                )
+            present = (mask & DETECTED) > 0
+            filled = (mask & FILLED) > 0
+            valid = present | filled
+            streams = {}
+            for i, name in enumerate(STREAMS):
+                deltas = _member(zf, path, name, "int16")
+                if deltas.shape != (n, STREAM_POINTS[name], 3):
+                    raise FormatError(
+                        path,
+                        f"{name} has shape {deltas.shape}, expected {(n, STREAM_POINTS[name], 3)}",
+                    )
+                streams[name] = _decode(deltas, valid[:, i], step)
+            vis = _member(zf, path, "pose_vis", "uint8")
+            if vis.shape != (n, N_POSE):
+                raise FormatError(path, f"pose_vis has shape {vis.shape}, expected {(n, N_POSE)}")
+            pose = np.concatenate(
+                [streams["pose"], (vis.astype(np.float32) / 255.0)[..., None]], axis=2
+            )
+            pose[~valid[:, 0], :, 3] = np.nan
+            motion = None
+            if "motion.npy" in zf.namelist():
+                motion = _member(zf, path, "motion", "float16").astype(np.float32)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(
+                path, f"corrupt or truncated recording ({type(exc).__name__}: {exc})"
+            ) from None
+    rec = Recording(
+        timestamps=ts,
+        pose=pose,
+        face=streams["face"],
+        left_hand=streams["left_hand"],
+        right_hand=streams["right_hand"],
+        present=present,
+        fps=float(header["fps"]),
+        source_sha256=str(header.get("source_sha256", "")),
+        extractor_name=str(header.get("extractor", {}).get("name", "unknown")),
+        extractor_version=str(header.get("extractor", {}).get("version", "0")),
+        filled=filled,
+        motion=motion,
+        motion_regions=list(header.get("motion_regions", [])),
+        meta=dict(header.get("meta", {})),
+    )
+    rec.validate(path)
+    return rec
+
+
+def empty_recording(n_frames: int, fps: float) -> Recording:
+    """A recording of ``n_frames`` with nothing detected (all NaN), for builders to fill."""
+
+    def nan(*shape: int) -> np.ndarray:
+        return np.full(shape, np.nan, dtype=np.float32)
+
+    return Recording(
+        timestamps=np.arange(n_frames, dtype=np.float64) / fps,
+        pose=nan(n_frames, N_POSE, 4),
+        face=nan(n_frames, N_FACE, 3),
+        left_hand=nan(n_frames, N_HAND, 3),
+        right_hand=nan(n_frames, N_HAND, 3),
+        present=np.zeros((n_frames, len(STREAMS)), dtype=bool),
+        fps=fps,
+    )
