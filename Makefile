@@ -21,6 +21,7 @@ demo: venv
 	$(VENV)/bin/semiofed demo
 
 test: venv
+	sh tests/setup_browser.sh
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
