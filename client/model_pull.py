@@ -1,0 +1,275 @@
+"""``semiofed site pull``: fetch a model from the registry, verify it, then install it.
+
+Verification fails closed, in this order: the manifest must carry a signature; the
+signature must verify against the coordinator public key the site pinned (``--coordinator-key``);
+the signed manifest must name the requested version; the downloaded weights must have the
+signed size and SHA-256. Only then is the version installed, atomically::
+
+    STATE/models/<version>/model.safetensors, manifest.json, manifest.sig, model_card.json
+    STATE/models/current -> <version>
+
+Without ``--version`` the newest active version is pulled, and a version older than the
+installed one (a rollback) is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from semiofed.privacy.keys import (
+    SignatureError,
+    canonical_json,
+    fingerprint,
+    load_public_key,
+    sha256_file,
+    verify,
+)
+from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
+from semiofed.shared.errors import SemioFedError
+
+TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
+MANIFEST_FORMAT = "semiofed-model-manifest/1"
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+WEIGHTS, MANIFEST, SIGNATURE, CARD, CURRENT = (
+    "model.safetensors",
+    "manifest.json",
+    "manifest.sig",
+    "model_card.json",
+    "current",
+)
+
+
+class VerificationError(SignatureError):
+    """A downloaded model failed verification; nothing was installed."""
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    version: str
+    path: Path
+    weights_sha256: str
+    card: dict[str, Any]
+    already_installed: bool
+
+
+def models_dir(state: str | Path) -> Path:
+    return Path(state) / "models"
+
+
+def current_model(state: str | Path) -> Path | None:
+    """The folder of the installed current model, or ``None`` if none is installed."""
+    link = models_dir(state) / CURRENT
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+def _json(response: Any, what: str) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except (ValueError, AttributeError):
+            detail = response.text
+        raise SemioFedError(f"registry refused {what}: HTTP {response.status_code}: {detail}")
+    try:
+        return response.json()
+    except ValueError:
+        raise SemioFedError(f"registry sent invalid JSON for {what}") from None
+
+
+def _check_manifest(manifest: Any, version: str) -> tuple[str, int, int]:
+    """The signed manifest's (sha256, size, sequence), after checking it names ``version``."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise VerificationError(f"{version}: not a {MANIFEST_FORMAT} manifest")
+    if manifest.get("version") != version:
+        raise VerificationError(
+            f"{version}: the signed manifest is for version {manifest.get('version')!r}; refusing it"
+        )
+    weights = manifest.get("weights")
+    sha = weights.get("sha256") if isinstance(weights, dict) else None
+    size = weights.get("size") if isinstance(weights, dict) else None
+    sequence = manifest.get("sequence")
+    if (
+        not (isinstance(sha, str) and SHA256_RE.match(sha))
+        or not isinstance(size, int)
+        or not isinstance(sequence, int)
+    ):
+        raise VerificationError(
+            f"{version}: manifest lacks weights.sha256, weights.size or sequence"
+        )
+    if not isinstance(manifest.get("card"), dict):
+        raise VerificationError(f"{version}: manifest has no model card")
+    return sha, size, sequence
+
+
+def _download(client: Any, version: str, dest: Path, size: int, headers: dict[str, str]) -> str:
+    digest, received = hashlib.sha256(), 0
+    with client.stream("GET", f"/api/v1/models/{version}/weights", headers=headers) as response:
+        if response.status_code >= 400:
+            response.read()
+            _json(response, f"the weights of {version}")
+        with open(dest, "wb") as fh:
+            for chunk in response.iter_bytes():
+                received += len(chunk)
+                if received > size:
+                    raise VerificationError(
+                        f"{version}: weights larger than the signed size ({size} bytes)"
+                    )
+                digest.update(chunk)
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return digest.hexdigest()
+
+
+def _installed_sequence(state: Path) -> int:
+    current = current_model(state)
+    if current is None:
+        return 0
+    try:
+        return int(json.loads((current / MANIFEST).read_text())["sequence"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _set_current(models: Path, version: str) -> None:
+    tmp = models / f".{CURRENT}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(version, tmp)
+    os.replace(tmp, models / CURRENT)
+
+
+def pull(
+    client: Any,
+    token: str,
+    coordinator_key: str | Path,
+    state: str | Path,
+    version: str | None = None,
+) -> InstalledModel:
+    """Download, verify and install a version through ``client`` (an ``httpx.Client`` on the registry)."""
+    pinned = load_public_key(coordinator_key)
+    headers = {"Authorization": f"Bearer {token}"}
+    named = version is not None
+    if version is None:
+        listing = _json(
+            client.get("/api/v1/models", params={"status": "active"}, headers=headers),
+            "the version list",
+        )
+        versions = [v for v in listing.get("versions", []) if v.get("status") == "active"]
+        if not versions:
+            raise SemioFedError("the registry has no active model version to pull")
+        version = str(max(versions, key=lambda v: v["sequence"])["version"])
+    if not VERSION_RE.match(version):
+        raise SemioFedError(f"invalid version name {version!r}")
+
+    signed = _json(
+        client.get(f"/api/v1/models/{version}/manifest", headers=headers),
+        f"the manifest of {version}",
+    )
+    manifest = signed.get("manifest") if isinstance(signed, dict) else None
+    signature = signed.get("signature") if isinstance(signed, dict) else None
+    if not isinstance(signature, str) or not signature.strip():
+        raise VerificationError(f"{version}: the model is not signed; refusing to install it")
+    try:
+        verify(pinned, canonical_json(manifest), signature)
+    except SignatureError as exc:
+        raise VerificationError(
+            f"{version}: {exc} (pinned coordinator key {fingerprint(pinned)[:16]}…); refusing to install it"
+        ) from None
+    sha, size, sequence = _check_manifest(manifest, version)
+
+    state = Path(state)
+    models = models_dir(state)
+    models.mkdir(parents=True, exist_ok=True)
+    if not named and sequence < _installed_sequence(state):
+        raise SemioFedError(
+            f"{version} (sequence {sequence}) is older than the installed model; refusing a rollback "
+            "(pass --version to install an older version on purpose)"
+        )
+    final = models / version
+    if final.is_dir() and (final / WEIGHTS).is_file() and sha256_file(final / WEIGHTS) == sha:
+        _set_current(models, version)
+        return InstalledModel(version, final, sha, manifest["card"], already_installed=True)
+
+    incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{version}.", dir=models))
+    try:
+        got = _download(client, version, incoming / WEIGHTS, size, headers)
+        if got != sha:
+            raise VerificationError(
+                f"{version}: downloaded weights have SHA-256 {got}, the signed manifest says {sha}; "
+                "refusing to install them"
+            )
+        atomic_write_json(incoming / MANIFEST, manifest)
+        atomic_write_bytes(incoming / SIGNATURE, signature.encode() + b"\n")
+        atomic_write_json(incoming / CARD, manifest["card"])
+        if final.exists():  # a stale or damaged earlier copy: replaced by the verified one
+            shutil.rmtree(final)
+        os.rename(incoming, final)
+    finally:
+        if incoming.exists():
+            shutil.rmtree(incoming)
+    _set_current(models, version)
+    return InstalledModel(version, final, sha, manifest["card"], already_installed=False)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    import httpx
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise SemioFedError(f"a site token is required: --token TOKEN or ${TOKEN_ENV}")
+    try:
+        with httpx.Client(base_url=args.url.rstrip("/"), timeout=args.timeout) as client:
+            model = pull(client, token, args.coordinator_key, args.state, args.version)
+    except httpx.HTTPError as exc:
+        raise SemioFedError(f"{args.url}: registry unreachable ({exc})") from None
+    card = model.card
+    print(
+        f"{'already installed' if model.already_installed else 'installed'} {model.version} → {model.path}"
+    )
+    print(f"  signature verified; weights SHA-256 {model.weights_sha256}")
+    print(f"  architecture hash {card.get('model', {}).get('architecture_hash')}")
+    privacy = card.get("privacy", {})
+    for site, rec in privacy.get("per_site", {}).items():
+        eps = rec.get("epsilon_final")
+        print(
+            f"  {site}: ε={eps if eps is not None else 'not reported'} δ={rec.get('delta')} "
+            f"({rec.get('privacy_unit') or 'unit not reported'}, {rec.get('accountant') or 'accountant not reported'})"
+        )
+    return 0
+
+
+def register(cmds: argparse._SubParsersAction) -> None:
+    """Add ``site pull``."""
+    p = cmds.add_parser(
+        "pull",
+        help="download a model from the registry, verify its signature and hash, install it",
+        description="Download the newest active (or --version) model from the registry, verify it against "
+        "the pinned coordinator public key and the signed weights hash, and only then install it "
+        "under STATE/models/ (STATE/models/current points to it). A tampered, unsigned or wrongly "
+        "signed model is refused and nothing is installed.",
+    )
+    p.add_argument(
+        "--url", required=True, help="registry address, e.g. https://registry.example.org"
+    )
+    p.add_argument("--token", help=f"site token from the coordinator (default: ${TOKEN_ENV})")
+    p.add_argument(
+        "--coordinator-key",
+        required=True,
+        metavar="PUB.pem",
+        help="the coordinator's public key, obtained out of band and pinned",
+    )
+    p.add_argument("--version", help="install this version (default: the newest active one)")
+    p.add_argument("--state", required=True, metavar="DIR", help="the site's state folder")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="HTTP timeout in seconds (default: 120)"
+    )
+    p.set_defaults(func=cmd_pull)

@@ -1,0 +1,280 @@
+"""Model cards built from a ServerApp run directory.
+
+A run directory holds ``model.safetensors`` (weights), ``model_config.json`` (the model
+configuration, with ``architecture_hash``) and ``run.json`` (what the run did). Weights and
+model configuration are required and checked; every field of ``run.json`` is optional and
+a card says "not reported" rather than guessing. ``run.json`` fields read::
+
+    run_id, started_at, finished_at, name, strategy, data (e.g. "synthetic"),
+    config | configuration              training configuration (object)
+    architecture_hash                   if not in model_config.json (they must agree)
+    sites                               list of site names (else taken from the rounds)
+    intended_use, limitations           override the defaults below
+    accountant, privacy_unit, delta     defaults for every site
+    rounds: an integer, or a list of
+      {"round": 1, "metrics": {"loss": 0.7, …},
+       "sites": {"site-a": {"epsilon": 1.2, "delta": 1e-5, "privacy_unit": "patient",
+                            "accountant": "rdp", "declined": false}, …}}
+      ("sites" may also be "privacy", or a list of objects with a "site" key)
+
+``epsilon`` per round is the site's *cumulative* ε after that round (what the site ledger
+reports); a per-round increment, if present, is carried as ``epsilon_round``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from semiofed.shared.errors import FormatError
+from semiofed.shared.labels import CLASSES
+
+from .storage import NotSafetensors, check_safetensors
+
+CARD_FORMAT = "semiofed-model-card/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+RUN_FILE = "run.json"
+
+DEFAULT_INTENDED_USE = (
+    "Research decision support at consortium sites: classifying seizure semiology "
+    f"({', '.join(CLASSES)}) from MediaPipe keypoint recordings of video-EEG monitoring, "
+    "for local analysis by clinicians. Not a medical device; every output needs review by "
+    "an epileptologist."
+)
+DEFAULT_LIMITATIONS = (
+    "Trained only on the participating sites' recordings; performance elsewhere (other "
+    "cameras, populations, seizure types) is unknown until validated locally.",
+    "Differentially private training adds noise: rare classes suffer most.",
+    "Sees keypoints only (no EEG, audio or raw video); occlusion or poor lighting degrade it.",
+    "Privacy guarantees hold per site for the stated privacy unit, δ and accountant; they do "
+    "not compose into one consortium-wide ε.",
+)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(path, "missing (required in a run directory)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(path, f"not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise FormatError(path, "must hold a JSON object")
+    return data
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe value: non-finite floats become ``None`` (canonical JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _number(value: Any, path: Path, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FormatError(path, f"{field} must be a number, got {value!r}")
+    return _finite(float(value))
+
+
+def weights_summary(path: Path) -> dict[str, Any]:
+    """Tensor count, parameter count and dtypes of a safetensors file."""
+    if not path.is_file():
+        raise FormatError(path, "missing (required in a run directory)")
+    try:
+        check_safetensors(path)
+    except NotSafetensors as exc:
+        raise FormatError(path, str(exc)) from None
+    params, dtypes = 0, set()
+    with safe_open(str(path), framework="numpy") as fh:
+        keys = list(fh.keys())
+        for key in keys:
+            sl = fh.get_slice(key)
+            params += math.prod(sl.get_shape())
+            dtypes.add(str(sl.get_dtype()))
+    return {
+        "format": "safetensors",
+        "tensors": len(keys),
+        "parameters": params,
+        "dtypes": sorted(dtypes),
+    }
+
+
+def _site_entries(raw: Any, path: Path, where: str) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = []
+        for i, entry in enumerate(raw):
+            if not isinstance(entry, dict) or not isinstance(entry.get("site"), str):
+                raise FormatError(path, f"{where}[{i}] must be an object with a 'site' name")
+            items.append((entry["site"], entry))
+    else:
+        raise FormatError(path, f"{where} must be an object keyed by site or a list")
+    out = {}
+    for site, entry in items:
+        if not isinstance(entry, dict):
+            raise FormatError(path, f"{where}.{site} must be an object")
+        out[str(site)] = entry
+    return out
+
+
+def _rounds(run: dict[str, Any], path: Path) -> tuple[int, list[dict[str, Any]]]:
+    raw = run.get("rounds")
+    if raw is None:
+        return 0, []
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw, []
+    if not isinstance(raw, list):
+        raise FormatError(path, "rounds must be an integer or a list of round objects")
+    rounds = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise FormatError(path, f"rounds[{i}] must be an object")
+        number = entry.get("round", i + 1)
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise FormatError(path, f"rounds[{i}].round must be an integer")
+        metrics = entry.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise FormatError(path, f"rounds[{i}].metrics must be an object")
+        sites_key = "sites" if "sites" in entry else "privacy"
+        sites = _site_entries(entry.get(sites_key), path, f"rounds[{i}].{sites_key}")
+        rounds.append({"round": number, "metrics": metrics, "sites": sites})
+    return len(rounds), rounds
+
+
+def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    defaults = {k: run.get(k) for k in ("accountant", "privacy_unit", "delta")}
+    per_site: dict[str, dict[str, Any]] = {}
+    for i, rnd in enumerate(rounds):
+        for site, entry in rnd["sites"].items():
+            where = f"rounds[{i}].sites.{site}"
+            rec = per_site.setdefault(
+                site,
+                {
+                    "privacy_unit": None,
+                    "delta": None,
+                    "accountant": None,
+                    "epsilon_by_round": [],
+                    "declined_rounds": [],
+                },
+            )
+            for key in ("privacy_unit", "accountant"):
+                value = entry.get(key, defaults[key])
+                if value is not None:
+                    rec[key] = str(value)
+            delta = _number(entry.get("delta", defaults["delta"]), path, f"{where}.delta")
+            if delta is not None:
+                rec["delta"] = delta
+            if entry.get("declined"):
+                rec["declined_rounds"].append(rnd["round"])
+            eps = _number(entry.get("epsilon"), path, f"{where}.epsilon")
+            if eps is not None:
+                point: dict[str, Any] = {"round": rnd["round"], "epsilon": eps}
+                inc = _number(entry.get("epsilon_round"), path, f"{where}.epsilon_round")
+                if inc is not None:
+                    point["epsilon_round"] = inc
+                rec["epsilon_by_round"].append(point)
+    for rec in per_site.values():
+        values = [p["epsilon"] for p in rec["epsilon_by_round"] if p["epsilon"] is not None]
+        rec["epsilon_final"] = max(values) if values else None
+    units = {rec["privacy_unit"] for rec in per_site.values()}
+    return {
+        "privacy_unit": units.pop() if len(units) == 1 else None,
+        "per_site": dict(sorted(per_site.items())),
+        "statement": (
+            "epsilon is each site's cumulative ε after that round at the stated δ and privacy "
+            "unit, as reported by the site's own accountant (its ledger spans every round the "
+            "site ever trained, earlier runs included); epsilon_final is the latest such value. "
+            "Guarantees are per site: they are not added or averaged across sites."
+        ),
+    }
+
+
+def _sites(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> list[str]:
+    raw = run.get("sites")
+    if raw is None:
+        return sorted({site for rnd in rounds for site in rnd["sites"]})
+    if not isinstance(raw, list):
+        raise FormatError(path, "sites must be a list of site names")
+    names = []
+    for i, entry in enumerate(raw):
+        name = entry.get("name", entry.get("id")) if isinstance(entry, dict) else entry
+        if not isinstance(name, str):
+            raise FormatError(path, f"sites[{i}] must be a site name")
+        names.append(name)
+    return names
+
+
+def architecture_hash(config: dict[str, Any], run: dict[str, Any], run_dir: Path) -> str:
+    from_config, from_run = config.get("architecture_hash"), run.get("architecture_hash")
+    if from_config and from_run and from_config != from_run:
+        raise FormatError(
+            run_dir / RUN_FILE,
+            f"architecture_hash {from_run!r} differs from {CONFIG_FILE}'s {from_config!r}",
+        )
+    value = from_config or from_run
+    if not isinstance(value, str) or not value:
+        raise FormatError(
+            run_dir / CONFIG_FILE, f"field 'architecture_hash' missing (and {RUN_FILE} has none)"
+        )
+    return value
+
+
+def build_card(run_dir: str | Path) -> dict[str, Any]:
+    """The model card of the run in ``run_dir`` (a JSON-serialisable dict)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FormatError(run_dir, "not a run directory")
+    weights = weights_summary(run_dir / WEIGHTS_FILE)
+    config = _read_json_object(run_dir / CONFIG_FILE)
+    run_path = run_dir / RUN_FILE
+    run = _read_json_object(run_path)
+    n_rounds, rounds = _rounds(run, run_path)
+    training = run.get("config", run.get("configuration", {}))
+    if not isinstance(training, dict):
+        raise FormatError(run_path, "config must be an object")
+    limitations = run.get("limitations", list(DEFAULT_LIMITATIONS))
+    if isinstance(limitations, str):
+        limitations = [limitations]
+    if run.get("data") == "synthetic":
+        limitations = [
+            "Trained on SYNTHETIC recordings only: not for any clinical use.",
+            *limitations,
+        ]
+    card = {
+        "format": CARD_FORMAT,
+        "name": str(run.get("name") or config.get("name") or "semiofed-seizure-model"),
+        "model": {
+            "architecture": config,
+            "architecture_hash": architecture_hash(config, run, run_dir),
+            "weights": weights,
+        },
+        "training": {
+            "run_id": run.get("run_id"),
+            "started_at": run.get("started_at"),
+            "finished_at": run.get("finished_at"),
+            "strategy": run.get("strategy", training.get("strategy")),
+            "data": run.get("data"),
+            "configuration": training,
+        },
+        "rounds": n_rounds,
+        "sites": _sites(run, rounds, run_path),
+        "privacy": _privacy(run, rounds, run_path),
+        "metrics": [{"round": rnd["round"], **rnd["metrics"]} for rnd in rounds],
+        "intended_use": str(run.get("intended_use") or DEFAULT_INTENDED_USE),
+        "limitations": [str(x) for x in limitations],
+    }
+    return _finite(card)

@@ -1,0 +1,275 @@
+"""Publishing a version: weights + model card in a canonical manifest, Ed25519-signed.
+
+The manifest (``semiofed-model-manifest/1``) holds the version name and sequence number,
+the weights' SHA-256 and size, the full model card and the signer's key fingerprint. The
+coordinator signs ``canonical_json(manifest)`` with its private key; the registry accepts a
+version only if that signature verifies against the coordinator public key it pins, and a
+site installs it only if it verifies against the key the site pins.
+
+Two ways in, one set of checks (:func:`register_version`): :func:`publish_local` writes to
+the registry database and data folder directly; :func:`publish_remote` uploads through the
+registry's API with a coordinator token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from semiofed.privacy.keys import (
+    SignatureError,
+    canonical_json,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    sha256_file,
+    sign,
+    verify,
+)
+from semiofed.shared.errors import SemioFedError
+
+from .cards import CARD_FORMAT, WEIGHTS_FILE, build_card
+from .db import AuditEvent, ModelVersion, open_database, utcnow
+from .storage import VERSION_RE, ArtifactStore
+
+MANIFEST_FORMAT = "semiofed-model-manifest/1"
+
+
+class RegistryRefusal(SemioFedError):
+    """The registry refuses a request; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Registry:
+    """An open registry: database sessions, artifact store and the pinned coordinator key."""
+
+    sessions: sessionmaker
+    store: ArtifactStore
+    coordinator_key: Ed25519PublicKey
+
+
+def open_registry(db_url: str, data_dir: str | Path, coordinator_pub: str | Path) -> Registry:
+    store = ArtifactStore(data_dir)
+    return Registry(open_database(db_url), store, load_public_key(coordinator_pub))
+
+
+def default_db_url(data_dir: str | Path) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / 'registry.db'}"
+
+
+def build_manifest(
+    card: dict[str, Any], weights: Path, version: str, sequence: int, key: Ed25519PrivateKey
+) -> tuple[dict[str, Any], str]:
+    """The manifest for ``card`` + ``weights`` and its base64 signature by ``key``."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": version,
+        "sequence": sequence,
+        "created_at": utcnow(),
+        "weights": {
+            "file": WEIGHTS_FILE,
+            "sha256": sha256_file(weights),
+            "size": weights.stat().st_size,
+        },
+        "card": card,
+        "signer": {"algorithm": "Ed25519", "key_fingerprint": fingerprint(key.public_key())},
+    }
+    return manifest, sign(key, canonical_json(manifest))
+
+
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RegistryRefusal(422, f"manifest: {where}{key} missing or of the wrong type")
+    return value
+
+
+def check_manifest(manifest: dict[str, Any]) -> None:
+    """Structural checks on a manifest (422 on failure)."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise RegistryRefusal(422, f"manifest: format must be {MANIFEST_FORMAT!r}")
+    version = _field(manifest, "version", str, "")
+    if not VERSION_RE.match(version):
+        raise RegistryRefusal(422, f"manifest: invalid version name {version!r}")
+    if _field(manifest, "sequence", int, "") < 1:
+        raise RegistryRefusal(422, "manifest: sequence must be >= 1")
+    weights = _field(manifest, "weights", dict, "")
+    _field(weights, "sha256", str, "weights.")
+    _field(weights, "size", int, "weights.")
+    card = _field(manifest, "card", dict, "")
+    if card.get("format") != CARD_FORMAT:
+        raise RegistryRefusal(422, f"manifest: card.format must be {CARD_FORMAT!r}")
+    _field(_field(card, "model", dict, "card."), "architecture_hash", str, "card.model.")
+    _field(_field(manifest, "signer", dict, ""), "key_fingerprint", str, "signer.")
+
+
+def register_version(
+    registry: Registry,
+    session: Session,
+    manifest: dict[str, Any],
+    signature: str,
+    role: str,
+    token_id: int | None,
+) -> ModelVersion:
+    """Verify a signed manifest against staged weights and the pinned key; store the version."""
+    check_manifest(manifest)
+    try:
+        verify(registry.coordinator_key, canonical_json(manifest), signature)
+    except SignatureError as exc:
+        raise RegistryRefusal(400, f"signature rejected: {exc}") from None
+    version, sequence = manifest["version"], manifest["sequence"]
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.version == version)) is not None:
+        raise RegistryRefusal(409, f"version {version!r} already exists")
+    last = session.scalar(select(func.max(ModelVersion.sequence))) or 0
+    if sequence <= last:
+        raise RegistryRefusal(409, f"sequence {sequence} is not after the latest ({last})")
+    sha, size = manifest["weights"]["sha256"], manifest["weights"]["size"]
+    try:
+        staged = registry.store.staged(sha)
+    except SemioFedError as exc:
+        raise RegistryRefusal(422, f"manifest: weights.sha256: {exc}") from None
+    if not staged.is_file():
+        raise RegistryRefusal(422, f"no uploaded weights with SHA-256 {sha}; upload them first")
+    if staged.stat().st_size != size or sha256_file(staged) != sha:
+        raise RegistryRefusal(422, "uploaded weights do not match the manifest's size/SHA-256")
+    row = ModelVersion(
+        version=version,
+        sequence=sequence,
+        status="active",
+        created_at=utcnow(),
+        weights_sha256=sha,
+        weights_size=size,
+        architecture_hash=manifest["card"]["model"]["architecture_hash"],
+        key_fingerprint=manifest["signer"]["key_fingerprint"],
+        manifest_json=json.dumps(manifest, sort_keys=True),
+        signature=signature,
+        published_by=token_id,
+    )
+    session.add(row)
+    session.add(
+        AuditEvent(at=utcnow(), action="publish", role=role, token_id=token_id, version=version)
+    )
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise RegistryRefusal(
+            409, f"version {version!r} or sequence {sequence} was just taken"
+        ) from None
+    registry.store.install(version, sha, manifest, signature)
+    session.commit()
+    return row
+
+
+def retire_version(
+    session: Session, version: str, reason: str, role: str, token_id: int | None
+) -> ModelVersion:
+    row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise RegistryRefusal(404, f"no version {version!r}")
+    if row.status != "retired":
+        row.status, row.retired_at, row.retired_reason = "retired", utcnow(), reason
+        session.add(
+            AuditEvent(
+                at=utcnow(),
+                action="retire",
+                role=role,
+                token_id=token_id,
+                version=version,
+                detail=reason,
+            )
+        )
+        session.commit()
+    return row
+
+
+def _next(existing_sequences: list[int], version: str | None) -> tuple[str, int]:
+    sequence = max(existing_sequences, default=0) + 1
+    return (version or f"v{sequence}"), sequence
+
+
+def _prepare(
+    run_dir: str | Path, key_path: str | Path
+) -> tuple[dict[str, Any], Path, Ed25519PrivateKey]:
+    card = build_card(run_dir)
+    return card, Path(run_dir) / WEIGHTS_FILE, load_private_key(key_path)
+
+
+def publish_local(
+    run_dir: str | Path,
+    registry: Registry,
+    key_path: str | Path,
+    version: str | None = None,
+) -> ModelVersion:
+    """Publish ``run_dir`` straight into an open registry (no server needed)."""
+    card, weights, key = _prepare(run_dir, key_path)
+    with registry.sessions() as session:
+        version, sequence = _next(list(session.scalars(select(ModelVersion.sequence))), version)
+        manifest, signature = build_manifest(card, weights, version, sequence, key)
+        with open(weights, "rb") as fh:
+            registry.store.stage(iter(lambda: fh.read(1 << 20), b""))
+        return register_version(registry, session, manifest, signature, "cli", None)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            yield block
+
+
+def publish_remote(
+    run_dir: str | Path,
+    url: str,
+    token: str,
+    key_path: str | Path,
+    version: str | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Publish ``run_dir`` through a running registry at ``url`` with a coordinator token."""
+    import httpx
+
+    card, weights, key = _prepare(run_dir, key_path)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
+        try:
+            listing = checked(client.get("/api/v1/models"))
+            version, sequence = _next([v["sequence"] for v in listing["versions"]], version)
+            manifest, signature = build_manifest(card, weights, version, sequence, key)
+            checked(
+                client.post(
+                    "/api/v1/uploads",
+                    content=_chunks(weights),
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            )
+            return checked(
+                client.post("/api/v1/models", json={"manifest": manifest, "signature": signature})
+            )
+        except httpx.HTTPError as exc:
+            raise SemioFedError(f"{url}: registry unreachable ({exc})") from None
+
+
+def checked(response: Any) -> dict[str, Any]:
+    """The JSON body of a successful registry response; a clear error otherwise."""
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise SemioFedError(
+            f"registry refused {response.request.method} {response.request.url.path}: "
+            f"HTTP {response.status_code}: {detail}"
+        )
+    return response.json()

@@ -1,0 +1,102 @@
+"""Read-side helpers shared by the API and the web pages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .db import AuditEvent, ModelVersion
+from .publish import RegistryRefusal
+from .schemas import AuditEventOut, AuditLog, LedgerEntry, VersionDetail, VersionSummary
+
+
+def manifest_of(row: ModelVersion) -> dict[str, Any]:
+    return json.loads(row.manifest_json)
+
+
+def summarize(row: ModelVersion) -> VersionSummary:
+    card = manifest_of(row)["card"]
+    per_site = card.get("privacy", {}).get("per_site", {})
+    return VersionSummary(
+        version=row.version,
+        sequence=row.sequence,
+        status=row.status,  # type: ignore[arg-type]
+        created_at=row.created_at,
+        weights_sha256=row.weights_sha256,
+        weights_size=row.weights_size,
+        architecture_hash=row.architecture_hash,
+        key_fingerprint=row.key_fingerprint,
+        rounds=int(card.get("rounds") or 0),
+        sites=list(card.get("sites") or []),
+        privacy_unit=card.get("privacy", {}).get("privacy_unit"),
+        epsilon_final={site: rec.get("epsilon_final") for site, rec in per_site.items()},
+        retired_at=row.retired_at,
+        retired_reason=row.retired_reason,
+    )
+
+
+def detail(row: ModelVersion) -> VersionDetail:
+    return VersionDetail(**summarize(row).model_dump(), card=manifest_of(row)["card"])
+
+
+def list_versions(session: Session, status: str | None = None) -> list[ModelVersion]:
+    query = select(ModelVersion).order_by(ModelVersion.sequence.desc())
+    if status:
+        query = query.where(ModelVersion.status == status)
+    return list(session.scalars(query))
+
+
+def get_version(session: Session, version: str) -> ModelVersion:
+    row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise RegistryRefusal(404, f"no version {version!r}")
+    return row
+
+
+def ledger(rows: list[ModelVersion]) -> list[LedgerEntry]:
+    """Every site's ε per round for every version: the registry's privacy ledger."""
+    entries = []
+    for row in rows:
+        for site, rec in manifest_of(row)["card"].get("privacy", {}).get("per_site", {}).items():
+            for point in rec.get("epsilon_by_round", []):
+                entries.append(
+                    LedgerEntry(
+                        version=row.version,
+                        site=site,
+                        round=point["round"],
+                        epsilon=point.get("epsilon"),
+                        epsilon_round=point.get("epsilon_round"),
+                        delta=rec.get("delta"),
+                        privacy_unit=rec.get("privacy_unit"),
+                        accountant=rec.get("accountant"),
+                    )
+                )
+    return entries
+
+
+def audit_log(session: Session, limit: int) -> AuditLog:
+    counts = session.execute(select(AuditEvent.action, func.count()).group_by(AuditEvent.action))
+    downloads = session.execute(
+        select(AuditEvent.version, func.count())
+        .where(AuditEvent.action == "download")
+        .group_by(AuditEvent.version)
+    )
+    events = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+    return AuditLog(
+        summary={action: n for action, n in counts},
+        downloads={str(version): n for version, n in downloads},
+        events=[
+            AuditEventOut(
+                at=e.at,
+                action=e.action,
+                role=e.role,
+                token_id=e.token_id,
+                version=e.version,
+                detail=e.detail,
+            )
+            for e in events
+        ],
+    )

@@ -1,0 +1,164 @@
+"""Site side: `site pull` installs only what verifies against the pinned coordinator key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from semiofed.client.model_pull import VerificationError, current_model, pull
+from semiofed.privacy.keys import canonical_json, generate_keypair, sha256_file, sign
+from semiofed.server.registry.app import create_app
+from semiofed.server.registry.db import ModelVersion
+from semiofed.server.registry.publish import publish_local, retire_version
+from semiofed.shared.errors import SemioFedError
+from tests.registry_helpers import RegistrySetup, make_registry, make_run_dir
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> tuple[RegistrySetup, TestClient]:
+    setup = make_registry(tmp_path / "data")
+    publish_local(make_run_dir(tmp_path / "run1", seed=1), setup.registry, setup.private_key)
+    publish_local(make_run_dir(tmp_path / "run2", seed=2), setup.registry, setup.private_key)
+    return setup, TestClient(create_app(setup.registry))
+
+
+def _pull(reg: tuple[RegistrySetup, TestClient], state: Path, version: str | None = None):  # type: ignore[no-untyped-def]
+    setup, tc = reg
+    return pull(tc, setup.tokens["site"], setup.public_key, state, version)
+
+
+def _edit_row(setup: RegistrySetup, version: str, **changes: str) -> None:
+    with setup.registry.sessions() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        for key, value in changes.items():
+            setattr(row, key, value)
+        session.commit()
+
+
+def _nothing_installed(state: Path) -> None:
+    models = state / "models"
+    assert current_model(state) is None
+    assert not models.exists() or list(models.iterdir()) == []
+
+
+def test_pull_installs_latest_verified_and_atomically(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    setup, _ = reg
+    state = tmp_path / "state"
+    model = _pull(reg, state)
+    assert model.version == "v2" and not model.already_installed
+    assert current_model(state) == (state / "models" / "v2").resolve()
+    installed = state / "models" / "v2"
+    assert sorted(p.name for p in installed.iterdir()) == [
+        "manifest.json",
+        "manifest.sig",
+        "model.safetensors",
+        "model_card.json",
+    ]
+    assert sha256_file(installed / "model.safetensors") == sha256_file(
+        setup.data / "models/v2/model.safetensors"
+    )
+    card = json.loads((installed / "model_card.json").read_text())
+    assert card["privacy"]["per_site"]["site-b"]["epsilon_final"] == 3.0
+    assert _pull(reg, state).already_installed
+    # a named older version on purpose is fine; a silent rollback is not
+    assert _pull(reg, state, "v1").version == "v1"
+    assert current_model(state) == (state / "models" / "v1").resolve()
+    assert _pull(reg, state).version == "v2"
+    with setup.registry.sessions() as session:
+        retire_version(session, "v2", "recalled", "cli", None)
+    with pytest.raises(SemioFedError, match="refusing a rollback"):
+        _pull(reg, state)
+    assert current_model(state) == (state / "models" / "v2").resolve()
+    with pytest.raises(SemioFedError, match=r"HTTP 410.*recalled"):
+        _pull(reg, tmp_path / "other-state", "v2")
+    _nothing_installed(tmp_path / "other-state")
+
+
+def test_tampered_weights_refused(reg: tuple[RegistrySetup, TestClient], tmp_path: Path) -> None:
+    setup, _ = reg
+    weights = setup.data / "models" / "v2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match=r"SHA-256 .* signed manifest says"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+def test_oversized_weights_refused(reg: tuple[RegistrySetup, TestClient], tmp_path: Path) -> None:
+    setup, _ = reg
+    weights = setup.data / "models" / "v2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"\x00" * 64)
+    with pytest.raises(VerificationError, match="larger than the signed size"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+def test_tampered_card_refused(reg: tuple[RegistrySetup, TestClient], tmp_path: Path) -> None:
+    setup, _ = reg
+    with setup.registry.sessions() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
+        manifest = json.loads(row.manifest_json)
+    manifest["card"]["privacy"]["per_site"]["site-c"]["epsilon_final"] = 0.1  # understate ε
+    _edit_row(setup, "v2", manifest_json=json.dumps(manifest))
+    with pytest.raises(VerificationError, match="does not verify against the pinned"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+@pytest.mark.parametrize("signature", ["", "   "])
+def test_unsigned_refused(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path, signature: str
+) -> None:
+    setup, _ = reg
+    _edit_row(setup, "v2", signature=signature)
+    with pytest.raises(VerificationError, match="not signed"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+def test_signature_by_another_key_refused(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    setup, _ = reg
+    other = generate_keypair(tmp_path / "attacker.pem")
+    with setup.registry.sessions() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
+        manifest = json.loads(row.manifest_json)
+    _edit_row(setup, "v2", signature=sign(other, canonical_json(manifest)))
+    with pytest.raises(VerificationError, match="does not verify"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+def test_replayed_manifest_of_another_version_refused(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    setup, _ = reg
+    with setup.registry.sessions() as session:
+        v1 = session.scalar(select(ModelVersion).where(ModelVersion.version == "v1"))
+        old_manifest, old_sig = v1.manifest_json, v1.signature
+    _edit_row(setup, "v2", manifest_json=old_manifest, signature=old_sig)
+    with pytest.raises(VerificationError, match="signed manifest is for version 'v1'"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+def test_failed_pull_keeps_previous_model(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    setup, _ = reg
+    state = tmp_path / "state"
+    _pull(reg, state, "v1")
+    weights = setup.data / "models" / "v2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(VerificationError):
+        _pull(reg, state)
+    assert current_model(state) == (state / "models" / "v1").resolve()
+    assert sorted(p.name for p in (state / "models").iterdir()) == ["current", "v1"]
