@@ -1,0 +1,215 @@
+"""``semiofed audit verify|approve|ledger|report|attack``: the privacy officer's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+from semiofed.shared.atomic import atomic_write_json, atomic_write_text
+from semiofed.shared.errors import SemioFedError
+
+from .approval import OFFICER_KEY_FILE, approval_fields_of, approve
+from .audit_trail import site_trail, verify
+from .independent_check import ABS_TOL, REL_TOL
+from .keys import generate_keypair, load_private_key, load_public_key
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def register(cmds: argparse._SubParsersAction) -> None:
+    p = cmds.add_parser(
+        "verify",
+        help="check a site's audit trail for tampering",
+        formatter_class=RAW,
+        description=(
+            "Verify a site's hash-chained, signed audit trail (e.g. STATE/audit/trail.jsonl).\n"
+            "Exit 0 when intact; 1 naming the first bad entry when an entry was changed,\n"
+            "removed, inserted, reordered or re-signed, or the tail was cut off (signed head)."
+        ),
+    )
+    p.add_argument("log", type=Path, metavar="LOG", help="audit trail file (JSON lines)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        metavar="PUB",
+        help="the site's public key (PEM) to pin; without it the key recorded in the trail's "
+        "first entry is used, which cannot detect a trail re-signed from scratch",
+    )
+    p.add_argument(
+        "--allow-missing-head",
+        action="store_true",
+        help="accept a trail without its head checkpoint (tail truncation then undetectable)",
+    )
+    p.set_defaults(func=_verify)
+
+    p = cmds.add_parser(
+        "approve",
+        help="sign a run configuration as the site's privacy officer",
+        formatter_class=RAW,
+        description=(
+            "Sign the approval fields of a run configuration (model architecture hash, DP\n"
+            "parameters, rounds, strategy). The site's client refuses every run whose fields\n"
+            "match no approval. The officer's public key is pinned in STATE/keys on first use;\n"
+            "the approval is also recorded in the site's audit trail."
+        ),
+    )
+    p.add_argument(
+        "run_config",
+        type=Path,
+        metavar="RUN_CONFIG",
+        help="run configuration (TOML, configs/*.toml)",
+    )
+    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument(
+        "--key",
+        type=Path,
+        metavar="KEY",
+        help=f"officer's Ed25519 private key (PEM); default STATE/{OFFICER_KEY_FILE}, "
+        "created when missing",
+    )
+    p.set_defaults(func=_approve)
+
+    p = cmds.add_parser(
+        "ledger",
+        help="recompute every ε in the site ledger with Google's dp-accounting",
+        formatter_class=RAW,
+        description=(
+            "Recompute the cumulative ε after every run in STATE/privacy_ledger.json with\n"
+            "dp-accounting (RDP vs the ledger's rdp value, PLD vs its prv value), independently\n"
+            "of Opacus. Exit 1 when any value disagrees beyond the tolerance."
+        ),
+    )
+    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=REL_TOL,
+        metavar="REL",
+        help=f"relative tolerance (default {REL_TOL})",
+    )
+    p.add_argument(
+        "--abs-tolerance",
+        type=float,
+        default=ABS_TOL,
+        metavar="ABS",
+        help=f"absolute tolerance in ε (default {ABS_TOL}); a value must exceed both to be flagged",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_ledger)
+
+    p = cmds.add_parser(
+        "report",
+        help="write the one-page HTML privacy report",
+        formatter_class=RAW,
+        description=(
+            "Write a self-contained HTML page: privacy unit, δ, ε per run and cumulative\n"
+            "(plot), budget left, approvals, messages sent, attack results, verification status."
+        ),
+    )
+    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument("--out", type=Path, required=True, metavar="HTML", help="output file")
+    p.add_argument(
+        "--trail", type=Path, metavar="LOG", help="audit trail (default STATE/audit/trail.jsonl)"
+    )
+    p.add_argument("--key", type=Path, metavar="PUB", help="site public key to pin for the trail")
+    p.set_defaults(func=_report)
+
+    p = cmds.add_parser(
+        "attack",
+        help="run empirical privacy attacks (MIA, canary ε bound, gradient inversion)",
+        formatter_class=RAW,
+        description=(
+            "Audit the site's DP-SGD recipe empirically on synthetic keypoint windows (never\n"
+            "on patient data): membership inference (loss threshold, LiRA), a one-run canary\n"
+            "lower bound on ε, and a gradient-inversion probe (plain, DP, SecAgg+). σ, C and δ\n"
+            "default to the ledger's latest run. Results go to STATE/audits/<attack>.json."
+        ),
+    )
+    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=("mia", "canary", "inversion"),
+        help="run only these attacks (default: all)",
+    )
+    p.add_argument("--noise-multiplier", type=float, metavar="S", help="σ (default: ledger or 1.5)")
+    p.add_argument(
+        "--max-grad-norm", type=float, metavar="C", help="clipping norm (default: ledger or 1.0)"
+    )
+    p.add_argument("--delta", type=float, metavar="D", help="δ (default: ledger budget or 1e-5)")
+    p.add_argument("--epochs", type=int, metavar="N", help="DP training epochs (default 10)")
+    p.add_argument("--quick", action="store_true", help="smaller pools and fewer shadow models")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_attack)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    key = load_public_key(args.key) if args.key else None
+    result = verify(args.log, key, require_head=not args.allow_missing_head)
+    print(f"{args.log}: {result.summary()}")
+    return 0 if result.ok else 1
+
+
+def _approve(args: argparse.Namespace) -> int:
+    key_path = args.key or args.state / OFFICER_KEY_FILE
+    if args.key is None and not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        generate_keypair(key_path)
+        print(f"created the privacy officer key {key_path} (keep it away from the training host)")
+    key = load_private_key(key_path)
+    fields = approval_fields_of(args.run_config)
+    record = approve(fields, args.state, key, source=str(args.run_config))
+    entry = site_trail(args.state).append(
+        "approval",
+        {
+            "fields_hash": record["fields_hash"],
+            "officer_fingerprint": record["officer_fingerprint"],
+            "approved_at": record["approved_at"],
+            "run_config": str(args.run_config),
+        },
+    )
+    print(f"approved {args.run_config}: fields hash {record['fields_hash']}")
+    print(json.dumps(fields, indent=2, sort_keys=True))
+    print(f"recorded in the audit trail as entry {entry['seq']}")
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from .independent_check import check_ledger, format_check
+
+    if args.tolerance < 0 or args.abs_tolerance < 0:
+        raise SemioFedError("tolerances must be >= 0")
+    result = check_ledger(args.state, args.tolerance, args.abs_tolerance)
+    atomic_write_json(args.state / "audits" / "ledger_check.json", result.to_dict())
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_check(result))
+    return 0 if result.ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    atomic_write_text(args.out, build_report(args.state, args.trail, args.key))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from .empirical.suite import ATTACKS, AuditSettings, ledger_defaults, run_suite
+    from .empirical.training import resolve_device
+
+    overrides = ledger_defaults(args.state)
+    for name in ("noise_multiplier", "max_grad_norm", "delta", "epochs"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    overrides["seed"] = args.seed
+    settings = AuditSettings.quick(**overrides) if args.quick else AuditSettings(**overrides)
+    device = resolve_device(args.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = run_suite(args.state, settings, tuple(args.only or ATTACKS), device)
+    for attack, path in written.items():
+        print(f"{attack}: {path}")
+    return 0
