@@ -9,12 +9,16 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements.lock
+LOCK   := configs/requirements.lock
+
+# Pinned install: pyproject's exact pins, every transitive package constrained by the lock,
+# then mediapipe 0.10.21 on its own with --no-deps (its wheel ships the Holistic models; its
+# protobuf<5 / numpy<2 pins are stale and would break flwr).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -r requirements.txt -r requirements-dev.txt -c requirements.lock
+	$(PIP) install --quiet --upgrade pip setuptools==84.2.1 -c $(LOCK)
+	$(PIP) install --quiet --no-build-isolation -c $(LOCK) -e ".[dev]"
 	$(PIP) install --quiet --no-deps mediapipe==0.10.21
-	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: venv

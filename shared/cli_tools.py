@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
     p.set_defaults(func=_synth)
+    from . import eval_cli
+
+    eval_cli.register(sub)
 
 
 def _synth(args: argparse.Namespace) -> int:

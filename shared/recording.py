@@ -1,33 +1,41 @@
 """The SemioFed keypoint recording format (version 1).
 
 One recording is one ``*_keypoints.npz`` file (a ZIP of NumPy arrays, deflate-compressed)
-in the MediaPipe Holistic layout, written atomically. Members:
+in the MediaPipe Holistic layout, written atomically. Members (S = ``pose``, ``face``,
+``left_hand``, ``right_hand`` with N = 33, 468, 21, 21 points):
 
-================  ==========  ================  =============================================
-member            dtype       shape             meaning
-================  ==========  ================  =============================================
-``header``        uint8       (bytes,)          UTF-8 JSON, see below
-``timestamps``    float64     (T,)              seconds from recording start, increasing
-``pose``          int16       (T, 33, 3)        x, y, z; quantised, delta-coded over time
-``pose_vis``      uint8       (T, 33)           visibility × 255
-``face``          int16       (T, 468, 3)       x, y, z; quantised, delta-coded
-``left_hand``     int16       (T, 21, 3)        x, y, z; quantised, delta-coded
-``right_hand``    int16       (T, 21, 3)        x, y, z; quantised, delta-coded
-``mask``          uint8       (T, 4)            bit 0: stream detected; bit 1: gap-filled
-``motion``        float16     (T, R)            optional optical-flow energy per region
-================  ==========  ================  =============================================
+==================  ==========  ====================  =========================================
+member              dtype       shape                 meaning
+==================  ==========  ====================  =========================================
+``header``          uint8       (bytes,)              UTF-8 JSON, see below
+``timestamps``      float64     (T,)                  seconds from recording start, increasing
+``S``               uint8       (ceil(T/2), N*3)      x, y, z: 4-bit codes of quantised
+                                                      frame-to-frame differences, 2 frames/byte
+``S_escapes``       uint16      (E,)                  zigzag differences that need > 4 bits
+``pose_vis``        uint8       (T, 33)               visibility × 255
+``mask``            uint8       (T, 4)                bit 0: stream detected; bit 1: gap-filled
+``motion``          float16     (T, R)                optional optical-flow energy per region
+==================  ==========  ====================  =========================================
 
 Header keys: ``format`` (``"semiofed-keypoints"``), ``version`` (1), ``fps``,
-``n_frames``, ``quant_step``, ``source_sha256``, ``extractor`` (``{"name", "version"}``),
-``streams`` (order of the mask columns), ``motion_regions`` and free-form ``meta``.
+``n_frames``, ``quant_step``, ``coding`` (``"delta-zigzag-4bit"``), ``source_sha256``,
+``extractor`` (``{"name", "version"}``), ``streams`` (order of the mask columns),
+``motion_regions`` and free-form ``meta``.
 
 Coordinates are MediaPipe's normalised image coordinates (x, y in [0, 1] of the frame
-width/height, z on the scale of x). They are quantised to ``quant_step`` (default 1/4096 of
-the frame, ≈0.16 px at 640 px: below MediaPipe's own jitter) and stored as wrapping int16
-differences between consecutive frames, which compress well because most of a monitoring
-video is a patient lying still. Frames where a stream was not detected decode to NaN; the
-``mask`` says which frames were detected and which were filled by interpolation (flagged,
-never passed off as detections).
+width/height, z on the scale of x), quantised to ``quant_step`` (default 1/4096 of the frame,
+≈0.16 px at 640 px: below MediaPipe's own jitter). Coding of a stream: the quantised int16
+value of each coordinate is predicted by the previous frame's (absent frames repeat the last
+detected value); the wrapping int16 difference is zigzag-mapped (0, -1, 1, -2, … → 0, 1, 2,
+3, …); codes 0–14 are stored as nibbles (low nibble = even frame), code 15 marks an escape
+whose full value is the next entry of ``S_escapes``. Decoding is two bit operations and one
+wrapping int16 running sum, exact. Most of a monitoring video is a patient lying still, so
+most differences fit in a nibble and deflate compresses the rest; the file size therefore
+depends on how much the keypoints jitter (see bench_synth). ZIP members carry a fixed
+timestamp, so equal recordings give byte-identical files.
+
+Frames where a stream was not detected decode to NaN; the ``mask`` says which frames were
+detected and which were filled by interpolation (flagged, never passed off as detections).
 """
 
 from __future__ import annotations
@@ -56,6 +64,11 @@ STREAM_POINTS: dict[str, int] = {
     "right_hand": N_HAND,
 }
 DEFAULT_QUANT_STEP = 1.0 / 4096
+DEFAULT_COMPRESS_LEVEL = 6
+CODING = "delta-zigzag-4bit"
+PER_BYTE = 2  # codes per byte
+ESCAPE_CODE = 15
+CODE_BLOCK = 160_000  # values per coding block (keeps the working set in cache)
 DETECTED, FILLED = 1, 2
 
 
@@ -127,43 +140,119 @@ class Recording:
         for i, name in enumerate(STREAMS):
             arr = getattr(self, name)
             valid = self.present[:, i] | self.filled[:, i]
-            if not np.all(np.isfinite(arr[valid])):
-                raise FormatError(
-                    path, f"{name} has NaN or infinite values in frames marked present"
-                )
+            for a in range(0, t, 2048):  # chunked: no full-size temporaries
+                finite = np.isfinite(arr[a : a + 2048]).all(axis=(1, 2))
+                if not finite[valid[a : a + 2048]].all():
+                    raise FormatError(
+                        path, f"{name} has NaN or infinite values in frames marked present"
+                    )
         if self.motion is not None and (self.motion.ndim != 2 or self.motion.shape[0] != t):
             raise FormatError(path, f"motion has shape {self.motion.shape}, expected ({t}, R)")
         if self.motion is not None and self.motion.shape[1] != len(self.motion_regions):
             raise FormatError(path, "motion columns do not match motion_regions")
 
 
-def _encode(values: np.ndarray, valid: np.ndarray, step: float) -> np.ndarray:
-    q = np.zeros(values.shape, dtype=np.int16)
-    if valid.any():
-        v = np.where(valid[:, None, None], values, 0.0)
-        q = np.clip(np.rint(v / step), -32767, 32767).astype(np.int16)
-        # Hold the last valid value through absent frames: deltas of zero compress away.
-        idx = np.where(valid, np.arange(len(valid)), 0)
-        np.maximum.accumulate(idx, out=idx)
-        q = q[idx]
-    out = np.empty_like(q)
-    out[:1] = q[:1]
-    np.subtract(q[1:], q[:-1], out=out[1:])  # wraps in int16; decoding wraps back
-    return out
+def _chunk_frames(width: int) -> int:
+    return max(PER_BYTE, CODE_BLOCK // width // PER_BYTE * PER_BYTE)
 
 
-def _decode(deltas: np.ndarray, valid: np.ndarray, step: float) -> np.ndarray:
-    q = np.cumsum(deltas, axis=0, dtype=np.int16)
-    out = q.astype(np.float32)
-    out *= np.float32(step)
+def _encode(values: np.ndarray, valid: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise, delta-code over time and pack 4-bit zigzag codes, in cache-sized chunks.
+
+    Returns ``(packed, escapes)``: ``packed`` (ceil(T/2), N*3) uint8 holds the zigzag code
+    of each frame-to-frame difference (0, -1, 1, -2, … 7 → 0 … 14) for two consecutive frames
+    per byte (low nibble first); code 15 means "escape" and the full uint16 zigzag value is
+    the next entry of ``escapes`` (C order). Absent frames repeat the last detected value.
+    """
+    n = values.shape[0]
+    width = int(np.prod(values.shape[1:]))
+    flat = values.reshape(n, width)
+    packed = np.empty((-(-n // PER_BYTE), width), dtype=np.uint8)
+    escapes: list[np.ndarray] = []
+    idx = np.where(valid, np.arange(n), -1)
+    np.maximum.accumulate(idx, out=idx)
+    inv = np.float32(1.0 / step)
+    prev = np.zeros(width, dtype=np.int16)
+    chunk = _chunk_frames(width)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        if valid[a:b].all():
+            v = flat[a:b] * inv
+        else:
+            rows = idx[a:b]
+            v = flat[np.maximum(rows, 0)] * inv
+            v[rows < 0] = 0.0
+        np.rint(v, out=v)
+        np.clip(v, -32767, 32767, out=v)
+        q = v.astype(np.int16)
+        d = np.empty((-(-(b - a) // PER_BYTE) * PER_BYTE, width), dtype=np.int16)
+        d[b - a :] = 0
+        np.subtract(q[0], prev, out=d[0])
+        np.subtract(q[1:], q[:-1], out=d[1 : b - a])
+        prev = q[-1].copy()
+        z = ((d << 1) ^ (d >> 15)).view(np.uint16)  # zigzag: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...
+        big = z >= ESCAPE_CODE
+        if big.any():
+            escapes.append(z[big])
+        c = np.minimum(z, ESCAPE_CODE).astype(np.uint8)
+        packed[a // PER_BYTE : a // PER_BYTE + len(c) // PER_BYTE] = c[0::2] | (c[1::2] << 4)
+    esc = np.concatenate(escapes) if escapes else np.zeros(0, dtype=np.uint16)
+    return packed, esc
+
+
+def _decode(
+    packed: np.ndarray, escapes: np.ndarray, valid: np.ndarray, step: float, path: Path, name: str
+) -> np.ndarray:
+    """Inverse of :func:`_encode`: (T, N*3) float32 coordinates, NaN where not valid."""
+    n = valid.shape[0]
+    width = packed.shape[1]
+    out = np.empty((n, width), dtype=np.float32)
+    acc = np.zeros(width, dtype=np.int16)
+    step32 = np.float32(step)
+    esc = ((escapes >> 1) ^ (np.uint16(0) - (escapes & 1))).view(np.int16)  # un-zigzag
+    pos = 0
+    chunk = _chunk_frames(width) // PER_BYTE
+    for i in range(0, packed.shape[0], chunk):
+        p = packed[i : i + chunk]
+        c = np.empty((PER_BYTE * len(p), width), dtype=np.uint8)
+        np.bitwise_and(p, 15, out=c[0::2])
+        np.right_shift(p, 4, out=c[1::2])
+        d = c.astype(np.int16)
+        d = (d >> 1) ^ -(d & 1)
+        big = c == ESCAPE_CODE
+        k = int(np.count_nonzero(big))
+        if k:
+            if pos + k > esc.shape[0]:
+                raise FormatError(path, f"{name}: fewer escape values than escape codes")
+            d[big] = esc[pos : pos + k]
+            pos += k
+        np.add(d[0], acc, out=d[0])
+        if width >= 512:  # row-wise running sum (wrapping int16): faster than cumsum on wide rows
+            for t in range(1, len(d)):
+                np.add(d[t], d[t - 1], out=d[t])
+        else:
+            np.cumsum(d, axis=0, dtype=np.int16, out=d)
+        acc = d[-1]
+        a = PER_BYTE * i
+        b = min(n, a + len(d))
+        np.multiply(d[: b - a], step32, out=out[a:b])
+    if pos != esc.shape[0]:
+        raise FormatError(path, f"{name}: {esc.shape[0] - pos} unused escape values")
     out[~valid] = np.nan
     return out
 
 
 def save_recording(
-    rec: Recording, path: str | Path, quant_step: float = DEFAULT_QUANT_STEP
+    rec: Recording,
+    path: str | Path,
+    quant_step: float = DEFAULT_QUANT_STEP,
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
 ) -> Path:
-    """Validate and write ``rec`` atomically to ``path`` (should end in ``_keypoints.npz``)."""
+    """Validate and write ``rec`` atomically to ``path`` (should end in ``_keypoints.npz``).
+
+    ``compress_level`` is the deflate level (1 fastest … 9 smallest); the output is
+    byte-identical for identical input (fixed ZIP member timestamps).
+    """
     path = Path(path)
     rec.validate(path)
     valid = rec.present | rec.filled
@@ -173,6 +262,7 @@ def save_recording(
         "fps": float(rec.fps),
         "n_frames": rec.n_frames,
         "quant_step": quant_step,
+        "coding": CODING,
         "source_sha256": rec.source_sha256,
         "extractor": {"name": rec.extractor_name, "version": rec.extractor_version},
         "streams": list(STREAMS),
@@ -182,34 +272,38 @@ def save_recording(
     arrays: dict[str, np.ndarray] = {
         "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
         "timestamps": rec.timestamps.astype(np.float64),
-        "pose": _encode(rec.pose[..., :3], valid[:, 0], quant_step),
         "pose_vis": np.clip(np.rint(np.nan_to_num(rec.pose[..., 3]) * 255), 0, 255).astype(
             np.uint8
         ),
-        "face": _encode(rec.face, valid[:, 1], quant_step),
-        "left_hand": _encode(rec.left_hand, valid[:, 2], quant_step),
-        "right_hand": _encode(rec.right_hand, valid[:, 3], quant_step),
         "mask": (rec.present.astype(np.uint8) * DETECTED) | (rec.filled.astype(np.uint8) * FILLED),
     }
+    for i, name in enumerate(STREAMS):
+        arrays[name], arrays[f"{name}_escapes"] = _encode(rec.stream(name), valid[:, i], quant_step)
     if rec.motion is not None:
         arrays["motion"] = rec.motion.astype(np.float16)
     with (
         atomic_path(path) as tmp,
-        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=compress_level) as zf,
     ):
         for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            zf.writestr(f"{name}.npy", buf.getvalue())
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info._compresslevel = compress_level  # read by zipfile.open (3.11+)
+            with zf.open(info, "w", force_zip64=arr.nbytes > 2**30) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     return path
 
 
-def _member(zf: zipfile.ZipFile, path: Path, name: str, dtype: str) -> np.ndarray:
+def _member(
+    zf: zipfile.ZipFile, path: Path, name: str, dtype: str, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
     try:
         raw = zf.read(f"{name}.npy")
     except KeyError:
         raise FormatError(path, f"missing member {name!r}") from None
     arr = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+    if shape is not None and arr.shape != shape:
+        raise FormatError(path, f"{name} has shape {arr.shape}, expected {shape}")
     if arr.dtype != np.dtype(dtype):
         raise FormatError(path, f"member {name!r} has dtype {arr.dtype}, expected {dtype}")
     return arr
@@ -257,6 +351,10 @@ def load_recording(path: str | Path) -> Recording:
         try:
             header = _header(zf, path)
             step = float(header["quant_step"])
+            if header.get("coding") != CODING:
+                raise FormatError(
+                    path, f"unknown coding {header.get('coding')!r} (expected {CODING!r})"
+                )
             n = int(header["n_frames"])
             ts = _member(zf, path, "timestamps", "float64")
             if ts.shape != (n,):
@@ -271,13 +369,13 @@ def load_recording(path: str | Path) -> Recording:
             valid = present | filled
             streams = {}
             for i, name in enumerate(STREAMS):
-                deltas = _member(zf, path, name, "int16")
-                if deltas.shape != (n, STREAM_POINTS[name], 3):
-                    raise FormatError(
-                        path,
-                        f"{name} has shape {deltas.shape}, expected {(n, STREAM_POINTS[name], 3)}",
-                    )
-                streams[name] = _decode(deltas, valid[:, i], step)
+                shape = (-(-n // PER_BYTE), STREAM_POINTS[name] * 3)
+                packed = _member(zf, path, name, "uint8", shape)
+                escapes = _member(zf, path, f"{name}_escapes", "uint16")
+                if escapes.ndim != 1:
+                    raise FormatError(path, f"{name}_escapes must be 1-D, got {escapes.shape}")
+                flat = _decode(packed, escapes, valid[:, i], step, path, name)
+                streams[name] = flat.reshape(n, STREAM_POINTS[name], 3)
             vis = _member(zf, path, "pose_vis", "uint8")
             if vis.shape != (n, N_POSE):
                 raise FormatError(path, f"pose_vis has shape {vis.shape}, expected {(n, N_POSE)}")
