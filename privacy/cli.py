@@ -11,4 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="privacy officer: ε checks, approvals, audit trail, reports",
         description="Privacy officer's toolkit: independent ε checks, configuration approval, audit trail.",
     )
-    audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    cmds = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    from . import epsilon_cli
+
+    epsilon_cli.register(cmds)
+    from . import audit_cli
+
+    audit_cli.register(cmds)

@@ -1,0 +1,318 @@
+"""``semiofed site train``: train the seizure model on this site's recordings, with DP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from semiofed.shared.errors import SemioFedError
+
+if TYPE_CHECKING:  # torch and opacus load only when the command runs
+    import torch
+
+    from semiofed.shared.dataset import PatientWindows
+    from semiofed.shared.events import Event
+    from semiofed.shared.model import ModelConfig
+    from semiofed.shared.windows import WindowConfig
+
+    from .evaluation import RecordingKey
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Train the multi-stream seizure model on this site's keypoint recordings.
+
+Default: patient-level differential privacy (DP-SGD with Opacus). The protected unit is a
+patient: each step Poisson-samples patients and uses ONE clipped gradient per sampled
+patient. Every step is counted in the site's privacy ledger (--state) before its update is
+released, and a run that would push the site's cumulative ε over its budget is refused
+before any training, saying what remains and what would fit.
+
+Patients are split (by patient, never by window) into train / validation (best-epoch
+selection) / test (the metrics in metrics.json).
+
+Writes RUN_DIR/model.safetensors, model_config.json and metrics.json.
+
+examples:
+  semiofed site train --data site-01 --out runs/r1 --state state --epsilon-budget 8 --epsilon-target 3
+  semiofed site train --data site-01 --out runs/plain --no-dp
+"""
+
+
+def register(cmds: argparse._SubParsersAction) -> None:
+    p = cmds.add_parser(
+        "train",
+        help="train the seizure model locally (patient-level DP by default)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data", required=True, metavar="SITE_DIR", help="site folder: one sub-folder per patient"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="output folder for weights and metrics"
+    )
+    p.add_argument(
+        "--state",
+        metavar="DIR",
+        help="site state folder holding privacy_ledger.json (required with DP)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=30,
+        help="DP: passes of 1/q steps; --no-dp: passes over the windows (default 30)",
+    )
+    p.add_argument(
+        "--epsilon-budget",
+        type=float,
+        metavar="E",
+        help="site budget ε_max at --delta (set once; can only be lowered here)",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=1e-5,
+        help="δ of the budget and of every ε reported (default 1e-5)",
+    )
+    p.add_argument(
+        "--epsilon-target",
+        type=float,
+        metavar="E",
+        help="cumulative ε after this run: picks the noise multiplier from what remains",
+    )
+    p.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="σ when no --epsilon-target (default 1.0)",
+    )
+    p.add_argument(
+        "--clip-norm",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="per-patient gradient clipping norm (default 1.0)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="expected patients (or windows) per step; q = batch / count (default 8)",
+    )
+    p.add_argument(
+        "--windows-per-patient",
+        type=int,
+        default=4,
+        help="windows averaged into a patient's single clipped gradient (default 4)",
+    )
+    p.add_argument(
+        "--accountant",
+        choices=("rdp", "prv"),
+        default="rdp",
+        help="accountant for the budget and ε (default rdp)",
+    )
+    p.add_argument(
+        "--privacy-unit",
+        choices=("patient", "window"),
+        default="patient",
+        help="patient (default) or window (WEAKER: protects one 5-s window, not a patient)",
+    )
+    p.add_argument(
+        "--no-dp",
+        action="store_true",
+        help="train without differential privacy (nothing protected, nothing in the ledger)",
+    )
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (Adam, default 2e-3)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="patients held out for best-epoch selection (default 0.15)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="patients held out for the reported metrics (default 0.2)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="random seed (split, init, sampling, noise)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _recording_events(
+    site_dir: Path, patients: list[PatientWindows]
+) -> dict[RecordingKey, list[Event]]:
+    """events.tsv of every recording of ``patients``, keyed like :mod:`.evaluation` wants."""
+    from semiofed.shared.dataset import events_path
+    from semiofed.shared.events import read_events
+    from semiofed.shared.recording import SUFFIX
+
+    out: dict[RecordingKey, list[Event]] = {}
+    for pw in patients:
+        for path in (site_dir / pw.patient).rglob("*" + SUFFIX):
+            out[(pw.site, pw.patient, path.name[: -len(SUFFIX)])] = read_events(events_path(path))
+    return out
+
+
+def save_model(
+    run_dir: Path, model: torch.nn.Module, mcfg: ModelConfig, wcfg: WindowConfig
+) -> None:
+    """``model.safetensors`` (no pickle) and ``model_config.json``, each written atomically."""
+    from safetensors.torch import save_file
+
+    from semiofed.shared.atomic import atomic_path, atomic_write_json
+    from semiofed.shared.model import architecture_hash
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"architecture_hash": architecture_hash(mcfg)})
+    atomic_write_json(
+        run_dir / "model_config.json",
+        {
+            "model": asdict(mcfg),
+            "window": asdict(wcfg),
+            "architecture_hash": architecture_hash(mcfg),
+        },
+    )
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from semiofed.privacy.ledger import PrivacyLedger
+    from semiofed.shared.atomic import atomic_write_json
+    from semiofed.shared.dataset import load_patient_windows
+    from semiofed.shared.model import ModelConfig, SemioNet, architecture_hash, count_parameters
+    from semiofed.shared.splits import patient_split
+    from semiofed.shared.windows import WindowConfig
+
+    from .dp_training import TrainConfig, train_local
+    from .evaluation import evaluate
+
+    data, out = Path(args.data), Path(args.out)
+    ledger: PrivacyLedger | None = None
+    if not args.no_dp:
+        if args.state is None:
+            raise SemioFedError(
+                "DP training needs --state DIR (the site's privacy ledger lives there)"
+            )
+        ledger = PrivacyLedger(args.state)
+        if args.epsilon_budget is not None:
+            ledger.set_budget(args.epsilon_budget, args.delta, args.accountant)
+        budget = ledger.budget
+        if budget is None:
+            raise SemioFedError(
+                f"{ledger.path}: no site budget yet; give --epsilon-budget E (ε_max at δ={args.delta:g})"
+            )
+        if (budget.delta, budget.accountant) != (args.delta, args.accountant):
+            raise SemioFedError(
+                f"{ledger.path}: the site budget is ε ≤ {budget.epsilon_max:g} at δ={budget.delta:g} "
+                f"({budget.accountant}); run with --delta {budget.delta:g} --accountant {budget.accountant}"
+            )
+    wcfg = WindowConfig()
+    patients = load_patient_windows(data, wcfg)
+    if len(patients) < 3:
+        raise SemioFedError(
+            f"{data}: {len(patients)} usable patients; training needs at least 3 (train/val/test by patient)"
+        )
+    train, val, test = patient_split(
+        patients, args.val_fraction, args.test_fraction, seed=args.seed
+    )
+    mcfg = ModelConfig()
+    torch.manual_seed(args.seed)
+    model = SemioNet(mcfg)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        dp=not args.no_dp,
+        privacy_unit=args.privacy_unit,
+        batch_size=args.batch_size,
+        windows_per_patient=args.windows_per_patient,
+        noise_multiplier=args.noise_multiplier,
+        epsilon_target=args.epsilon_target,
+        max_grad_norm=args.clip_norm,
+        delta=args.delta,
+        accountant=args.accountant,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        purpose=f"semiofed site train → {out}",
+    )
+    result = train_local(
+        model, train, cfg, ledger, progress=not args.no_progress, val_patients=val or None
+    )
+    test_metrics = evaluate(
+        model, test, device=args.device, window=wcfg, ref_events=_recording_events(data, test)
+    )
+    save_model(out, model, mcfg, wcfg)
+    privacy: dict[str, Any] = {"dp": cfg.dp}
+    if cfg.dp:
+        privacy.update(
+            privacy_unit=result.privacy_unit,
+            delta=result.delta,
+            accountant=result.accountant,
+            sample_rate=result.sample_rate,
+            noise_multiplier=result.noise_multiplier,
+            clipping_norm=result.max_grad_norm,
+            steps=result.steps,
+            epsilon_this_run=result.epsilon_run,
+            epsilon_cumulative_site=result.epsilon_total,
+            budget=asdict(ledger.budget) if ledger and ledger.budget else None,
+            ledger=str(ledger.path) if ledger else None,
+            run_id=result.run_id,
+        )
+        if result.privacy_unit == "window":
+            privacy["warning"] = "window-level DP protects single 5-s windows, not patients"
+    metrics = {
+        "site": data.name,
+        "patients": {"train": len(train), "val": len(val), "test": len(test)},
+        "windows": {"train": sum(len(p) for p in train), "test": sum(len(p) for p in test)},
+        "model": {
+            "parameters": count_parameters(model),
+            "architecture_hash": architecture_hash(mcfg),
+        },
+        "privacy": privacy,
+        "training": {
+            "epochs_run": result.epochs_run,
+            "steps": result.steps,
+            "seconds": result.seconds,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+        },
+        "validation": result.val_metrics,
+        "test": test_metrics,
+    }
+    atomic_write_json(out / "metrics.json", _clean(metrics))
+    ev = test_metrics["events"]
+    eps = (
+        f"ε = {result.epsilon_total:.3f} cumulative at δ={result.delta:g} ({result.accountant}, {result.privacy_unit} level; "
+        f"this run {result.epsilon_run:.3f})"
+        if cfg.dp
+        else "no DP"
+    )
+    print(
+        f"trained {result.steps} steps on {len(train)} patients ({eps}); test on {len(test)} patients: "
+        f"macro-F1 {test_metrics['macro_f1']:.3f}, AUROC {test_metrics['auroc_seizure']:.3f}, "
+        f"event sensitivity {ev['sensitivity']:.3f}, false alarms/h {ev['false_alarms_per_hour']:.2f}\n"
+        f"wrote {out / 'model.safetensors'}, {out / 'metrics.json'}"
+    )
+    return 0
