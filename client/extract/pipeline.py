@@ -1,0 +1,534 @@
+"""Run extraction over many videos: worker processes, chunks, manifest, resumability.
+
+Each video is split into chunks (at most ``MAX_CHUNK_S`` long, and into as many as there
+are workers when it is long enough) that worker processes analyse independently; a chunk's
+landmarks are saved atomically under ``DIR/.partial/`` as soon as it is done, so an
+interrupted run resumes a long video at chunk granularity. When all chunks of a video are
+in, the parent smooths, fills short gaps, writes the recording and its quality summary
+atomically and updates ``DIR/manifest.json``. A video whose recording already exists with
+the same content hash and settings is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from semiofed.privacy.keys import sha256_file
+from semiofed.shared.atomic import atomic_path, atomic_write_json
+from semiofed.shared.errors import FormatError, SemioFedError
+from semiofed.shared.recording import STREAMS, SUFFIX, Recording, read_header, save_recording
+from semiofed.shared.skeleton import N_FACE, N_HAND, N_POSE
+
+from . import smoothing
+from .backends import BackendSpec, make_backend, quiet_stderr
+from .flow import UNITS, MotionMeter
+from .preview import write_preview
+from .roi import Roi, RoiTracker, crop, to_frame_coords
+from .settings import DEFAULT_FPS, default_workers
+from .video import FrameReader, VideoError, VideoInfo, find_videos, probe
+
+MIN_CHUNK_S = 5.0
+MAX_CHUNK_S = 120.0
+MANIFEST = "manifest.json"
+PARTIAL_DIR = ".partial"
+QUALITY_SUFFIX = "_quality.json"
+PREVIEW_SUFFIX = "_preview.mp4"
+WORKER_LOG = "extract_workers.log"  # MediaPipe's native log lines from worker processes
+PROGRESS_EVERY = 5  # analysed frames per progress message from a worker
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    out: Path
+    workers: int = field(default_factory=default_workers)
+    fps: float = DEFAULT_FPS
+    backend: BackendSpec = field(default_factory=BackendSpec)
+    roi: Roi | None = None
+    preview: bool = False
+    motion: bool = False
+    progress: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """What determines a recording's content; a change means the video is redone."""
+        return {
+            "backend": self.backend.name,
+            "fps": self.fps,
+            "roi": str(self.roi) if self.roi else "auto",
+            "motion": self.motion,
+            "smoothing": {
+                "min_cutoff_hz": smoothing.MIN_CUTOFF_HZ,
+                "beta": smoothing.BETA,
+                "max_gap_s": smoothing.MAX_GAP_S,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    video: Path
+    start: int
+    stop: int | None
+    src_fps: float
+    target_fps: float
+    backend: BackendSpec
+    roi: Roi | None
+    motion: bool
+    partial: Path
+
+
+@dataclass
+class Job:
+    video: Path
+    info: VideoInfo
+    sha256: str
+    output: Path
+    chunks: list[ChunkTask]
+    futures: list[Future[dict[str, Any]]] = field(default_factory=list)
+    t0: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        """Frames expected to be analysed (for the progress bar)."""
+        return math.ceil(self.info.frames * min(1.0, self.chunks[0].target_fps / self.info.fps))
+
+
+# ---------------------------------------------------------------- worker process side
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(progress: Any, parent_pid: int, log: str, spec: BackendSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    with open(log, "a") as fh:  # keep MediaPipe's native logging off the console
+        os.dup2(fh.fileno(), 2)
+    _WORKER["progress"] = progress
+
+    def watch_parent() -> None:  # exit when the parent dies (e.g. killed), never linger
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    # Load the models while the parent is still probing and hashing; an error here is
+    # raised again, with its message, by the first chunk instead of breaking the pool.
+    with contextlib.suppress(Exception):
+        _backend(spec)
+
+
+def _backend(spec: BackendSpec) -> Any:
+    if _WORKER.get("spec") != spec:
+        if "backend" in _WORKER:
+            _WORKER["backend"].close()
+        _WORKER["backend"], _WORKER["spec"] = make_backend(spec), spec
+    return _WORKER["backend"]
+
+
+def run_chunk(task: ChunkTask) -> dict[str, Any]:
+    """Analyse one chunk of a video and save its landmarks to ``task.partial``; returns stats."""
+    backend = _backend(task.backend)
+    backend.reset()
+    progress = _WORKER.get("progress")
+    tracker: RoiTracker | None = None
+    meter = MotionMeter() if task.motion else None
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("index", *STREAMS, "present", "motion")}
+    pending = 0
+    with FrameReader(task.video, task.start, task.stop, task.src_fps, task.target_fps) as reader:
+        for index, rgb in reader:
+            h, w = rgb.shape[:2]
+            if tracker is None:
+                tracker = RoiTracker(w, h, task.roi)
+            t = index / task.src_fps
+            roi = tracker.current
+            lm = backend.process(np.ascontiguousarray(crop(rgb, roi)), round(t * 1000))
+            lm = to_frame_coords(lm, roi, w, h)
+            if tracker.update(lm):
+                backend.reset()
+            rows["index"].append(np.int64(index))
+            for name, arr, n, c in zip(
+                STREAMS, lm, (N_POSE, N_FACE, N_HAND, N_HAND), (4, 3, 3, 3), strict=True
+            ):
+                rows[name].append(arr if arr is not None else np.full((n, c), np.nan, np.float32))
+            rows["present"].append(np.array([a is not None for a in lm]))
+            if meter is not None:
+                rows["motion"].append(meter.update(rgb, t, lm))
+            pending += 1
+            if progress is not None and pending >= PROGRESS_EVERY:
+                progress.put(pending)
+                pending = 0
+    if progress is not None and pending:
+        progress.put(pending)
+    stats = {
+        "start": task.start,
+        "read": reader.stats.read,
+        "decoded": reader.stats.decoded,
+        "dropped": reader.stats.dropped,
+        "redetections": tracker.redetections if tracker else 0,
+        "roi": str(tracker.current) if tracker and tracker.current else None,
+        "extractor": {
+            "name": backend.name,
+            "version": backend.version,
+            "device": backend.device,
+            "note": backend.note,
+        },
+    }
+    arrays = {k: np.stack(v) for k, v in rows.items() if v}
+    with atomic_path(task.partial) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, stats=np.frombuffer(_json(stats), dtype=np.uint8), **arrays)
+    return stats
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def plan_chunks(info: VideoInfo, workers: int) -> list[tuple[int, int | None]]:
+    """Frame ranges ``[start, stop)`` for one video; the last runs to the end of the file."""
+    n = max(1, math.ceil(info.duration / MAX_CHUNK_S))
+    n = max(n, min(workers, int(info.duration // MIN_CHUNK_S)))
+    bounds = [round(i * info.frames / n) for i in range(n + 1)]
+    return [(bounds[i], bounds[i + 1] if i < n - 1 else None) for i in range(n)]
+
+
+def _done(output: Path, sha: str, settings: dict[str, Any]) -> bool:
+    quality = output.with_name(output.name.removesuffix(SUFFIX) + QUALITY_SUFFIX)
+    if not quality.exists():
+        return False
+    try:
+        header = read_header(output)
+    except FormatError:
+        return False
+    meta = header.get("meta", {})
+    return header.get("source_sha256") == sha and meta.get("extract_settings") == settings
+
+
+def _load_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "stats"}
+        stats = json.loads(z["stats"].tobytes())
+    return arrays, stats
+
+
+def _assemble(job: Job, opts: ExtractOptions, wall: float) -> tuple[Recording, dict[str, Any]]:
+    parts = [_load_chunk(c.partial) for c in job.chunks]
+    stats = [s for _, s in parts]
+    arrays = [a for a, _ in parts if "index" in a]
+    decoded = sum(s["decoded"] for s in stats)
+    if not arrays:
+        raise VideoError(job.video, "no frame could be decoded (truncated or corrupt video)")
+    cat = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+    times = cat["index"] / job.info.fps
+    present = cat["present"].astype(bool)
+    filled = np.zeros_like(present)
+    streams = {}
+    for s, name in enumerate(STREAMS):
+        values = smoothing.smooth_stream(cat[name], present[:, s], times)
+        streams[name], filled[:, s] = smoothing.fill_gaps(values, present[:, s], times)
+    extractor = stats[0]["extractor"]
+    settings = opts.settings()
+    rec = Recording(
+        timestamps=times.astype(np.float64),
+        pose=streams["pose"],
+        face=streams["face"],
+        left_hand=streams["left_hand"],
+        right_hand=streams["right_hand"],
+        present=present,
+        fps=min(opts.fps, job.info.fps),
+        source_sha256=job.sha256,
+        extractor_name=extractor["name"],
+        extractor_version=extractor["version"],
+        filled=filled,
+        motion=cat.get("motion"),
+        motion_regions=list(MotionMeter.regions) if opts.motion else [],
+        meta={
+            "source_name": job.video.name,
+            "source_fps": job.info.fps,
+            "width": job.info.width,
+            "height": job.info.height,
+            "extract_settings": settings,
+            "device": extractor["device"],
+            **({"motion_units": UNITS} if opts.motion else {}),
+        },
+    )
+    read = sum(s["read"] for s in stats)
+    lost = max(0, job.info.frames - read)
+    vis = rec.pose[present[:, 0], :, 3]
+    quality = {
+        "source": str(job.video),
+        "source_sha256": job.sha256,
+        "frames_in_container": job.info.frames,
+        "frames_read": read,
+        "frames_decoded": decoded,
+        "frames_dropped": sum(s["dropped"] for s in stats) + lost,
+        "frames_analysed": rec.n_frames,
+        "analysis_fps": rec.fps,
+        "duration_s": round(job.info.duration, 3),
+        "detection_rate": {n: round(float(present[:, s].mean()), 4) for s, n in enumerate(STREAMS)},
+        "filled_rate": {n: round(float(filled[:, s].mean()), 4) for s, n in enumerate(STREAMS)},
+        "mean_pose_visibility": round(float(vis.mean()), 4) if vis.size else None,
+        "roi": [s["roi"] for s in stats],
+        "redetections": sum(s["redetections"] for s in stats),
+        "chunks": len(stats),
+        "extractor": extractor,
+        "settings": settings,
+        "elapsed_s": round(wall, 2),  # from queueing to assembly
+    }
+    if lost > max(2, 0.02 * job.info.frames):
+        quality["warning"] = (
+            f"the video ended after {read} of {job.info.frames} frames (truncated or corrupt?)"
+        )
+    return rec, quality
+
+
+@dataclass
+class RunReport:
+    entries: list[dict[str, Any]]
+    manifest: Path
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [e for e in self.entries if e["status"] == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(e["status"] == status for e in self.entries)
+
+
+class _Run:
+    """State of one ``extract`` call: manifest entries, progress bars, output names."""
+
+    def __init__(self, opts: ExtractOptions, videos: list[Path]) -> None:
+        self.opts = opts
+        self.manifest = opts.out / MANIFEST
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.entries = {
+            v: {"input": str(v), "status": "pending", "error": None, "sha256": None, "output": None}
+            for v in videos
+        }
+        self.names: set[str] = set()
+        bar = {"file": sys.stderr, "disable": not opts.progress, "dynamic_ncols": True}
+        self.files = tqdm(total=len(videos), desc="videos", unit="video", position=0, **bar)
+        self.frames = tqdm(total=0, desc="frames", unit="frame", position=1, **bar)
+
+    def output_for(self, video: Path, sha: str) -> Path:
+        stem = video.stem
+        if stem in self.names:
+            stem = f"{stem}-{sha[:8]}"
+        self.names.add(stem)
+        return self.opts.out / f"{stem}{SUFFIX}"
+
+    def finish(self, video: Path, status: str, error: str | None = None, **extra: Any) -> None:
+        self.entries[video].update(status=status, error=error, **extra)
+        if status == "failed":
+            tqdm.write(f"semiofed: FAILED {video}: {error}", file=sys.stderr)
+        elif extra.get("warning"):
+            tqdm.write(f"semiofed: warning: {video}: {extra['warning']}", file=sys.stderr)
+        self.files.update(1)
+        self.write_manifest()
+
+    def write_manifest(self, finished: bool = False) -> None:
+        entries = list(self.entries.values())
+        atomic_write_json(
+            self.manifest,
+            {
+                "format": "semiofed-extract-manifest",
+                "version": 1,
+                "started": self.started,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                if finished
+                else None,
+                "settings": self.opts.settings(),
+                "counts": {
+                    s: sum(e["status"] == s for e in entries)
+                    for s in ("ok", "skipped", "failed", "pending")
+                },
+                "inputs": entries,
+            },
+        )
+
+
+def extract(inputs: list[str | Path], opts: ExtractOptions) -> RunReport:
+    """Extract keypoint recordings from ``inputs`` (files or folders) into ``opts.out``.
+
+    Videos are probed and hashed one by one while the workers already analyse the chunks of
+    earlier ones; recordings are finished in input order.
+    """
+    opts.out.mkdir(parents=True, exist_ok=True)
+    videos = find_videos(inputs, exclude=opts.out)
+    if not videos:
+        raise SemioFedError(f"no video files found in {', '.join(map(str, inputs))}")
+    if opts.backend.name == "tasks" or opts.backend.device == "gpu":
+        with quiet_stderr():  # fail fast on missing or invalid model files
+            backend = make_backend(opts.backend)
+        backend.close()
+        if backend.note:
+            print(f"semiofed: note: {backend.note}", file=sys.stderr)
+    run = _Run(opts, videos)
+    run.write_manifest()
+    with _Workers(opts, run.frames) as workers:
+        jobs: list[Job] = []
+        for video in videos:
+            job = _plan(video, run)
+            if job is not None:
+                workers.submit(job)
+                jobs.append(job)
+                run.frames.total += job.frames
+                run.frames.refresh()
+        for job in jobs:
+            _finish_job(job, run)
+    run.write_manifest(finished=True)
+    run.files.close()
+    run.frames.close()
+    return RunReport(list(run.entries.values()), run.manifest)
+
+
+def _plan(video: Path, run: _Run) -> Job | None:
+    """Probe and hash ``video``; a Job if it needs work, else its manifest entry is final."""
+    opts = run.opts
+    try:
+        info = probe(video)
+        sha = sha256_file(video)
+    except VideoError as exc:
+        run.finish(video, "failed", exc.problem)
+        return None
+    except OSError as exc:
+        run.finish(video, "failed", f"cannot read the file ({exc.strerror or exc})")
+        return None
+    output = run.output_for(video, sha)
+    settings = opts.settings()
+    if _done(output, sha, settings):
+        run.finish(video, "skipped", None, sha256=sha, output=str(output))
+        return None
+    run.entries[video]["sha256"] = sha
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    partial = opts.out / PARTIAL_DIR / f"{output.name.removesuffix(SUFFIX)}-{sha[:16]}-{key}"
+    chunks = [
+        ChunkTask(
+            video,
+            a,
+            b,
+            info.fps,
+            opts.fps,
+            opts.backend,
+            opts.roi,
+            opts.motion,
+            partial / f"chunk_{a:09d}_{b if b is not None else 'end'}.npz",
+        )
+        for a, b in plan_chunks(info, opts.workers)
+    ]
+    return Job(video, info, sha, output, chunks)
+
+
+class _Workers:
+    """The worker pool, started at the first submitted job, with a progress queue."""
+
+    def __init__(self, opts: ExtractOptions, bar: tqdm) -> None:
+        self.opts, self.bar = opts, bar
+        self.pool: ProcessPoolExecutor | None = None
+        self.progress: Any = None
+        self.drain: threading.Thread | None = None
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def submit(self, job: Job) -> None:
+        if self.pool is None:
+            ctx = mp.get_context("spawn")  # MediaPipe's threads do not survive fork()
+            self.progress = ctx.Queue()
+            self.pool = ProcessPoolExecutor(
+                self.opts.workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(
+                    self.progress,
+                    os.getpid(),
+                    str(self.opts.out / WORKER_LOG),
+                    self.opts.backend,
+                ),
+            )
+            self.drain = threading.Thread(
+                target=_drain, args=(self.progress, self.bar), daemon=True
+            )
+            self.drain.start()
+        job.t0 = time.perf_counter()
+        for chunk in job.chunks:
+            if chunk.partial.exists():  # finished by an interrupted earlier run
+                done: Future[dict[str, Any]] = Future()
+                done.set_result({})
+                job.futures.append(done)
+            else:
+                job.futures.append(self.pool.submit(run_chunk, chunk))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is None:
+            return
+        self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+        self.progress.put(None)
+        if self.drain is not None:
+            self.drain.join(timeout=5)
+
+
+def _drain(progress: Any, bar: tqdm) -> None:
+    while (n := progress.get()) is not None:
+        bar.update(n)
+
+
+def _finish_job(job: Job, run: _Run) -> None:
+    try:
+        for fut in job.futures:
+            fut.result()
+        rec, quality = _assemble(job, run.opts, time.perf_counter() - job.t0)
+        save_recording(rec, job.output)
+        stem = job.output.name.removesuffix(SUFFIX)
+        atomic_write_json(job.output.with_name(stem + QUALITY_SUFFIX), quality)
+        preview = None
+        if run.opts.preview:
+            preview = write_preview(
+                rec, job.output.with_name(stem + PREVIEW_SUFFIX), (job.info.width, job.info.height)
+            )
+        shutil.rmtree(job.chunks[0].partial.parent, ignore_errors=True)
+    except BrokenProcessPool:
+        run.finish(
+            job.video,
+            "failed",
+            "a worker process crashed while decoding or analysing this video",
+            sha256=job.sha256,
+        )
+        return
+    except (VideoError, FormatError) as exc:
+        run.finish(job.video, "failed", getattr(exc, "problem", str(exc)), sha256=job.sha256)
+        return
+    except Exception as exc:  # one bad video must not stop the others
+        run.finish(job.video, "failed", f"{type(exc).__name__}: {exc}", sha256=job.sha256)
+        return
+    run.finish(
+        job.video,
+        "ok",
+        sha256=job.sha256,
+        output=str(job.output),
+        detection_rate=quality["detection_rate"],
+        quality_file=str(
+            job.output.with_name(job.output.name.removesuffix(SUFFIX) + QUALITY_SUFFIX)
+        ),
+        preview=str(preview) if preview else None,
+        warning=quality.get("warning"),
+    )

@@ -1,0 +1,125 @@
+"""``semiofed site extract``: videos → keypoint recordings (parser and handler)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from semiofed.shared.errors import SemioFedError
+
+EPILOG = """\
+outputs (in --out):
+  <name>_keypoints.npz   keypoints of body, face and hands (SemioFed recording format v1)
+  <name>_quality.json    frames read/decoded/dropped, detection rate per stream, visibility
+  <name>_preview.mp4     with --preview: skeleton on a blank background (no video pixels)
+  manifest.json          every input of the run: ok / skipped / failed, error, sha256, output
+
+Re-running the same command skips videos already done (same content hash and settings) and
+redoes interrupted ones. Exit code 1 when any input failed; the others are still processed.
+Only keypoints are written: no frame of the video ever leaves this command.
+
+examples:
+  semiofed site extract /data/videos --out /data/keypoints
+  semiofed site extract bed3.mp4 --out kp --roi 120,40,400,420 --preview --motion
+"""
+
+
+def register(cmds: argparse._SubParsersAction) -> None:
+    from .extract.settings import BACKENDS, DEFAULT_FPS, DEVICES, default_workers
+
+    p = cmds.add_parser(
+        "extract",
+        help="extract keypoint recordings (body, face, hands) from videos",
+        description=(
+            "Extract MediaPipe keypoints of body, face and hands from seizure videos, locally. "
+            "Each video becomes one keypoint recording plus a quality summary."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="video files, or folders (every video under them)",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        metavar="N",
+        help="worker processes over videos and chunks of long videos (default: %(default)s, the CPU count)",
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=DEFAULT_FPS,
+        metavar="F",
+        help="frames analysed per second of video (default: %(default)s; more is slower)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="holistic",
+        help="holistic: MediaPipe Holistic, models ship with MediaPipe (default); "
+        "tasks: MediaPipe Tasks landmarkers from .task files in --model-dir",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder with pose_landmarker_*.task, face_landmarker.task, hand_landmarker.task (tasks backend)",
+    )
+    p.add_argument(
+        "--roi",
+        metavar="X,Y,W,H",
+        help="analyse only this rectangle (pixels), e.g. the bed; default: found from the first confident pose",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto/gpu: GPU delegate where the backend supports it, else CPU with a message (default: auto)",
+    )
+    p.add_argument(
+        "--preview", action="store_true", help="also write a de-identified skeleton preview video"
+    )
+    p.add_argument(
+        "--motion",
+        action="store_true",
+        help="also compute optical-flow motion energy per body region",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .extract.backends import BackendSpec
+    from .extract.pipeline import ExtractOptions, extract
+    from .extract.roi import parse_roi
+
+    if args.workers < 1:
+        raise SemioFedError(f"--workers must be at least 1, got {args.workers}")
+    if not args.fps > 0:
+        raise SemioFedError(f"--fps must be positive, got {args.fps}")
+    if args.model_dir is not None and args.backend != "tasks":
+        raise SemioFedError("--model-dir is only used by --backend tasks")
+    opts = ExtractOptions(
+        out=args.out,
+        workers=args.workers,
+        fps=args.fps,
+        backend=BackendSpec(args.backend, args.model_dir, args.device),
+        roi=parse_roi(args.roi) if args.roi else None,
+        preview=args.preview,
+        motion=args.motion,
+        progress=not args.no_progress,
+    )
+    report = extract(args.inputs, opts)
+    print(
+        f"{report.count('ok')} extracted, {report.count('skipped')} already done, "
+        f"{report.count('failed')} failed; manifest: {report.manifest}"
+    )
+    for entry in report.failed:
+        print(f"  failed: {entry['input']}: {entry['error']}")
+    return 1 if report.failed else 0
