@@ -1,0 +1,350 @@
+"""Run a consortium on this machine: one SuperLink, one SuperNode per site, run submission.
+
+Every process is started in its own session (process group) and recorded; :meth:`Consortium.close`
+ends every group it started (SIGTERM, then SIGKILL after a grace period), also when the caller
+is interrupted (use it as a context manager). The coordinator never imports site code: the
+SuperNodes load the ClientApp by module reference (``semiofed.client.app:app``).
+
+The exact commands (mirrored by ``docker-compose.yml``)::
+
+    flower-superlink --ssl-ca-certfile CERTS/ca.crt --ssl-certfile CERTS/superlink.crt
+        --ssl-keyfile CERTS/superlink.key --enable-supernode-auth
+        --disable-runtime-dependency-installation --host 127.0.0.1 --port PORT
+        --database STATE/superlink.db
+    flwr supernode register CERTS/supernodes/SITE.pub local      (FLWR_HOME with config.toml)
+    flower-supernode --superlink HOST:PORT --root-certificates CERTS/ca.crt
+        --auth-supernode-private-key CERTS/supernodes/SITE.key --port SITEPORT
+        --node-config 'site-name="SITE" data-dir="…" state-dir="…"'
+    flwr run APP_DIR local --run-config 'config-file="…" out-dir="…"' --format json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semiofed.shared.errors import SemioFedError
+
+from .certs import ConsortiumPaths
+from .fab import write_app_dir
+
+log = logging.getLogger(__name__)
+
+# SuperExec (started by each SuperNode) checks for new ClientApp tasks every second by
+# default; a message then waits up to that long before its ClientApp process starts.
+SUPEREXEC_POLL_SECONDS = "0.1"
+STARTUP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """A Flower executable next to this interpreter (the project's venv)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SemioFedError(f"process exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise SemioFedError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+@dataclass
+class Site:
+    """One hospital of the local consortium."""
+
+    name: str
+    data_dir: Path
+    state_dir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Consortium:
+    """A SuperLink and its SuperNodes on 127.0.0.1, owned by this object."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        certs: ConsortiumPaths | None,
+        port: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        """``certs=None`` means insecure transport (only for ``--insecure`` debugging)."""
+        self.workdir = Path(workdir)
+        self.certs = certs
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.verbose = verbose
+        self.sites: dict[str, Site] = {}
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.flwr_home = self.workdir / "flwr-cli"
+        self.logs = self.workdir / "logs"
+        if certs is not None:
+            certs.require()
+
+    # -- process management -----------------------------------------------------------------
+    def _env(self, flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(
+            FLWR_HOME=str(flwr_home),
+            FLWR_SUPEREXEC_TASK_POLL_INTERVAL=SUPEREXEC_POLL_SECONDS,
+            FLWR_TELEMETRY_ENABLED="0",
+            PYTHONUNBUFFERED="1",
+        )
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.update(extra or {})
+        return env
+
+    def _spawn(
+        self, name: str, cmd: list[str], flwr_home: Path, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{name}.log"
+        with open(log_path, "ab") as out:
+            out.write(f"\n$ {' '.join(cmd)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env(flwr_home, extra_env),
+                start_new_session=True,
+            )
+        self._procs.append(proc)
+        log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(cmd))
+        return proc
+
+    @staticmethod
+    def _end(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        """End a process we started and its process group (its own children)."""
+        if proc.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # reap orphans left in its group
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+
+    def close(self) -> None:
+        """End every process this consortium started (SuperNodes first)."""
+        for proc in reversed(self._procs):
+            self._end(proc)
+        self._procs.clear()
+
+    def __enter__(self) -> Consortium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- SuperLink --------------------------------------------------------------------------
+    def _tls_args(self) -> list[str]:
+        if self.certs is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile",
+            str(self.certs.ca_cert),
+            "--ssl-certfile",
+            str(self.certs.superlink_cert),
+            "--ssl-keyfile",
+            str(self.certs.superlink_key),
+        ]
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink (TLS and SuperNode authentication unless insecure)."""
+        cmd = [_bin("flower-superlink"), *self._tls_args()]
+        if self.certs is not None:
+            cmd.append("--enable-supernode-auth")
+        cmd += [
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.workdir / "superlink.db"),
+        ]
+        self.superlink = self._spawn("superlink", cmd, self.workdir / "superlink-home")
+        _wait_port("127.0.0.1", self.port, STARTUP_TIMEOUT, self.superlink)
+        self._write_cli_config()
+
+    def restart_superlink(self) -> None:
+        """End the SuperLink (and the ServerApp it runs) and start it again on the same
+        port and database: what a coordinator restart looks like to the sites."""
+        if self.superlink is not None:
+            self._end(self.superlink)
+            self._procs.remove(self.superlink)
+        self.start_superlink()
+
+    def _write_cli_config(self) -> None:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", 'default = "local"', "", "[superlink.local]"]
+        lines.append(f'address = "{self.address}"')
+        if self.certs is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.certs.ca_cert.resolve()}"')
+        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run a ``flwr`` CLI command against this SuperLink; returns its JSON output."""
+        cmd = [_bin("flwr"), *args, "--format", "json"]
+        try:
+            res = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=self._env(self.flwr_home),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SemioFedError(
+                f"`flwr {' '.join(args)}` did not answer in {timeout:.0f} s"
+            ) from None
+        text = res.stdout.strip()
+        start = text.find("{")
+        try:
+            data = json.loads(text[start:]) if start >= 0 else {}
+        except json.JSONDecodeError:
+            data = {}
+        if res.returncode != 0 or not data.get("success", False):
+            detail = data.get("error-message") or res.stderr.strip() or text
+            raise SemioFedError(f"`flwr {' '.join(args)}` failed: {detail}")
+        return data
+
+    # -- SuperNodes -------------------------------------------------------------------------
+    def register(self, site: str) -> int:
+        """Register a site's public key with the SuperLink (``flwr supernode register``)."""
+        if self.certs is None:
+            raise SemioFedError("SuperNode keys are only registered when TLS/auth is on")
+        pub = self.certs.supernode_pub(site)
+        if not pub.is_file():
+            raise SemioFedError(f"{pub}: no public key for site {site!r}")
+        data = self.flwr("supernode", "register", str(pub.resolve()), "local", "--name", site)
+        return int(data["node-id"])
+
+    def add_site(self, name: str, data_dir: Path, state_dir: Path) -> Site:
+        site = Site(name, Path(data_dir), Path(state_dir))
+        self.sites[name] = site
+        return site
+
+    def start_supernode(self, name: str, key_path: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start (or restart) the SuperNode of ``name`` with its key (or ``key_path``)."""
+        site = self.sites[name]
+        if site.proc is not None and site.proc.poll() is None:
+            raise SemioFedError(f"the SuperNode of {name} is already running")
+        site.port = free_port()
+        cmd = [_bin("flower-supernode"), "--superlink", self.address]
+        if self.certs is None:
+            cmd.append("--insecure")
+        else:
+            key = key_path or self.certs.supernode_key(name)
+            cmd += [
+                "--root-certificates",
+                str(self.certs.ca_cert),
+                "--auth-supernode-private-key",
+                str(key),
+            ]
+        node_config = (
+            f'site-name="{name}" data-dir="{site.data_dir.resolve()}" '
+            f'state-dir="{site.state_dir.resolve()}"'
+        )
+        cmd += ["--port", str(site.port), "--node-config", node_config]
+        site.state_dir.mkdir(parents=True, exist_ok=True)
+        site.proc = self._spawn(
+            f"supernode-{name}", cmd, site.state_dir / "flwr-home", site.extra_env
+        )
+        return site.proc
+
+    def kill_supernode(self, name: str) -> None:
+        """SIGKILL a site's SuperNode and its ClientApp processes (a crash, not a goodbye)."""
+        proc = self.sites[name].proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def wait_connected(self, n: int, timeout: float = STARTUP_TIMEOUT) -> list[dict[str, Any]]:
+        """Wait until ``n`` SuperNodes are online (``flwr supernode list``)."""
+        end = time.monotonic() + timeout
+        nodes: list[dict[str, Any]] = []
+        while time.monotonic() < end:
+            nodes = [
+                node
+                for node in self.flwr("supernode", "list", "local").get("nodes", [])
+                if str(node.get("status", "")).lower() == "online"
+            ]
+            if len(nodes) >= n:
+                return nodes
+            time.sleep(0.5)
+        raise SemioFedError(f"only {len(nodes)} of {n} SuperNodes connected after {timeout:.0f} s")
+
+    # -- runs -------------------------------------------------------------------------------
+    def submit(
+        self, run_config: dict[str, str | int | float | bool], app_dir: Path | None = None
+    ) -> int:
+        """Submit the SemioFed Flower app (or ``app_dir``) with ``run_config``; returns the
+        Flower run id."""
+        app_dir = app_dir or write_app_dir(self.workdir / "app")
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        data = self.flwr("run", str(app_dir), "local", "--run-config", overrides)
+        return int(data["run-id"])
+
+    def run_status(self, run_id: int) -> dict[str, Any]:
+        runs = self.flwr("ls", "local", "--run-id", str(run_id))["runs"]
+        return dict(runs[0]) if runs else {}
+
+    def wait_run(self, run_id: int, timeout: float, poll: float = 2.0) -> dict[str, Any]:
+        """Wait until the run finished; returns its ``flwr ls`` row."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status = self.run_status(run_id)
+            if str(status.get("status", "")).startswith("finished"):
+                return status
+            self._check_alive()
+            time.sleep(poll)
+        raise SemioFedError(f"run {run_id} did not finish within {timeout:.0f} s")
+
+    def stop_run(self, run_id: int) -> None:
+        self.flwr("stop", str(run_id), "local")
+
+    def _check_alive(self) -> None:
+        if self.superlink is not None and self.superlink.poll() is not None:
+            raise SemioFedError(
+                f"the SuperLink exited with code {self.superlink.returncode}; "
+                f"see {self.logs / 'superlink.log'}"
+            )

@@ -1,0 +1,152 @@
+"""``semiofed server init|run|simulate`` and ``semiofed demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from semiofed.shared.errors import SemioFedError
+
+from .certs import DEFAULT_HOSTS, ConsortiumPaths
+
+
+def register_server(cmds: argparse._SubParsersAction) -> None:
+    p = cmds.add_parser(
+        "init",
+        help="create the consortium CA, the SuperLink TLS certificate and SuperNode auth keys",
+        description=(
+            "Create CERTS/ca.crt (give it to every site), CERTS/superlink.crt/.key (the "
+            "SuperLink's TLS identity) and, per site, CERTS/supernodes/SITE.key (send to that "
+            "hospital only) and SITE.pub (registered with `flwr supernode register`)."
+        ),
+    )
+    p.add_argument("--out", type=Path, required=True, help="consortium certificate folder (CERTS)")
+    p.add_argument(
+        "--sites", nargs="+", default=[], metavar="SITE", help="site names to create keys for"
+    )
+    p.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="NAME_OR_IP",
+        help=f"SuperLink host name/IP for the certificate (repeatable; default {' '.join(DEFAULT_HOSTS)})",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func=_init)
+
+    p = cmds.add_parser(
+        "run",
+        help="submit a federated run to a running SuperLink",
+        description=(
+            "Validate CONFIG, build the SemioFed Flower app and submit it to the SuperLink "
+            "(`flwr run`). The ServerApp writes checkpoints and the final run directory to "
+            "--out on the SuperLink host; re-submitting with the same --out and config resumes "
+            "after the last completed round."
+        ),
+    )
+    p.add_argument("--config", type=Path, required=True, help="run configuration (configs/*.toml)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (on the SuperLink host)")
+    p.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink address HOST:PORT")
+    p.add_argument("--certs", type=Path, help="consortium certificate folder (for ca.crt)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (debugging only)")
+    p.add_argument("--wait", action="store_true", help="wait until the run finishes")
+    p.set_defaults(func=_run)
+
+    p = cmds.add_parser(
+        "simulate",
+        help="many virtual sites on Flower's simulation engine (Ray)",
+        description="Run the same ServerApp/ClientApp with N virtual sites in one process tree "
+        "(Flower simulation engine; needs ray==2.55.1). Sites are synthetic.",
+    )
+    p.add_argument("--sites", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--config", type=Path, default=None, help="run configuration (default configs/demo.toml)"
+    )
+    p.add_argument("--out", type=Path, default=Path("simulate-out"))
+    p.add_argument("--patients-per-site", type=int, default=4)
+    p.set_defaults(func=_simulate)
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole consortium on this machine (what `make demo` runs)",
+        description=(
+            "Synthetic consortium → CA and SuperNode keys → officers approve → SuperLink + one "
+            "SuperNode per site on 127.0.0.1 (TLS, SuperNode auth) → federated training with "
+            "patient-level DP and SecAgg+ → per-round metrics and each site's cumulative ε → "
+            "federated vs centralized non-private vs local-only on held-out patients."
+        ),
+    )
+    p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    p.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)"
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="run configuration (default configs/demo.toml)"
+    )
+    p.add_argument("--patients-per-site", type=int, default=6)
+    p.add_argument("--seed", type=int, default=1, help="synthetic data seed")
+    p.add_argument("--insecure", action="store_true", help="no TLS/auth (debugging only)")
+    p.set_defaults(func=_demo)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .certs import init_consortium
+
+    paths = init_consortium(args.out, args.sites, args.hosts, force=args.force)
+    print(f"CA: {paths.ca_cert}\nSuperLink: {paths.superlink_cert}")
+    for site in args.sites:
+        print(
+            f"{site}: {paths.supernode_key(site)} (to the site) / {paths.supernode_pub(site)} (register)"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from semiofed.shared.run_config import encode_payload, load_run_config
+
+    from .consortium import Consortium
+
+    cfg = load_run_config(args.config)
+    if not args.insecure and args.certs is None:
+        raise SemioFedError("--certs CERTS is required (or --insecure for debugging)")
+    certs = None if args.insecure else ConsortiumPaths(args.certs)
+    port = args.superlink.rpartition(":")[2]
+    c = Consortium(args.out.resolve() / "cli", certs, port=int(port))
+    c.address = args.superlink
+    c._write_cli_config()
+    run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(args.out.resolve()))})
+    print(f"submitted Flower run {run_id}; run directory {args.out}")
+    if args.wait:
+        print(json.dumps(c.wait_run(run_id, timeout=7 * 24 * 3600, poll=10), indent=1))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .demo import DEFAULT_CONFIG
+    from .simulate import simulate
+
+    res = simulate(
+        args.sites, args.rounds, args.config or DEFAULT_CONFIG, args.out, args.patients_per_site
+    )
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DEFAULT_CONFIG, run_demo
+
+    run_demo(
+        args.out,
+        sites=args.sites,
+        rounds=args.rounds,
+        config=args.config or DEFAULT_CONFIG,
+        patients_per_site=args.patients_per_site,
+        seed=args.seed,
+        insecure=args.insecure,
+    )
+    return 0

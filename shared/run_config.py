@@ -1,0 +1,284 @@
+"""Federated run configuration: loaded from TOML in ``configs/``, validated with errors that
+name the file and the field.
+
+Tables (every key optional; defaults below)::
+
+    [federation]  rounds, strategy, min-nodes, fraction-train, fraction-evaluate,
+                  round-timeout, seed
+    [strategy]    proximal-mu (fedprox), trim-beta (fedtrimmedavg),
+                  num-malicious (krum/multikrum), num-keep (multikrum)
+    [training]    local-epochs, learning-rate, batch-size, val-fraction, test-fraction
+    [model]       fields of semiofed.shared.model.ModelConfig (lists for tuples)
+    [privacy]     unit ("patient"), noise-multiplier, clip-norm, delta, site-budget,
+                  accountant ("rdp" | "prv")
+    [secagg]      enabled, num-shares, reconstruction-threshold, clipping-range,
+                  quantization-range
+    [central-dp]  enabled, noise-multiplier, clip-norm, delta
+
+:func:`approval_fields` is the subset a site's privacy officer approves; a site trains only
+for a configuration whose approval fields match an approved record.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import SemioFedError
+
+STRATEGIES = ("fedavg", "fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum")
+ROBUST = ("fedtrimmedavg", "fedmedian", "krum", "multikrum")
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "federation": {
+        "rounds": 5,
+        "strategy": "fedavg",
+        "min-nodes": 2,
+        "fraction-train": 1.0,
+        "fraction-evaluate": 1.0,
+        "round-timeout": 120.0,
+        "seed": 0,
+    },
+    "strategy": {"proximal-mu": 0.01, "trim-beta": 0.2, "num-malicious": 0, "num-keep": 0},
+    "training": {
+        "local-epochs": 1,
+        "learning-rate": 0.05,
+        "batch-size": 8,
+        "val-fraction": 0.0,
+        "test-fraction": 0.25,
+    },
+    "model": {},
+    "privacy": {
+        "unit": "patient",
+        "noise-multiplier": 1.0,
+        "clip-norm": 1.0,
+        "delta": 1e-3,
+        "site-budget": 10.0,
+        "accountant": "rdp",
+    },
+    "secagg": {
+        "enabled": True,
+        "num-shares": 3,
+        "reconstruction-threshold": 2,
+        "clipping-range": 8.0,
+        "quantization-range": 4194304,
+    },
+    "central-dp": {"enabled": False, "noise-multiplier": 0.5, "clip-norm": 5.0, "delta": 1e-3},
+}
+
+_NUMBER = (int, float)
+
+
+class RunConfigError(SemioFedError):
+    """A run configuration field is missing, unknown or out of range."""
+
+
+def _fail(source: str, field: str, problem: str) -> RunConfigError:
+    return RunConfigError(f"{source}: [{field.split('.')[0]}] {field.split('.', 1)[-1]}: {problem}")
+
+
+def _check_type(source: str, field: str, value: Any, default: Any) -> None:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, _NUMBER):
+        ok = isinstance(value, _NUMBER) and not isinstance(value, bool)
+        if ok and isinstance(default, int) and not isinstance(value, int):
+            raise _fail(source, field, f"must be an integer, got {value!r}")
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise _fail(source, field, f"must be {type(default).__name__}, got {value!r}")
+
+
+def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any]:
+    """Defaults merged in and every field checked; returns a new dict."""
+    if not isinstance(raw, dict):
+        raise RunConfigError(f"{source}: a run configuration must be a table")
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise RunConfigError(f"{source}: unknown table(s) {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = copy.deepcopy(DEFAULTS)
+    for table, values in raw.items():
+        if not isinstance(values, dict):
+            raise RunConfigError(f"{source}: [{table}] must be a table")
+        if table == "model":
+            cfg["model"] = dict(values)
+            continue
+        for key, value in values.items():
+            if key not in DEFAULTS[table]:
+                raise _fail(
+                    source, f"{table}.{key}", f"unknown field; known: {sorted(DEFAULTS[table])}"
+                )
+            _check_type(source, f"{table}.{key}", value, DEFAULTS[table][key])
+            cfg[table][key] = value
+    fed, strat, tr, priv = cfg["federation"], cfg["strategy"], cfg["training"], cfg["privacy"]
+    sa, cdp = cfg["secagg"], cfg["central-dp"]
+
+    def need(cond: bool, field: str, problem: str) -> None:
+        if not cond:
+            raise _fail(source, field, problem)
+
+    need(fed["rounds"] >= 1, "federation.rounds", "must be >= 1")
+    need(fed["strategy"] in STRATEGIES, "federation.strategy", f"must be one of {STRATEGIES}")
+    need(fed["min-nodes"] >= 1, "federation.min-nodes", "must be >= 1")
+    for f in ("fraction-train", "fraction-evaluate"):
+        need(0 < fed[f] <= 1, f"federation.{f}", "must be in (0, 1]")
+    need(fed["round-timeout"] > 0, "federation.round-timeout", "must be > 0 seconds")
+    need(strat["proximal-mu"] >= 0, "strategy.proximal-mu", "must be >= 0")
+    need(0 <= strat["trim-beta"] < 0.5, "strategy.trim-beta", "must be in [0, 0.5)")
+    need(strat["num-malicious"] >= 0, "strategy.num-malicious", "must be >= 0")
+    need(strat["num-keep"] >= 0, "strategy.num-keep", "must be >= 0")
+    need(tr["local-epochs"] >= 1, "training.local-epochs", "must be >= 1")
+    need(tr["learning-rate"] > 0, "training.learning-rate", "must be > 0")
+    need(tr["batch-size"] >= 1, "training.batch-size", "must be >= 1")
+    need(0 < tr["test-fraction"] < 1, "training.test-fraction", "must be in (0, 1)")
+    need(0 <= tr["val-fraction"] < 1, "training.val-fraction", "must be in [0, 1)")
+    need(priv["unit"] in ("patient", "window"), "privacy.unit", "must be 'patient' or 'window'")
+    need(priv["noise-multiplier"] > 0, "privacy.noise-multiplier", "must be > 0 (DP is required)")
+    need(priv["clip-norm"] > 0, "privacy.clip-norm", "must be > 0")
+    need(0 < priv["delta"] < 1, "privacy.delta", "must be in (0, 1)")
+    need(priv["site-budget"] > 0, "privacy.site-budget", "must be > 0")
+    need(priv["accountant"] in ("rdp", "prv"), "privacy.accountant", "must be 'rdp' or 'prv'")
+    if sa["enabled"]:
+        need(
+            fed["strategy"] not in ROBUST,
+            "federation.strategy",
+            f"{fed['strategy']!r} needs every site's individual update, which secure "
+            "aggregation hides (the server only learns the sum); use fedavg or fedprox with "
+            "[secagg] enabled = true, or set [secagg] enabled = false",
+        )
+        need(fed["min-nodes"] >= 2, "federation.min-nodes", "secure aggregation needs >= 2 sites")
+        need(sa["num-shares"] >= 3, "secagg.num-shares", "must be >= 3")
+        need(
+            2 <= sa["reconstruction-threshold"] < sa["num-shares"],
+            "secagg.reconstruction-threshold",
+            "must be >= 2 and < num-shares",
+        )
+        need(sa["clipping-range"] > 0, "secagg.clipping-range", "must be > 0")
+        need(sa["quantization-range"] > 1, "secagg.quantization-range", "must be > 1")
+    if cdp["enabled"]:
+        need(cdp["noise-multiplier"] > 0, "central-dp.noise-multiplier", "must be > 0")
+        need(cdp["clip-norm"] > 0, "central-dp.clip-norm", "must be > 0")
+        need(0 < cdp["delta"] < 1, "central-dp.delta", "must be in (0, 1)")
+    if fed["strategy"] in ("krum", "multikrum"):
+        need(
+            fed["min-nodes"] >= 2 * strat["num-malicious"] + 3,
+            "federation.min-nodes",
+            "Krum needs min-nodes >= 2 * num-malicious + 3",
+        )
+    return cfg
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a TOML run configuration."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunConfigError(f"{path}: cannot read run configuration ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RunConfigError(f"{path}: not valid TOML ({exc})") from None
+    return validate(raw, str(path))
+
+
+def model_config(cfg: dict[str, Any]) -> Any:
+    """The ``ModelConfig`` described by ``[model]`` (lists become tuples)."""
+    from .model import ModelConfig
+
+    fields = {
+        k.replace("-", "_"): tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()
+    }
+    try:
+        return ModelConfig(**fields)
+    except TypeError as exc:
+        raise RunConfigError(f"[model]: {exc}") from None
+
+
+def strategy_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The strategy and only the parameters it uses."""
+    name = cfg["federation"]["strategy"]
+    used = {
+        "fedprox": ("proximal-mu",),
+        "fedtrimmedavg": ("trim-beta",),
+        "krum": ("num-malicious",),
+        "multikrum": ("num-malicious", "num-keep"),
+    }.get(name, ())
+    return {"name": name, **{k: cfg["strategy"][k] for k in used}}
+
+
+def approval_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a privacy officer approves: architecture hash, DP parameters, rounds, strategy."""
+    from .model import architecture_hash
+
+    return {
+        "architecture_hash": architecture_hash(model_config(cfg)),
+        "dp": {
+            "privacy_unit": cfg["privacy"]["unit"],
+            "noise_multiplier": cfg["privacy"]["noise-multiplier"],
+            "clip_norm": cfg["privacy"]["clip-norm"],
+            "delta": cfg["privacy"]["delta"],
+            "site_budget": cfg["privacy"]["site-budget"],
+            "accountant": cfg["privacy"]["accountant"],
+            "local_epochs": cfg["training"]["local-epochs"],
+            "batch_size": cfg["training"]["batch-size"],
+        },
+        "rounds": cfg["federation"]["rounds"],
+        "strategy": strategy_fields(cfg),
+        "secure_aggregation": cfg["secagg"]["enabled"],
+        "central_dp": cfg["central-dp"] if cfg["central-dp"]["enabled"] else None,
+    }
+
+
+def config_digest(cfg: dict[str, Any]) -> str:
+    """sha256 of the whole validated configuration (identifies a run for resumption)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+PAYLOAD_KEY = "semiofed"
+
+
+def encode_payload(cfg: dict[str, Any], **extra: Any) -> str:
+    """The run configuration (plus ``extra`` such as ``out_dir``) as one Flower run-config
+    value: base64 of compact JSON (Flower's ``--run-config`` parser splits on spaces)."""
+    import base64
+
+    doc = {"config": cfg, **extra}
+    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+
+
+def decode_payload(value: str, source: str = "Flower run config") -> dict[str, Any]:
+    """Inverse of :func:`encode_payload`; the configuration is validated again."""
+    import base64
+
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(value.encode()).decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunConfigError(
+            f"{source}: '{PAYLOAD_KEY}' is not a SemioFed run payload ({exc})"
+        ) from None
+    if not isinstance(doc, dict) or "config" not in doc:
+        raise RunConfigError(f"{source}: '{PAYLOAD_KEY}' has no 'config'")
+    doc["config"] = validate(doc["config"], source)
+    return doc
+
+
+SIM_PAYLOAD_ENV = "SEMIOFED_SIM_PAYLOAD"
+
+
+def payload_of(run_config: Any) -> dict[str, Any]:
+    """The SemioFed payload of a Flower run config; under ``semiofed server simulate`` (whose
+    in-process engine takes no run config) from the ``SEMIOFED_SIM_PAYLOAD`` variable."""
+    import os
+
+    value = run_config.get(PAYLOAD_KEY) if run_config else None
+    if not value:
+        value = os.environ.get(SIM_PAYLOAD_ENV)
+    if not value:
+        raise RunConfigError(
+            f"the run carries no '{PAYLOAD_KEY}' payload; submit runs with `semiofed server run`"
+        )
+    return decode_payload(str(value))

@@ -1,0 +1,140 @@
+"""Real Flower deployment engine on 127.0.0.1: SuperLink with TLS + SuperNode authentication,
+three SuperNodes, the SemioFed ServerApp/ClientApp. Every process is started by the
+Consortium object and ended by it (process groups it created)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from semiofed.privacy.approval import approve
+from semiofed.privacy.keys import generate_keypair
+from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.server.certs import init_consortium, write_supernode_keypair
+from semiofed.server.consortium import Consortium
+from semiofed.shared.run_config import approval_fields, encode_payload, validate
+
+from .federation_helpers import TINY, synth_consortium
+
+pytestmark = pytest.mark.slow
+SITES = ["site-01", "site-02", "site-03"]
+
+MAIN = validate(TINY)  # SecAgg+, FedAvg, 2 rounds, min-nodes 2
+RESILIENT = validate(
+    {
+        **TINY,
+        "federation": {
+            **TINY["federation"],
+            "rounds": 3,
+            "min-nodes": 1,
+            "strategy": "fedmedian",
+            "round-timeout": 20.0,
+        },
+        "secagg": {"enabled": False},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    data = synth_consortium(root / "data", sites=3, patients=3)
+    certs = init_consortium(root / "certs", SITES)
+    write_supernode_keypair(root / "intruder.key", root / "intruder.pub")  # never registered
+    with Consortium(root / "work", certs) as c:
+        c.start_superlink()
+        for s in SITES:
+            state = root / "state" / s
+            officer = generate_keypair(root / "officers" / f"{s}.pem")
+            for cfg in (MAIN, RESILIENT):
+                approve(approval_fields(cfg), state, officer)
+            c.register(s)
+            c.add_site(s, data / s, state)
+            c.start_supernode(s)
+        # site-03 has (almost) no budget left: it must decline, not crash
+        PrivacyLedger(root / "state" / "site-03").set_budget(0.05, 1e-3, "rdp")
+        c.wait_connected(3)
+        yield c, root
+
+
+def _run_json(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text(encoding="utf-8"))
+
+
+def test_supernode_without_registered_key_is_rejected(consortium):
+    c, root = consortium
+    c.add_site("intruder", root / "data" / "site-01", root / "state" / "intruder")
+    proc = c.start_supernode("intruder", key_path=root / "intruder.key")
+    proc.wait(timeout=90)  # the SuperLink refuses to activate it and it gives up
+    log = (c.logs / "supernode-intruder.log").read_text(errors="replace")
+    assert proc.returncode != 0
+    assert "Failed to activate SuperNode" in log, log[-2000:]
+    assert len(c.wait_connected(3)) == 3  # still only the three registered hospitals
+
+
+def test_three_supernodes_run_and_over_budget_site_declines(consortium):
+    c, root = consortium
+    out = root / "run-main"
+    run_id = c.submit({"semiofed": encode_payload(MAIN, out_dir=str(out))})
+    status = c.wait_run(run_id, timeout=900)
+    assert status["status"] == "finished:completed", status
+    run = _run_json(out)
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    assert run["participating_sites"] == ["site-01", "site-02"]
+    for r in run["rounds"]:
+        assert r["aggregated"]
+        assert "privacy budget exceeded" in r["declined"]["site-03"]
+        assert r["federated_eval"]["eval-sites"] >= 2
+    eps = [p["epsilon"] for p in run["site_privacy"]["site-01"]]
+    assert eps[0] < eps[1]  # cumulative across rounds
+    assert run["site_privacy"]["site-01"][0]["privacy_unit"] == "patient"
+    assert (out / "model.safetensors").stat().st_size > 0
+    assert json.loads((out / "model_config.json").read_text())["embed_dim"] == 16
+    outbox = (root / "state" / "site-01" / "outbox.jsonl").read_text().splitlines()
+    assert len(outbox) >= 2 * 5  # 4 SecAgg+ stages + evaluate per round
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_supernode_rejoins_and_restarted_serverapp_resumes(consortium):
+    c, root = consortium
+    out = root / "run-resilient"
+    payload = {"semiofed": encode_payload(RESILIENT, out_dir=str(out))}
+    ledger = root / "state" / "site-02" / "privacy_ledger.json"
+    n_before = len(json.loads(ledger.read_text())["runs"]) if ledger.exists() else 0
+
+    def site02_training() -> bool:
+        return ledger.exists() and len(json.loads(ledger.read_text())["runs"]) > n_before
+
+    run_id = c.submit(payload)
+    _wait(site02_training, 300, "site-02 to start training in round 1")
+    c.kill_supernode("site-02")  # mid-round crash of a hospital
+    c.start_supernode("site-02")  # it comes back (same key, same node id)
+    progress = out / "progress.json"
+    _wait(
+        lambda: progress.exists() and len(json.loads(progress.read_text())["rounds"]) >= 2,
+        600,
+        "2 rounds",
+    )
+    c.stop_run(run_id)  # the ServerApp goes away after round 2 …
+    _wait(lambda: c.run_status(run_id)["status"].startswith("finished"), 60, "run stop")
+    run_id2 = c.submit(payload)  # … and a new one resumes from the checkpoint
+    status = c.wait_run(run_id2, timeout=600)
+    assert status["status"] == "finished:completed", status
+    run = _run_json(out)
+    assert run["resumed_after_round"] >= 2
+    rounds = {r["round"]: r for r in run["rounds"]}
+    assert sorted(rounds) == [1, 2, 3]
+    assert "site-02" not in rounds[1]["sites"] and "site-01" in rounds[1]["sites"]
+    assert rounds[1]["aggregated"]  # min-nodes = 1: round 1 completed without site-02
+    assert any("site-02" in rounds[r]["sites"] for r in (2, 3))  # site-02 rejoined

@@ -1,0 +1,167 @@
+"""Run configuration, certificates, allowlist and the ClientApp's decline paths (no processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+)
+
+from semiofed.client.allowlist import OUTBOX_FILE, ForbiddenContent, check_reply, param_specs
+from semiofed.client.app import SiteClient, allowlist_mod
+from semiofed.privacy.approval import approve
+from semiofed.privacy.keys import generate_keypair
+from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.server.certs import ConsortiumPaths, init_consortium
+from semiofed.shared.run_config import (
+    RunConfigError,
+    approval_fields,
+    encode_payload,
+    load_run_config,
+    validate,
+)
+
+from .federation_helpers import TINY, synth_consortium
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_validate():
+    for name in ("demo.toml", "consortium.toml"):
+        cfg = load_run_config(ROOT / "configs" / name)
+        fields = approval_fields(cfg)
+        assert len(fields["architecture_hash"]) == 64
+        assert fields["dp"]["privacy_unit"] == "patient"
+
+
+def test_config_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation]\nrounds = 0\n", encoding="utf-8")
+    with pytest.raises(RunConfigError, match=r"bad\.toml: \[federation\] rounds: must be >= 1"):
+        load_run_config(bad)
+    bad.write_text("[privacy]\nnoise-multipler = 1.0\n", encoding="utf-8")
+    with pytest.raises(RunConfigError, match=r"\[privacy\] noise-multipler: unknown field"):
+        load_run_config(bad)
+
+
+def test_robust_strategy_with_secagg_is_refused():
+    with pytest.raises(RunConfigError, match="secure aggregation hides"):
+        validate({"federation": {"strategy": "fedmedian"}, "secagg": {"enabled": True}})
+    cfg = validate({"federation": {"strategy": "fedmedian"}, "secagg": {"enabled": False}})
+    assert cfg["federation"]["strategy"] == "fedmedian"
+
+
+def test_init_consortium_chain_and_keys(tmp_path):
+    paths = init_consortium(tmp_path / "certs", ["site-01"], ["localhost", "127.0.0.1"])
+    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    leaf = x509.load_pem_x509_certificate(paths.superlink_cert.read_bytes())
+    leaf.verify_directly_issued_by(ca)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert paths.supernode_key("site-01").stat().st_mode & 0o077 == 0
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    assert isinstance(
+        load_ssh_public_key(paths.supernode_pub("site-01").read_bytes()), ec.EllipticCurvePublicKey
+    )
+    with pytest.raises(Exception, match="already exists"):
+        init_consortium(tmp_path / "certs", ["site-01"])
+    assert ConsortiumPaths(tmp_path / "certs").sites() == ["site-01"]
+
+
+def _context(cfg: dict, site_dir: Path, state: Path) -> Context:
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"site-name": "site-01", "data-dir": str(site_dir), "state-dir": str(state)},
+        state=RecordDict(),
+        run_config={"semiofed": encode_payload(cfg, out_dir="/nonexistent")},
+    )
+
+
+def _fit_message(cfg: dict, arrays: list[np.ndarray]) -> Message:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # what a flwr-clientapp process sets before it handles a message
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = 1, 1, 7
+    ins = FitIns(ndarrays_to_parameters(arrays), {"server-round": 1})
+    return Message(compat.fitins_to_recorddict(ins, True), dst_node_id=7, message_type="train")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = synth_consortium(tmp_path_factory.mktemp("units"), sites=1, patients=3)
+    cfg = validate(TINY)
+    from semiofed.client import site_task
+
+    model = site_task.build_model(cfg)
+    return root / "site-01", cfg, model, site_task.get_arrays(model)
+
+
+def test_allowlist_refuses_forbidden_key_and_records_allowed(tiny, tmp_path):
+    site_dir, cfg, model, arrays = tiny
+    ctx = _context(cfg, site_dir, tmp_path)
+    specs = param_specs(model)
+
+    def reply_with(metrics: dict):
+        res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), 3, metrics)
+        return lambda msg, c: Message(compat.fitres_to_recorddict(res, False), reply_to=msg)
+
+    msg = _fit_message(cfg, arrays)
+    with pytest.raises(ForbiddenContent, match="'patient-ids' is not on the allowlist"):
+        allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "patient-ids": "p1,p2"}))
+    assert not (tmp_path / OUTBOX_FILE).exists()
+    out = allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "num-patients": 3}))
+    entry = json.loads((tmp_path / OUTBOX_FILE).read_text().splitlines()[0])
+    assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
+    assert entry["records"]["configs"]["fitres.metrics"] == ["epsilon", "num-patients"]
+    assert out.content is not None
+    # a wrong shape, an extra array record and a raw metric record are refused as well
+    bad = compat.fitres_to_recorddict(
+        FitRes(Status(Code.OK, ""), ndarrays_to_parameters([a[..., :1] for a in arrays]), 3, {}),
+        False,
+    )
+    with pytest.raises(ForbiddenContent, match="does not match parameter"):
+        check_reply(bad, specs)
+    extra = RecordDict({"embeddings": MetricRecord({"x": 1.0})})
+    with pytest.raises(ForbiddenContent, match="not on the allowlist"):
+        check_reply(extra, specs)
+    with pytest.raises(ForbiddenContent):
+        check_reply(RecordDict({"fitres.metrics": ConfigRecord({"raw": b"bytes"})}), specs)
+
+
+def test_unapproved_configuration_is_declined(tiny, tmp_path):
+    site_dir, cfg, _model, arrays = tiny
+    client = SiteClient(_context(cfg, site_dir, tmp_path))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
+    assert res.num_examples == 0 and res.metrics["declined"] == 1
+    assert "not approved" in str(res.metrics["decline-reason"])
+    # approving a *different* configuration does not help
+    other = validate({**TINY, "privacy": {**TINY["privacy"], "noise-multiplier": 0.3}})
+    approve(approval_fields(other), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
+    assert res.num_examples == 0 and "noise_multiplier" in str(res.metrics["decline-reason"])
+    assert not (tmp_path / "privacy_ledger.json").exists() or not PrivacyLedger(tmp_path).history()
+
+
+def test_over_budget_round_is_declined_before_training(tiny, tmp_path):
+    site_dir, cfg, _model, arrays = tiny
+    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    PrivacyLedger(tmp_path).set_budget(0.05, cfg["privacy"]["delta"], cfg["privacy"]["accountant"])
+    client = SiteClient(_context(cfg, site_dir, tmp_path))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
+    assert res.num_examples == 0
+    assert "privacy budget exceeded" in str(res.metrics["decline-reason"])
+    assert PrivacyLedger(tmp_path).history() == []  # nothing was trained
