@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import analyze_cli, extract_cli, model_pull, train_cli
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     site = sub.add_parser(
@@ -12,4 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Commands a hospital runs locally. Nothing but protected model updates leaves the site.",
     )
     cmds = site.add_subparsers(dest="site_command", metavar="COMMAND", required=True)
-    del cmds  # subcommands are added by their modules below as they land
+    extract_cli.register(cmds)
+    model_pull.register(cmds)
+    analyze_cli.register(cmds)
+    train_cli.register(cmds)

@@ -1,0 +1,540 @@
+"""``semiofed site analyze`` / ``site calibrate`` / ``site review``: the clinical analysis loop.
+
+Review queue (``STATE/review/``), the model-update loop:
+
+* ``analyze`` appends every event flagged as aberrant to ``STATE/review/queue.json`` and
+  copies the recording (keypoints only) to ``STATE/review/recordings/``.
+* ``review --label ID TYPE`` cuts the event ± ``CROP_MARGIN_S`` out of that recording and
+  writes it, with an ``events.tsv`` holding the clinician's label, as
+  ``STATE/review/data/<patient>/<ID>_keypoints.npz`` + ``<ID>_events.tsv`` — the layout of a
+  site data folder. ``review --reject ID`` (not an event of interest) writes the crop with an
+  empty events.tsv: a labelled false alarm, background for training.
+* ``STATE/review/data`` is therefore a site data folder: ``load_patient_windows(STATE/review/data)``
+  loads it, and the next training round includes it by passing it as a further data folder
+  (the margins of each crop count as background, as the clinician saw them in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.errors import FormatError, SemioFedError
+from semiofed.shared.events import Event, write_events
+from semiofed.shared.labels import (
+    CANONICAL_EVENT_TYPE,
+    CLASSES,
+    LATERALIZATIONS,
+    is_known_event_type,
+)
+from semiofed.shared.recording import SUFFIX, Recording, load_recording, save_recording
+
+log = logging.getLogger(__name__)
+
+QUEUE = "queue.json"
+CROP_MARGIN_S = 30.0
+
+ANALYZE_EPILOG = """\
+outputs (in --out):
+  report.json   timeline, events (type, calibrated probabilities, conformal prediction set,
+                aberrant flag), evolution per body region, semiology, explanations
+  report.html   the same as a self-contained page (no scripts, no video frames: skeletons only)
+  keypoints/    when INPUT is a video: its keypoint recording (extracted first)
+
+Calibration (temperature, conformal threshold, open-set scorer) is read from
+MODEL_DIR/calibration.json (see `semiofed site calibrate`) or --calibration; without it
+probabilities are uncalibrated and no event can be flagged as aberrant.
+Flagged events join the review queue in --state (default: --out); see `semiofed site review`.
+
+examples:
+  semiofed site analyze bed3.mp4 --model runs/site-a --out analysis/bed3
+  semiofed site analyze kp/bed3_keypoints.npz --model runs/site-a --out analysis/bed3 --state site-state
+"""
+
+REVIEW_EPILOG = """\
+Flagged (aberrant) events wait in STATE/review/queue.json. Label one and it is written to
+STATE/review/data/<patient>/ as a keypoint recording + events.tsv (a site data folder), which
+the next training round includes when given as a further data folder.
+
+TYPE is a model class (automatisms, clonic, f2b, hyperkinetic, pnes) or any SzCORE event type
+(e.g. sz_foc_ia_m_automatisms, sz for an unclassified seizure).
+
+examples:
+  semiofed site review --state site-state                      # list the queue
+  semiofed site review --state site-state --label bed3-E1 clonic --lateralization left
+  semiofed site review --state site-state --reject bed3-E2     # not a seizure
+  semiofed site review --state site-state --interactive
+"""
+
+
+def register(cmds: argparse._SubParsersAction) -> None:
+    p = cmds.add_parser(
+        "analyze",
+        help="analyse a video or keypoint recording: timeline, evolution, semiology, report",
+        description="Analyse one seizure video (or its keypoint recording) with a trained model and "
+        "write report.json and report.html: detection timeline, events with calibrated type "
+        "probabilities and prediction sets, aberrant-seizure flag, evolution across body regions, "
+        "quantified semiology and explanations.",
+        epilog=ANALYZE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "input", metavar="INPUT", type=Path, help="a video file or a *_keypoints.npz recording"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        metavar="MODEL_DIR",
+        help="folder with model.safetensors + model_config.json",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="calibration.json (default: MODEL_DIR/calibration.json)",
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        metavar="STATE",
+        help="site state folder holding the review queue (default: --out)",
+    )
+    p.add_argument(
+        "--patient",
+        metavar="ID",
+        help="patient id used when flagged events are labelled (default: input name)",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="seizure probability threshold (default: 0.5)"
+    )
+    p.add_argument("--no-explain", action="store_true", help="skip the explanations (faster)")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=10.0,
+        help="video only: frames analysed per second (default: 10)",
+    )
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda for the model (default: auto)")
+    p.set_defaults(func=run_analyze)
+
+    c = cmds.add_parser(
+        "calibrate",
+        help="fit temperature, conformal threshold and open-set scorer on held-out patients",
+        description="Calibrate a trained model on patients it was not trained on; writes "
+        "MODEL_DIR/calibration.json. Federated: each site runs `--share temperature`, the "
+        "summaries are merged with `--merge-temperature`, then each site runs `--share quantiles "
+        "--temperature T`, and `--merge-quantiles` writes calibration.json. Leaves a site: a window "
+        "count and 49 summed losses (round 1), a window count and 99 score quantiles (round 2).",
+    )
+    c.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    c.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="SITE_DIR",
+        help="site data folder (one folder per patient)",
+    )
+    c.add_argument(
+        "--held-out",
+        nargs="+",
+        required=True,
+        metavar="PATIENT",
+        help="patients the model was NOT trained on",
+    )
+    c.add_argument("--coverage", type=float, default=0.9, help="conformal coverage (default: 0.9)")
+    c.add_argument(
+        "--flag-rate",
+        type=float,
+        default=0.05,
+        help="share of known-type events flagged aberrant (default: 0.05)",
+    )
+    c.add_argument("--out", type=Path, metavar="FILE", help="default: MODEL_DIR/calibration.json")
+    c.add_argument(
+        "--share",
+        choices=("temperature", "quantiles"),
+        help="federated: write this site's summary only (to --summary-out)",
+    )
+    c.add_argument(
+        "--summary-out", type=Path, metavar="FILE", help="where --share writes the summary"
+    )
+    c.add_argument("--temperature", type=float, help="federated round 2: the merged temperature")
+    c.add_argument(
+        "--merge-temperature",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="print the temperature merged from round-1 summaries",
+    )
+    c.add_argument(
+        "--merge-quantiles",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="write calibration.json from round-2 summaries (with --temperature)",
+    )
+    c.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
+    c.set_defaults(func=run_calibrate)
+
+    r = cmds.add_parser(
+        "review",
+        help="list aberrant events awaiting review and label them for the next training round",
+        description="The local review queue of events flagged as aberrant by `site analyze`.",
+        epilog=REVIEW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--state",
+        required=True,
+        type=Path,
+        metavar="STATE",
+        help="site state folder (the --state/--out of analyze)",
+    )
+    r.add_argument(
+        "--label",
+        nargs=2,
+        metavar=("EVENT_ID", "TYPE"),
+        action="append",
+        default=[],
+        help="label an event (repeatable)",
+    )
+    r.add_argument(
+        "--lateralization", choices=sorted(LATERALIZATIONS), help="lateralization for --label"
+    )
+    r.add_argument(
+        "--reject",
+        metavar="EVENT_ID",
+        action="append",
+        default=[],
+        help="mark an event as not an event of interest",
+    )
+    r.add_argument("--interactive", action="store_true", help="prompt for each pending event")
+    r.add_argument("--all", action="store_true", help="list reviewed events too")
+    r.set_defaults(func=run_review)
+
+
+# ------------------------------------------------------------------------------------ analyze
+
+
+def _recording_for(args: argparse.Namespace) -> tuple[Recording, Path]:
+    path: Path = args.input
+    if not path.exists():
+        raise SemioFedError(f"{path}: input does not exist")
+    if path.name.endswith(SUFFIX):
+        return load_recording(path), path
+    from .extract.pipeline import ExtractOptions, extract
+
+    report = extract([path], ExtractOptions(out=args.out / "keypoints", workers=1, fps=args.fps))
+    entry = report.entries[0]
+    if entry["status"] == "failed" or not entry["output"]:
+        raise SemioFedError(f"{path}: keypoint extraction failed: {entry['error']}")
+    return load_recording(entry["output"]), Path(entry["output"])
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from semiofed.shared.analysis.pipeline import (
+        CALIBRATION_FILE,
+        AnalysisConfig,
+        SiteCalibration,
+        analyze_recording,
+        load_model,
+    )
+    from semiofed.shared.analysis.report import write_report
+
+    if not 0.0 < args.threshold < 1.0:
+        raise SemioFedError(f"--threshold must be in (0, 1), got {args.threshold}")
+    model, wcfg, _ = load_model(args.model, args.device)
+    cal_path = args.calibration or args.model / CALIBRATION_FILE
+    calib = SiteCalibration.load(cal_path) if cal_path.is_file() else None
+    if args.calibration and calib is None:
+        raise SemioFedError(f"{args.calibration}: calibration file does not exist")
+    if calib is None:
+        print(
+            f"warning: no {cal_path}: probabilities are uncalibrated, no aberrant flag",
+            file=sys.stderr,
+        )
+    rec, rec_path = _recording_for(args)
+    cfg = AnalysisConfig(detect_threshold=args.threshold, explain=not args.no_explain)
+    report = analyze_recording(rec, model, wcfg, calib, cfg, rec_path.name, args.model.name)
+    j, h = write_report(report, args.out)
+    stem = rec_path.name[: -len(SUFFIX)] if rec_path.name.endswith(SUFFIX) else rec_path.stem
+    flagged = [e for e in report["events"] if e["aberrant"]["flagged"]]
+    if flagged:
+        n = enqueue(args.state or args.out, rec_path, stem, args.patient or stem, flagged, j)
+        print(
+            f"{n} aberrant event(s) added to the review queue in {(args.state or args.out) / 'review'}"
+        )
+    print(f"{len(report['events'])} event(s) detected; wrote {j} and {h}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ review queue
+
+
+def _queue_path(state: Path) -> Path:
+    return state / "review" / QUEUE
+
+
+def load_queue(state: Path) -> dict:
+    path = _queue_path(state)
+    if not path.exists():
+        return {"format": "semiofed-review-queue", "version": 1, "items": []}
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != "semiofed-review-queue" or not isinstance(doc.get("items"), list):
+            raise ValueError("not a review queue")
+        return doc
+    except (OSError, ValueError) as exc:
+        raise FormatError(path, f"unreadable review queue ({exc})") from None
+
+
+def enqueue(
+    state: Path, rec_path: Path, stem: str, patient: str, events: list[dict], report: Path
+) -> int:
+    """Add flagged events to the queue (idempotent per event id); returns how many were new."""
+    doc = load_queue(state)
+    rec_dir = state / "review" / "recordings"
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    copy = rec_dir / f"{stem}{SUFFIX}"
+    if not copy.exists():
+        copy.write_bytes(rec_path.read_bytes())
+    known = {it["id"] for it in doc["items"]}
+    added = 0
+    for ev in events:
+        eid = f"{stem}-{ev['id']}"
+        if eid in known:
+            continue
+        doc["items"].append(
+            {
+                "id": eid,
+                "status": "pending",
+                "recording": str(copy.relative_to(state)),
+                "patient": patient,
+                "onset_s": ev["onset_s"],
+                "offset_s": ev["offset_s"],
+                "predicted_type": ev["predicted_type"],
+                "prediction_set": ev["prediction_set"],
+                "aberrant_score": ev["aberrant"]["score"],
+                "aberrant_threshold": ev["aberrant"]["threshold"],
+                "report": str(report.resolve()),
+                "queued_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "label": None,
+                "lateralization": None,
+            }
+        )
+        added += 1
+    atomic_write_json(_queue_path(state), doc)
+    return added
+
+
+def crop_recording(rec: Recording, start_s: float, stop_s: float) -> Recording:
+    """Frames with timestamps in [start_s, stop_s], re-timed to start at 0."""
+    keep = (rec.timestamps >= start_s) & (rec.timestamps <= stop_s)
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        raise SemioFedError(f"nothing to crop between {start_s:.1f} and {stop_s:.1f} s")
+    sl = slice(idx[0], idx[-1] + 1)
+    return Recording(
+        timestamps=rec.timestamps[sl] - rec.timestamps[idx[0]],
+        pose=rec.pose[sl],
+        face=rec.face[sl],
+        left_hand=rec.left_hand[sl],
+        right_hand=rec.right_hand[sl],
+        present=rec.present[sl],
+        fps=rec.fps,
+        source_sha256=rec.source_sha256,
+        extractor_name=rec.extractor_name,
+        extractor_version=rec.extractor_version,
+        filled=rec.filled[sl],
+        motion=None if rec.motion is None else rec.motion[sl],
+        motion_regions=list(rec.motion_regions),
+        meta={**rec.meta, "cropped_from_s": round(float(rec.timestamps[idx[0]]), 3)},
+    )
+
+
+def event_type_for(label: str) -> str:
+    if label in CANONICAL_EVENT_TYPE and label != "bckg":
+        return CANONICAL_EVENT_TYPE[label]
+    if is_known_event_type(label) and label != "bckg":
+        return label
+    classes = ", ".join(c for c in CLASSES if c != "bckg")
+    raise SemioFedError(
+        f"unknown type {label!r}: use a model class ({classes}) or a SzCORE event type"
+    )
+
+
+def apply_review(state: Path, eid: str, label: str | None, lateralization: str | None) -> Path:
+    """Label (``label``) or reject (``None``) one queued event; writes its training data."""
+    doc = load_queue(state)
+    items = {it["id"]: it for it in doc["items"]}
+    if eid not in items:
+        raise SemioFedError(f"no event {eid!r} in the review queue ({', '.join(items) or 'empty'})")
+    it = items[eid]
+    etype = event_type_for(label) if label is not None else None
+    rec = load_recording(state / it["recording"])
+    start = max(0.0, it["onset_s"] - CROP_MARGIN_S)
+    crop = crop_recording(rec, start, it["offset_s"] + CROP_MARGIN_S)
+    out_dir = state / "review" / "data" / it["patient"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_recording(crop, out_dir / f"{eid}{SUFFIX}")
+    events = []
+    if etype is not None:
+        events.append(
+            Event(it["onset_s"] - start, it["offset_s"] - it["onset_s"], etype, lateralization, 1.0)
+        )
+    write_events(out_dir / f"{eid}_events.tsv", events)
+    it.update(
+        status="labelled" if etype else "rejected",
+        label=etype,
+        lateralization=lateralization,
+        reviewed_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        training_data=str((out_dir / f"{eid}{SUFFIX}").relative_to(state)),
+    )
+    atomic_write_json(_queue_path(state), doc)
+    return out_dir
+
+
+def _print_queue(doc: dict, show_all: bool) -> None:
+    items = [it for it in doc["items"] if show_all or it["status"] == "pending"]
+    if not items:
+        print("review queue: nothing pending")
+        return
+    print(
+        f"{'id':<28} {'status':<9} {'onset-offset (s)':<17} {'predicted':<13} {'set':<28} score/thr   label"
+    )
+    for it in items:
+        span = f"{it['onset_s']:.1f}-{it['offset_s']:.1f}"
+        score = f"{it['aberrant_score']:.2f}/{it['aberrant_threshold']:.2f}"
+        print(
+            f"{it['id']:<28} {it['status']:<9} {span:<17} {it['predicted_type']:<13} "
+            f"{','.join(it['prediction_set']):<28} {score:<11} {it['label'] or ''}"
+        )
+
+
+def run_review(args: argparse.Namespace) -> int:
+    state: Path = args.state
+    if not state.is_dir():
+        raise SemioFedError(f"{state}: state folder does not exist")
+    if args.lateralization and not args.label and not args.interactive:
+        raise SemioFedError("--lateralization goes with --label")
+    for eid, label in args.label:
+        out = apply_review(state, eid, label, args.lateralization)
+        print(f"labelled {eid} as {event_type_for(label)}; training data in {out}")
+    for eid in args.reject:
+        out = apply_review(state, eid, None, None)
+        print(f"rejected {eid} (background); training data in {out}")
+    if args.interactive:
+        for it in [i for i in load_queue(state)["items"] if i["status"] == "pending"]:
+            print(
+                f"\n{it['id']}: {it['onset_s']:.1f}-{it['offset_s']:.1f} s, predicted {it['predicted_type']} "
+                f"(set {', '.join(it['prediction_set'])}); report: {it['report']}"
+            )
+            answer = input(
+                "type (class or SzCORE type), 'r' = not a seizure, Enter = skip: "
+            ).strip()
+            if not answer:
+                continue
+            if answer == "r":
+                apply_review(state, it["id"], None, None)
+                continue
+            lat = (
+                input("lateralization (left/right/bilateral/unknown, Enter = none): ").strip()
+                or None
+            )
+            if lat is not None and lat not in LATERALIZATIONS:
+                print(f"unknown lateralization {lat!r}; skipped")
+                continue
+            apply_review(state, it["id"], answer, lat)
+    _print_queue(load_queue(state), args.all)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ calibrate
+
+
+def _load_summaries(paths: list[Path], key: str) -> list[dict]:
+    import json
+
+    out = []
+    for p in paths:
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise FormatError(p, f"unreadable summary ({exc})") from None
+        if key not in doc or "n" not in doc:
+            raise FormatError(p, f"not a {key} summary (needs 'n' and '{key}')")
+        out.append(doc)
+    return out
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from semiofed.shared.analysis import calibration as cal
+    from semiofed.shared.analysis.pipeline import (
+        CALIBRATION_FILE,
+        fit_calibration,
+        load_model,
+        outputs_for,
+    )
+    from semiofed.shared.dataset import load_patient_windows
+    from semiofed.shared.labels import IGNORE_INDEX
+
+    if args.merge_temperature:
+        t = cal.merge_temperature(_load_summaries(args.merge_temperature, "nll"))
+        print(f"merged temperature: {t:.6g} (pass it to --temperature in round 2)")
+        return 0
+    if not 0.0 < args.coverage < 1.0:
+        raise SemioFedError(f"--coverage must be in (0, 1), got {args.coverage}")
+    model, wcfg, _ = load_model(args.model, args.device)
+    patients = load_patient_windows(args.data, wcfg)
+    by_name = {p.patient: p for p in patients}
+    missing = [h for h in args.held_out if h not in by_name]
+    if missing:
+        raise SemioFedError(
+            f"{args.data}: no usable recordings for held-out patient(s) {', '.join(missing)}"
+        )
+    held = [by_name[h] for h in args.held_out]
+    fit = [p for p in patients if p.patient not in args.held_out]
+    calib = fit_calibration(model, held, fit, args.coverage, args.flag_rate)
+    if args.share or args.merge_quantiles:
+        out = outputs_for(model, held)
+        lab = out["y_type"] != IGNORE_INDEX
+        logits, y = out["type_logits"][lab], out["y_type"][lab]
+        if args.share:
+            if args.summary_out is None:
+                raise SemioFedError("--share needs --summary-out FILE")
+            if args.share == "temperature":
+                summary = cal.temperature_summary(logits, y)
+            else:
+                if args.temperature is None:
+                    raise SemioFedError("--share quantiles needs --temperature (the merged one)")
+                summary = cal.quantile_summary(cal.scores(cal.softmax(logits, args.temperature), y))
+            atomic_write_json(args.summary_out, summary)
+            print(
+                f"wrote {args.summary_out}: n={summary['n']} and nothing else about this site's windows"
+            )
+            return 0
+        if args.temperature is None:
+            raise SemioFedError("--merge-quantiles needs --temperature (the merged one)")
+        summaries = _load_summaries(args.merge_quantiles, "quantiles")
+        calib.temperature = args.temperature
+        calib.conformal_threshold = cal.merge_quantile_summaries(summaries, args.coverage)
+        calib.source = (
+            f"federated: {len(summaries)} sites, {sum(s['n'] for s in summaries)} windows"
+        )
+    out_path = args.out or args.model / CALIBRATION_FILE
+    calib.save(out_path)
+    print(
+        f"wrote {out_path}: temperature {calib.temperature:.3g}, conformal threshold "
+        f"{calib.conformal_threshold:.3f} at {args.coverage:.0%} ({calib.source}); open-set scorer: "
+        f"{'yes' if calib.openset else 'no (too few seizure windows)'}"
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Clinical analysis of one recording: evolution, semiology, confidence, open-set, explanations, report."""
