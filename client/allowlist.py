@@ -12,7 +12,8 @@ Allowed content of a reply:
 
 Anything else raises :class:`ForbiddenContent` and the reply is not sent. Every reply that
 passes is appended to ``STATE/outbox.jsonl`` (time, message type, SHA-256, byte size, the
-record keys, metric names) for the privacy officer.
+record keys, metric names) and, as a ``message_sent`` entry, to the site's signed audit
+trail, for the privacy officer.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from flwr.app import RecordDict
 from flwr.common import bytes_to_ndarray
 
 from semiofed.shared.errors import SemioFedError
+
+from . import site_audit
 
 OUTBOX_FILE = "outbox.jsonl"
 
@@ -172,6 +175,17 @@ def record_outgoing(
             "configs": {k: sorted(v) for k, v in content.config_records.items()},
         },
     }
+    site_audit.record(
+        state_dir,
+        "message_sent",
+        {
+            "hash": digest,
+            "size": size,
+            "keys": entry["records"],
+            "message_type": message_type,
+            "round": round_,
+        },
+    )
     state_dir.mkdir(parents=True, exist_ok=True)
     line = json.dumps(entry, sort_keys=True) + "\n"
     with open(state_dir / OUTBOX_FILE, "a", encoding="utf-8") as f:

@@ -48,6 +48,7 @@ from flwr.common import (
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.run_config import approval_fields, payload_of
 
+from . import site_audit
 from .allowlist import SECAGG_RECORD, ParamSpec, check_reply, param_specs, record_outgoing
 
 log = logging.getLogger(__name__)
@@ -138,12 +139,21 @@ class SiteClient(Client):
                 reason = f"site error: {exc}"
         if reason is not None:
             log.warning("%s declines round %s: %s", self.site.name, server_round, reason)
+            site_audit.record(
+                self.site.state_dir, "round_declined", {"round": server_round, "reason": reason}
+            )
             return FitRes(
                 Status(Code.OK, "declined"),
                 ins.parameters,
                 0,
                 {"declined": 1, "decline-reason": reason, "site-name": self.site.name},
             )
+        site_audit.record(
+            self.site.state_dir,
+            "round_joined",
+            {"round": server_round, "patients": len(data.train), "epsilon": metrics["epsilon"]},
+        )
+        site_audit.record_budget(self.site.state_dir)
         metrics["site-name"] = self.site.name
         return FitRes(
             Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), len(data.train), metrics

@@ -36,6 +36,8 @@ from semiofed.privacy.keys import (
 from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
 from semiofed.shared.errors import SemioFedError
 
+from . import site_audit
+
 TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
 MANIFEST_FORMAT = "semiofed-model-manifest/1"
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -154,7 +156,38 @@ def pull(
     state: str | Path,
     version: str | None = None,
 ) -> InstalledModel:
-    """Download, verify and install a version through ``client`` (an ``httpx.Client`` on the registry)."""
+    """Download, verify and install a version through ``client`` (an ``httpx.Client`` on the
+    registry). Every model received is recorded in the site's audit trail with the outcome of
+    its verification (``model_received``), refused ones included."""
+    try:
+        model = _pull_verified(client, token, coordinator_key, state, version)
+    except VerificationError as exc:
+        site_audit.record(
+            Path(state),
+            "model_received",
+            {"version": version, "signature_ok": False, "installed": False, "error": str(exc)},
+        )
+        raise
+    site_audit.record(
+        Path(state),
+        "model_received",
+        {
+            "version": model.version,
+            "signature_ok": True,
+            "installed": True,
+            "weights_sha256": model.weights_sha256,
+        },
+    )
+    return model
+
+
+def _pull_verified(
+    client: Any,
+    token: str,
+    coordinator_key: str | Path,
+    state: str | Path,
+    version: str | None,
+) -> InstalledModel:
     pinned = load_public_key(coordinator_key)
     headers = {"Authorization": f"Bearer {token}"}
     named = version is not None

@@ -285,6 +285,11 @@ def _train(args: argparse.Namespace) -> int:
     metrics = {
         "site": data.name,
         "patients": {"train": len(train), "val": len(val), "test": len(test)},
+        # which patients, so `site calibrate --held-out` can use ones the model never saw
+        "split": {
+            name: sorted(p.patient for p in part)
+            for name, part in (("train", train), ("val", val), ("test", test))
+        },
         "windows": {"train": sum(len(p) for p in train), "test": sum(len(p) for p in test)},
         "model": {
             "parameters": count_parameters(model),

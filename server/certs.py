@@ -66,8 +66,14 @@ class ConsortiumPaths:
         folder = self.root / "supernodes"
         return sorted(p.stem for p in folder.glob("*.pub")) if folder.is_dir() else []
 
-    def require(self) -> None:
-        for path in (self.ca_cert, self.superlink_cert, self.superlink_key):
+    def require(self, superlink: bool = True) -> None:
+        """The CA certificate, and the SuperLink's certificate and key when ``superlink``."""
+        paths = (
+            (self.ca_cert, self.superlink_cert, self.superlink_key)
+            if superlink
+            else (self.ca_cert,)
+        )
+        for path in paths:
             if not path.is_file():
                 raise SemioFedError(
                     f"{path}: missing; create the consortium certificates with "

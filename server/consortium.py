@@ -5,7 +5,8 @@ ends every group it started (SIGTERM, then SIGKILL after a grace period), also w
 is interrupted (use it as a context manager). The coordinator never imports site code: the
 SuperNodes load the ClientApp by module reference (``semiofed.client.app:app``).
 
-The exact commands (mirrored by ``docker-compose.yml``)::
+The exact commands (built by :mod:`semiofed.shared.flower_commands`, which
+``semiofed server superlink`` / ``semiofed site supernode`` and ``docker-compose.yml`` use too)::
 
     flower-superlink --ssl-ca-certfile CERTS/ca.crt --ssl-certfile CERTS/superlink.crt
         --ssl-keyfile CERTS/superlink.key --enable-supernode-auth
@@ -27,13 +28,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.flower_commands import (
+    flower_bin,
+    flower_env,
+    superlink_command,
+    supernode_command,
+)
 
 from .certs import ConsortiumPaths
 from .fab import write_app_dir
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 # default; a message then waits up to that long before its ClientApp process starts.
 SUPEREXEC_POLL_SECONDS = "0.1"
 STARTUP_TIMEOUT = 60.0
+# Flower marks a silent SuperNode offline after HEARTBEAT_PATIENCE (2) × its 30 s heartbeat.
+OFFLINE_TIMEOUT = 90.0
 
 
 def free_port() -> int:
@@ -51,12 +59,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    """A Flower executable next to this interpreter (the project's venv)."""
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else name
 
 
 def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -91,32 +93,31 @@ class Consortium:
         certs: ConsortiumPaths | None,
         port: int | None = None,
         verbose: bool = False,
+        superlink: str | None = None,
     ) -> None:
-        """``certs=None`` means insecure transport (only for ``--insecure`` debugging)."""
+        """``certs=None`` means insecure transport (only for ``--insecure`` debugging).
+        ``superlink="HOST:PORT"`` talks to a SuperLink running elsewhere (only its CA
+        certificate is needed) instead of one this object starts on 127.0.0.1."""
         self.workdir = Path(workdir)
         self.certs = certs
         self.port = port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = superlink or f"127.0.0.1:{self.port}"
         self.verbose = verbose
         self.sites: dict[str, Site] = {}
+        self.node_ids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
         self.superlink: subprocess.Popen[bytes] | None = None
         self.flwr_home = self.workdir / "flwr-cli"
         self.logs = self.workdir / "logs"
         if certs is not None:
-            certs.require()
+            certs.require(superlink=superlink is None)
+        if superlink is not None:
+            self._write_cli_config()
 
     # -- process management -----------------------------------------------------------------
     def _env(self, flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
-        # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env.update(
-            FLWR_HOME=str(flwr_home),
-            FLWR_SUPEREXEC_TASK_POLL_INTERVAL=SUPEREXEC_POLL_SECONDS,
-            FLWR_TELEMETRY_ENABLED="0",
-            PYTHONUNBUFFERED="1",
-        )
+        env = flower_env(flwr_home)  # PATH, FLWR_HOME, telemetry off, unbuffered
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = SUPEREXEC_POLL_SECONDS
         env.setdefault("OMP_NUM_THREADS", "1")
         env.update(extra or {})
         return env
@@ -170,32 +171,22 @@ class Consortium:
         self.close()
 
     # -- SuperLink --------------------------------------------------------------------------
-    def _tls_args(self) -> list[str]:
-        if self.certs is None:
-            return ["--insecure"]
-        return [
-            "--ssl-ca-certfile",
-            str(self.certs.ca_cert),
-            "--ssl-certfile",
-            str(self.certs.superlink_cert),
-            "--ssl-keyfile",
-            str(self.certs.superlink_key),
-        ]
+    def superlink_command(self) -> list[str]:
+        """The SuperLink's command line (TLS and SuperNode authentication unless insecure)."""
+        certs = self.certs
+        return superlink_command(
+            host="127.0.0.1",
+            port=self.port,
+            database=self.workdir / "superlink.db",
+            ca_cert=certs.ca_cert if certs else None,
+            certfile=certs.superlink_cert if certs else None,
+            keyfile=certs.superlink_key if certs else None,
+            insecure=certs is None,
+        )
 
     def start_superlink(self) -> None:
         """Start the SuperLink (TLS and SuperNode authentication unless insecure)."""
-        cmd = [_bin("flower-superlink"), *self._tls_args()]
-        if self.certs is not None:
-            cmd.append("--enable-supernode-auth")
-        cmd += [
-            "--disable-runtime-dependency-installation",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database",
-            str(self.workdir / "superlink.db"),
-        ]
+        cmd = self.superlink_command()
         self.superlink = self._spawn("superlink", cmd, self.workdir / "superlink-home")
         _wait_port("127.0.0.1", self.port, STARTUP_TIMEOUT, self.superlink)
         self._write_cli_config()
@@ -220,7 +211,7 @@ class Consortium:
 
     def flwr(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
         """Run a ``flwr`` CLI command against this SuperLink; returns its JSON output."""
-        cmd = [_bin("flwr"), *args, "--format", "json"]
+        cmd = [flower_bin("flwr"), *args, "--format", "json"]
         try:
             res = subprocess.run(
                 cmd,
@@ -254,7 +245,8 @@ class Consortium:
         if not pub.is_file():
             raise SemioFedError(f"{pub}: no public key for site {site!r}")
         data = self.flwr("supernode", "register", str(pub.resolve()), "local", "--name", site)
-        return int(data["node-id"])
+        self.node_ids[site] = int(data["node-id"])
+        return self.node_ids[site]
 
     def add_site(self, name: str, data_dir: Path, state_dir: Path) -> Site:
         site = Site(name, Path(data_dir), Path(state_dir))
@@ -266,23 +258,20 @@ class Consortium:
         site = self.sites[name]
         if site.proc is not None and site.proc.poll() is None:
             raise SemioFedError(f"the SuperNode of {name} is already running")
+        if site.proc is not None and name in self.node_ids:
+            self._wait_offline(self.node_ids[name])
         site.port = free_port()
-        cmd = [_bin("flower-supernode"), "--superlink", self.address]
-        if self.certs is None:
-            cmd.append("--insecure")
-        else:
-            key = key_path or self.certs.supernode_key(name)
-            cmd += [
-                "--root-certificates",
-                str(self.certs.ca_cert),
-                "--auth-supernode-private-key",
-                str(key),
-            ]
-        node_config = (
-            f'site-name="{name}" data-dir="{site.data_dir.resolve()}" '
-            f'state-dir="{site.state_dir.resolve()}"'
+        certs = self.certs
+        cmd = supernode_command(
+            superlink=self.address,
+            port=site.port,
+            site_name=name,
+            data_dir=site.data_dir.resolve(),
+            state_dir=site.state_dir.resolve(),
+            ca_cert=certs.ca_cert if certs else None,
+            auth_key=(key_path or certs.supernode_key(name)) if certs else None,
+            insecure=certs is None,
         )
-        cmd += ["--port", str(site.port), "--node-config", node_config]
         site.state_dir.mkdir(parents=True, exist_ok=True)
         site.proc = self._spawn(
             f"supernode-{name}", cmd, site.state_dir / "flwr-home", site.extra_env
@@ -297,6 +286,21 @@ class Consortium:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+    def _wait_offline(self, node_id: int, timeout: float = OFFLINE_TIMEOUT) -> None:
+        """Wait until the SuperLink no longer lists ``node_id`` online. A SuperNode that died
+        stays online until its heartbeat deadline passes, and the SuperLink refuses to
+        activate a node that is still online (its restart would exit with code 305)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            nodes = self.flwr("supernode", "list", "local").get("nodes", [])
+            online = {
+                str(n.get("node-id")) for n in nodes if str(n.get("status", "")).lower() == "online"
+            }
+            if str(node_id) not in online:
+                return
+            time.sleep(1.0)
+        raise SemioFedError(f"node {node_id} is still online after {timeout:.0f} s")
 
     def wait_connected(self, n: int, timeout: float = STARTUP_TIMEOUT) -> list[dict[str, Any]]:
         """Wait until ``n`` SuperNodes are online (``flwr supernode list``)."""

@@ -1,4 +1,4 @@
-"""``semiofed server init|run|simulate`` and ``semiofed demo``."""
+"""``semiofed server init|superlink|run|simulate`` and ``semiofed demo``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from semiofed.shared.errors import SemioFedError
 
+from . import superlink_cli
 from .certs import DEFAULT_HOSTS, ConsortiumPaths
 
 
@@ -35,6 +36,24 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(func=_init)
 
+    superlink_cli.register(cmds)
+
+    p = cmds.add_parser(
+        "register",
+        help="register hospitals' SuperNode public keys with a running SuperLink",
+        description=(
+            "Register CERTS/supernodes/SITE.pub of each SITE with the SuperLink (`flwr "
+            "supernode register`), so that SITE's SuperNode may join; a SuperNode whose key "
+            "was never registered is refused. Prints each site's node id."
+        ),
+    )
+    p.add_argument("sites", nargs="+", metavar="SITE", help="site names (their .pub in CERTS)")
+    p.add_argument("--certs", type=Path, required=True, help="consortium certificate folder")
+    p.add_argument(
+        "--superlink", default="127.0.0.1:8000", help="SuperLink address (default 127.0.0.1:8000)"
+    )
+    p.set_defaults(func=_register)
+
     p = cmds.add_parser(
         "run",
         help="submit a federated run to a running SuperLink",
@@ -47,8 +66,14 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="run configuration (configs/*.toml)")
     p.add_argument("--out", type=Path, required=True, help="run directory (on the SuperLink host)")
-    p.add_argument("--superlink", default="127.0.0.1:9093", help="SuperLink address HOST:PORT")
-    p.add_argument("--certs", type=Path, help="consortium certificate folder (for ca.crt)")
+    p.add_argument(
+        "--superlink",
+        default="127.0.0.1:8000",
+        help="SuperLink address HOST:PORT (default 127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--certs", type=Path, help="consortium certificate folder (only its ca.crt is read)"
+    )
     p.add_argument("--insecure", action="store_true", help="no TLS (debugging only)")
     p.add_argument("--wait", action="store_true", help="wait until the run finishes")
     p.set_defaults(func=_run)
@@ -106,6 +131,18 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .consortium import Consortium
+
+    with tempfile.TemporaryDirectory(prefix="semiofed-register-") as tmp:
+        c = Consortium(Path(tmp), ConsortiumPaths(args.certs), superlink=args.superlink)
+        for site in args.sites:
+            print(f"{site}: registered as node {c.register(site)}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from semiofed.shared.run_config import encode_payload, load_run_config
 
@@ -115,10 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.insecure and args.certs is None:
         raise SemioFedError("--certs CERTS is required (or --insecure for debugging)")
     certs = None if args.insecure else ConsortiumPaths(args.certs)
-    port = args.superlink.rpartition(":")[2]
-    c = Consortium(args.out.resolve() / "cli", certs, port=int(port))
-    c.address = args.superlink
-    c._write_cli_config()
+    c = Consortium(args.out.resolve() / "cli", certs, superlink=args.superlink)
     run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(args.out.resolve()))})
     print(f"submitted Flower run {run_id}; run directory {args.out}")
     if args.wait:

@@ -5,6 +5,8 @@ Consortium object and ended by it (process groups it created)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ RESILIENT = validate(
             "rounds": 3,
             "min-nodes": 1,
             "strategy": "fedmedian",
-            "round-timeout": 20.0,
+            "round-timeout": 60.0,  # a round waits this long for a site that died
         },
         "secagg": {"enabled": False},
     }
@@ -75,6 +77,23 @@ def test_supernode_without_registered_key_is_rejected(consortium):
     assert len(c.wait_connected(3)) == 3  # still only the three registered hospitals
 
 
+def test_register_command_registers_a_new_site(consortium):
+    c, root = consortium
+    certs = root / "certs"
+    write_supernode_keypair(
+        certs / "supernodes" / "site-04.key", certs / "supernodes" / "site-04.pub"
+    )
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "semiofed"), "server", "register", "site-04",
+         "--certs", str(certs), "--superlink", c.address],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    node_id = res.stdout.split("registered as node")[1].strip()
+    nodes = {n["node-id"]: n for n in c.flwr("supernode", "list", "local")["nodes"]}
+    assert nodes[node_id]["status"] == "registered"  # known, not yet online
+
+
 def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     c, root = consortium
     out = root / "run-main"
@@ -95,6 +114,20 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert json.loads((out / "model_config.json").read_text())["embed_dim"] == 16
     outbox = (root / "state" / "site-01" / "outbox.jsonl").read_text().splitlines()
     assert len(outbox) >= 2 * 5  # 4 SecAgg+ stages + evaluate per round
+    # the privacy officer's signed trail holds the same: rounds, replies, budget, declines
+    kinds = _trail_kinds(root / "state" / "site-01")
+    assert kinds.count("round_joined") == 2 and kinds.count("budget_state") == 2
+    assert kinds.count("message_sent") == len(outbox)
+    assert _trail_kinds(root / "state" / "site-03").count("round_declined") == 2
+
+
+def _trail_kinds(state: Path) -> list[str]:
+    from semiofed.privacy.audit_trail import TRAIL_FILE, read_entries, site_public_key_path, verify
+    from semiofed.privacy.keys import load_public_key
+
+    trail = state / TRAIL_FILE
+    assert verify(trail, load_public_key(site_public_key_path(state))).ok
+    return [e["kind"] for e in read_entries(trail)]
 
 
 def _wait(pred, timeout: float, what: str) -> None:

@@ -162,3 +162,29 @@ def test_failed_pull_keeps_previous_model(
         _pull(reg, state)
     assert current_model(state) == (state / "models" / "v1").resolve()
     assert sorted(p.name for p in (state / "models").iterdir()) == ["current", "v1"]
+
+
+def test_every_received_model_is_in_the_site_audit_trail(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    from semiofed.privacy.audit_trail import TRAIL_FILE, read_entries, site_public_key_path
+    from semiofed.privacy.audit_trail import verify as verify_trail
+    from semiofed.privacy.keys import load_public_key
+
+    setup, _ = reg
+    state = tmp_path / "state"
+    _pull(reg, state, "v1")
+    weights = setup.data / "models" / "v2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(VerificationError):
+        _pull(reg, state, "v2")
+    trail = state / TRAIL_FILE
+    received = [e["payload"] for e in read_entries(trail) if e["kind"] == "model_received"]
+    assert [(r["version"], r["signature_ok"], r["installed"]) for r in received] == [
+        ("v1", True, True),
+        ("v2", False, False),
+    ]
+    assert "signed manifest says" in received[1]["error"]
+    assert verify_trail(trail, load_public_key(site_public_key_path(state))).ok

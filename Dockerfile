@@ -1,0 +1,31 @@
+# SemioFed: one image for every role (SuperLink, ServerApp submitter, registry, SuperNodes).
+# The entry point is the `semiofed` console command; docker-compose.yml gives each service its
+# subcommand. Build: docker build -t semiofed:0.1.0 .
+FROM python:3.11-slim
+
+# torch==2.13.0 from the package index: the CUDA build that sites with a GPU want.
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FLWR_TELEMETRY_ENABLED=0
+
+WORKDIR /opt/semiofed
+
+# Only what the install needs (keeps .venv, runs and data out of the image).
+COPY pyproject.toml README.md ./
+COPY configs ./configs
+COPY shared ./shared
+COPY privacy ./privacy
+COPY client ./client
+COPY server ./server
+
+# The pinned install of the Makefile's $(STAMP) target: pyproject's exact pins, every
+# transitive package constrained by the lock, then mediapipe 0.10.21 on its own with
+# --no-deps (its wheel ships the Holistic models; its protobuf<5 / numpy<2 pins are stale).
+RUN pip install --upgrade pip setuptools==84.2.1 -c configs/requirements.lock \
+    && pip install --no-build-isolation -c configs/requirements.lock . \
+    && pip install --no-deps mediapipe==0.10.21 \
+    && semiofed --help > /dev/null
+
+ENTRYPOINT ["semiofed"]
+CMD ["--help"]

@@ -1,0 +1,37 @@
+"""What the site side adds to its signed, hash-chained audit trail (``STATE/audit/trail.jsonl``).
+
+The ClientApp records every round it joins or declines, the budget after each training round
+and every reply it sends; ``site pull`` records every model it received with the outcome of
+the signature check. Appending fails closed: when an entry cannot be written, the reply is not
+sent (the error propagates) and a pulled model is not reported as installed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def record(state_dir: Path, kind: str, payload: dict[str, Any]) -> None:
+    """Sign and append one entry with the site key (created on first use)."""
+    from semiofed.privacy.audit_trail import site_trail
+
+    site_trail(state_dir).append(kind, payload)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def record_budget(state_dir: Path) -> None:
+    """The ledger's budget and cumulative ε (RDP and PRV at the budget's δ)."""
+    from semiofed.privacy.ledger import PrivacyLedger
+
+    s = PrivacyLedger(state_dir).summary()
+    payload = {k: s.get(k) for k in ("budget", "delta", "epsilon_spent", "steps", "privacy_units")}
+    record(state_dir, "budget_state", _finite(payload))
