@@ -9,9 +9,10 @@ Review queue (``STATE/review/``), the model-update loop:
   ``STATE/review/data/<patient>/<ID>_keypoints.npz`` + ``<ID>_events.tsv`` — the layout of a
   site data folder. ``review --reject ID`` (not an event of interest) writes the crop with an
   empty events.tsv: a labelled false alarm, background for training.
-* ``STATE/review/data`` is therefore a site data folder: ``load_patient_windows(STATE/review/data)``
-  loads it, and the next training round includes it by passing it as a further data folder
-  (the margins of each crop count as background, as the clinician saw them in the report).
+* ``STATE/review/data`` is therefore a site data folder, and ``site train --state STATE`` and
+  the ClientApp load it with the site's own data (``load_patient_windows(..., extra_dirs=)``):
+  a labelled event joins the next training rounds as part of its patient (the margins of each
+  crop count as background, as the clinician saw them in the report).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from semiofed.shared.recording import SUFFIX, Recording, load_recording, save_re
 log = logging.getLogger(__name__)
 
 QUEUE = "queue.json"
+#: Labelled events, in the layout of a site data folder; `site train` and the ClientApp
+#: include them, so they join the next training rounds.
+REVIEWED_DATA = Path("review") / "data"
 CROP_MARGIN_S = 30.0
 
 ANALYZE_EPILOG = """\
@@ -60,7 +64,8 @@ examples:
 REVIEW_EPILOG = """\
 Flagged (aberrant) events wait in STATE/review/queue.json. Label one and it is written to
 STATE/review/data/<patient>/ as a keypoint recording + events.tsv (a site data folder), which
-the next training round includes when given as a further data folder.
+`semiofed site train --state STATE` and the site's ClientApp (state-dir) include from then on:
+the labelled event joins the next training rounds, as part of that patient (one privacy unit).
 
 TYPE is a model class (automatisms, clonic, f2b, hyperkinetic, pnes) or any SzCORE event type
 (e.g. sz_foc_ia_m_automatisms, sz for an unclassified seizure).
@@ -132,22 +137,22 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "MODEL_DIR/calibration.json. Federated: each site runs `--share temperature`, the "
         "summaries are merged with `--merge-temperature`, then each site runs `--share quantiles "
         "--temperature T`, and `--merge-quantiles` writes calibration.json. Leaves a site: a window "
-        "count and 49 summed losses (round 1), a window count and 99 score quantiles (round 2).",
+        "count and 49 summed losses (round 1), a window count and 99 score quantiles (round 2). "
+        "Every site then runs `--merge-quantiles` with all summaries: temperature and conformal "
+        "threshold are the consortium's, the open-set scorer stays fitted on local data.",
     )
-    c.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    c.add_argument("--model", type=Path, metavar="MODEL_DIR", help="required except to merge")
     c.add_argument(
         "--data",
-        required=True,
         type=Path,
         metavar="SITE_DIR",
-        help="site data folder (one folder per patient)",
+        help="site data folder (one folder per patient); required except to merge",
     )
     c.add_argument(
         "--held-out",
         nargs="+",
-        required=True,
         metavar="PATIENT",
-        help="patients the model was NOT trained on",
+        help="patients the model was NOT trained on; required except to merge",
     )
     c.add_argument("--coverage", type=float, default=0.9, help="conformal coverage (default: 0.9)")
     c.add_argument(
@@ -383,7 +388,7 @@ def apply_review(state: Path, eid: str, label: str | None, lateralization: str |
     rec = load_recording(state / it["recording"])
     start = max(0.0, it["onset_s"] - CROP_MARGIN_S)
     crop = crop_recording(rec, start, it["offset_s"] + CROP_MARGIN_S)
-    out_dir = state / "review" / "data" / it["patient"]
+    out_dir = state / REVIEWED_DATA / it["patient"]
     out_dir.mkdir(parents=True, exist_ok=True)
     save_recording(crop, out_dir / f"{eid}{SUFFIX}")
     events = []
@@ -491,6 +496,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         t = cal.merge_temperature(_load_summaries(args.merge_temperature, "nll"))
         print(f"merged temperature: {t:.6g} (pass it to --temperature in round 2)")
         return 0
+    needed = [
+        f"--{k.replace('_', '-')}" for k in ("model", "data", "held_out") if not getattr(args, k)
+    ]
+    if needed:
+        raise SemioFedError(
+            f"calibrate needs {', '.join(needed)} (only --merge-temperature does not)"
+        )
     if not 0.0 < args.coverage < 1.0:
         raise SemioFedError(f"--coverage must be in (0, 1), got {args.coverage}")
     model, wcfg, _ = load_model(args.model, args.device)

@@ -124,7 +124,7 @@ class SiteClient(Client):
         reason = self._decline_reason(cfg)
         if reason is None:
             try:
-                data = site_task.load_site(self.site.data_dir, cfg)
+                data = site_task.load_site(self.site.data_dir, cfg, self.site.state_dir)
                 arrays, metrics = site_task.train_round(
                     data,
                     cfg,
@@ -172,7 +172,7 @@ class SiteClient(Client):
                 {"declined": 1, "decline-reason": reason, "site-name": self.site.name},
             )
         try:
-            data = site_task.load_site(self.site.data_dir, cfg)
+            data = site_task.load_site(self.site.data_dir, cfg, self.site.state_dir)
             loss, metrics = site_task.evaluate_round(
                 data, cfg, parameters_to_ndarrays(ins.parameters), self.site.device
             )

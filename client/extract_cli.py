@@ -12,10 +12,12 @@ outputs (in --out):
   <name>_keypoints.npz   keypoints of body, face and hands (SemioFed recording format v1)
   <name>_quality.json    frames read/decoded/dropped, detection rate per stream, visibility
   <name>_preview.mp4     with --preview: skeleton on a blank background (no video pixels)
-  manifest.json          every input of the run: ok / skipped / failed, error, sha256, output
+  manifest.json          every input of the run: ok / skipped / truncated / failed, error,
+                         sha256, output
 
 Re-running the same command skips videos already done (same content hash and settings) and
-redoes interrupted ones. Exit code 1 when any input failed; the others are still processed.
+redoes interrupted ones. Exit code 1 when any input failed or was truncated (the keypoints of
+a truncated video's readable part are kept); the others are still processed.
 Only keypoints are written: no frame of the video ever leaves this command.
 
 examples:
@@ -118,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     report = extract(args.inputs, opts)
     print(
         f"{report.count('ok')} extracted, {report.count('skipped')} already done, "
-        f"{report.count('failed')} failed; manifest: {report.manifest}"
+        f"{report.count('truncated')} truncated, {report.count('failed')} failed; "
+        f"manifest: {report.manifest}"
     )
     for entry in report.failed:
-        print(f"  failed: {entry['input']}: {entry['error']}")
+        print(f"  {entry['status']}: {entry['input']}: {entry['error']}")
     return 1 if report.failed else 0

@@ -18,6 +18,7 @@ from semiofed.shared.model import SemioNet
 from semiofed.shared.run_config import model_config
 from semiofed.shared.splits import patient_split
 
+from .analyze_cli import REVIEWED_DATA
 from .dp_training import TrainConfig, train_local
 from .evaluation import evaluate, predict
 
@@ -28,9 +29,11 @@ class SiteData:
     test: list[PatientWindows]
 
 
-def load_site(data_dir: Path, cfg: dict[str, Any]) -> SiteData:
-    """The site's patients cut by patient into train / held-out test (fixed seed per run)."""
-    patients = load_patient_windows(Path(data_dir))
+def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None) -> SiteData:
+    """The site's patients cut by patient into train / held-out test (fixed seed per run),
+    with the reviewed events of ``state_dir`` (``STATE/review/data``) when there are any."""
+    extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
+    patients = load_patient_windows(Path(data_dir), extra_dirs=extra)
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
     tr = cfg["training"]

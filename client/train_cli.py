@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from semiofed.shared.errors import SemioFedError
 
+from . import site_audit
+from .analyze_cli import REVIEWED_DATA
+
 if TYPE_CHECKING:  # torch and opacus load only when the command runs
     import torch
 
@@ -59,7 +62,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--state",
         metavar="DIR",
-        help="site state folder holding privacy_ledger.json (required with DP)",
+        help="site state folder: privacy_ledger.json (required with DP) and the labelled "
+        "events of `site review` (review/data), which training includes",
     )
     p.add_argument(
         "--epochs",
@@ -148,16 +152,17 @@ def register(cmds: argparse._SubParsersAction) -> None:
 
 
 def _recording_events(
-    site_dir: Path, patients: list[PatientWindows]
+    site_dir: Path, extra_dirs: list[Path], patients: list[PatientWindows]
 ) -> dict[RecordingKey, list[Event]]:
     """events.tsv of every recording of ``patients``, keyed like :mod:`.evaluation` wants."""
-    from semiofed.shared.dataset import events_path
+    from semiofed.shared.dataset import events_path, patient_folders
     from semiofed.shared.events import read_events
     from semiofed.shared.recording import SUFFIX
 
+    folders = patient_folders(site_dir, extra_dirs)
     out: dict[RecordingKey, list[Event]] = {}
     for pw in patients:
-        for path in (site_dir / pw.patient).rglob("*" + SUFFIX):
+        for path in (p for pdir in folders[pw.patient] for p in pdir.rglob("*" + SUFFIX)):
             out[(pw.site, pw.patient, path.name[: -len(SUFFIX)])] = read_events(events_path(path))
     return out
 
@@ -230,7 +235,8 @@ def _train(args: argparse.Namespace) -> int:
                 f"({budget.accountant}); run with --delta {budget.delta:g} --accountant {budget.accountant}"
             )
     wcfg = WindowConfig()
-    patients = load_patient_windows(data, wcfg)
+    reviewed = [Path(args.state) / REVIEWED_DATA] if args.state is not None else []
+    patients = load_patient_windows(data, wcfg, extra_dirs=reviewed)
     if len(patients) < 3:
         raise SemioFedError(
             f"{data}: {len(patients)} usable patients; training needs at least 3 (train/val/test by patient)"
@@ -261,7 +267,11 @@ def _train(args: argparse.Namespace) -> int:
         model, train, cfg, ledger, progress=not args.no_progress, val_patients=val or None
     )
     test_metrics = evaluate(
-        model, test, device=args.device, window=wcfg, ref_events=_recording_events(data, test)
+        model,
+        test,
+        device=args.device,
+        window=wcfg,
+        ref_events=_recording_events(data, reviewed, test),
     )
     save_model(out, model, mcfg, wcfg)
     privacy: dict[str, Any] = {"dp": cfg.dp}
@@ -307,6 +317,8 @@ def _train(args: argparse.Namespace) -> int:
         "test": test_metrics,
     }
     atomic_write_json(out / "metrics.json", _clean(metrics))
+    if ledger is not None:
+        site_audit.record_budget(Path(args.state))
     ev = test_metrics["events"]
     eps = (
         f"ε = {result.epsilon_total:.3f} cumulative at δ={result.delta:g} ({result.accountant}, {result.privacy_unit} level; "

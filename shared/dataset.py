@@ -13,7 +13,7 @@ what the frames cost (≈ 66 MB per patient-hour at 15 fps), not five times that
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,25 +109,41 @@ def _patient_windows(
     )
 
 
+def patient_folders(site_dir: Path, extra_dirs: Sequence[Path] = ()) -> dict[str, list[Path]]:
+    """Patient id → its folders in ``site_dir`` and in each existing ``extra_dirs`` folder."""
+    site_dir = Path(site_dir)
+    if not site_dir.is_dir():
+        raise SemioFedError(f"{site_dir}: site data folder does not exist")
+    folders: dict[str, list[Path]] = {}
+    for root in [site_dir, *(Path(d) for d in extra_dirs if Path(d).is_dir())]:
+        for pdir in sorted(d for d in root.iterdir() if d.is_dir()):
+            folders.setdefault(pdir.name, []).append(pdir)
+    return dict(sorted(folders.items()))
+
+
 def load_patient_windows(
     site_dir: Path,
     cfg: WindowConfig = DEFAULT_WINDOWS,
     on_error: Callable[[Path, Exception], None] | None = None,
+    extra_dirs: Sequence[Path] = (),
 ) -> list[PatientWindows]:
     """Windows of every patient of a site folder (patients without any usable recording are left out).
 
-    Each unreadable recording or events file is reported (``logging.warning`` and
-    ``on_error(path, exc)``) and skipped.
+    ``extra_dirs`` (e.g. the review queue's ``STATE/review/data``: events a clinician
+    labelled) add recordings in the same layout; a patient folder of the same name there is
+    the same patient, so its windows join that patient's (one privacy unit). Each unreadable
+    recording or events file is reported (``logging.warning`` and ``on_error(path, exc)``)
+    and skipped.
     """
     site_dir = Path(site_dir)
-    if not site_dir.is_dir():
-        raise SemioFedError(f"{site_dir}: site data folder does not exist")
     out: list[PatientWindows] = []
-    patient_dirs = sorted(d for d in site_dir.iterdir() if d.is_dir())
-    for pdir in tqdm(patient_dirs, desc=f"windows {site_dir.name}", unit="patient", disable=None):
+    folders = patient_folders(site_dir, extra_dirs)
+    for patient, pdirs in tqdm(
+        folders.items(), desc=f"windows {site_dir.name}", unit="patient", disable=None
+    ):
         segments: list[Segment] = []
         rec_ids: list[str] = []
-        for path in sorted(pdir.rglob("*" + SUFFIX)):
+        for path in sorted(p for pdir in pdirs for p in pdir.rglob("*" + SUFFIX)):
             try:
                 segments.append(_recording_segment(path, cfg))
             except (SemioFedError, ValueError, OSError) as exc:
@@ -137,7 +153,7 @@ def load_patient_windows(
                 continue
             rec_ids.append(path.name[: -len(SUFFIX)])
         if segments:
-            out.append(_patient_windows(segments, rec_ids, cfg, site_dir.name, pdir.name))
+            out.append(_patient_windows(segments, rec_ids, cfg, site_dir.name, patient))
     return out
 
 

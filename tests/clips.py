@@ -68,11 +68,13 @@ def make_moving_clip(
     fps: float,
     motion: Motion = still,
     size: tuple[int, int] = (640, 480),
+    fourcc: str = "mp4v",
 ) -> Path:
-    """Write an ``mp4v`` clip of ``seconds`` at ``fps`` of the moving astronaut; returns ``path``."""
+    """Write a clip (codec ``fourcc``) of ``seconds`` at ``fps`` of the moving astronaut;
+    returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
     try:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.client.evaluation import evaluate
 from semiofed.privacy.accounting import epsilon
+from semiofed.privacy.audit_trail import TRAIL_FILE, read_entries
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared import baseline
 from semiofed.shared.cli import main
@@ -81,6 +82,12 @@ def test_site_train_refuses_then_trains_within_budget(
         assert key in metrics["test"]
     assert {"sensitivity", "precision", "f1", "false_alarms_per_hour", "onset_latency_s"} <= set(
         metrics["test"]["events"]
+    )
+    split = [p for part in metrics["split"].values() for p in part]
+    assert sorted(split) == sorted(p.name for p in site.iterdir() if p.is_dir())
+    (entry,) = [e for e in read_entries(state / TRAIL_FILE) if e["kind"] == "budget_state"]
+    assert entry["payload"]["epsilon_spent"]["rdp"] == pytest.approx(
+        priv["epsilon_cumulative_site"]
     )
 
     # the budget is now nearly spent: the same run again is refused, nothing more counted

@@ -63,10 +63,16 @@ def test_bad_files_fail_clearly_while_good_file_finishes(
     (src / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (src / "zero.mp4").write_bytes(b"")
     (src / "notes.mp4").write_text("ward round notes, not a video\n" * 20)
+    # a video cut in the middle that still opens: its readable part is kept, but it is an error
+    mjpg = make_moving_clip(tmp_path / "whole.avi", 2.0, 30.0, sway(), fourcc="MJPG").read_bytes()
+    (src / "cut.avi").write_bytes(mjpg[: len(mjpg) // 2])
     out = tmp_path / "out"
     rc = run_extract(str(src), "--out", str(out), "--no-progress")
     assert rc == 1
     entries = manifest(out)
+    assert entries["cut.avi"]["status"] == "truncated"
+    assert "the video ended after" in entries["cut.avi"]["error"]
+    assert load_recording(out / "cut_keypoints.npz").n_frames > 0
     assert entries["good.mp4"]["status"] == "ok"
     assert load_recording(out / "good_keypoints.npz").present[:, 0].mean() >= 0.9
     assert entries["zero.mp4"]["status"] == "failed"
@@ -75,9 +81,13 @@ def test_bad_files_fail_clearly_while_good_file_finishes(
         assert entries[name]["status"] == "failed"
         assert "cannot open it as a video" in entries[name]["error"]
     console = capsys.readouterr()
-    for name in ("truncated.mp4", "zero.mp4", "notes.mp4"):
+    for name in ("truncated.mp4", "zero.mp4", "notes.mp4", "cut.avi"):
         assert f"{name}:" in console.err or f"{name}:" in console.out
     assert not list(out.glob("*notes*")) and not list(out.glob("*zero*"))
+    # re-running skips what is done, and still reports the truncated video
+    assert run_extract(str(src), "--out", str(out), "--no-progress") == 1
+    again = manifest(out)
+    assert again["cut.avi"]["status"] == "truncated" and again["good.mp4"]["status"] == "skipped"
 
 
 def test_tasks_backend_reports_missing_and_invalid_models(tmp_path: Path) -> None:

@@ -210,16 +210,24 @@ def plan_chunks(info: VideoInfo, workers: int) -> list[tuple[int, int | None]]:
     return [(bounds[i], bounds[i + 1] if i < n - 1 else None) for i in range(n)]
 
 
-def _done(output: Path, sha: str, settings: dict[str, Any]) -> bool:
-    quality = output.with_name(output.name.removesuffix(SUFFIX) + QUALITY_SUFFIX)
+def _quality_path(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(SUFFIX) + QUALITY_SUFFIX)
+
+
+def _done(output: Path, sha: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The quality summary of a finished recording of this content and settings, else None."""
+    quality = _quality_path(output)
     if not quality.exists():
-        return False
+        return None
     try:
         header = read_header(output)
-    except FormatError:
-        return False
+        summary = json.loads(quality.read_text(encoding="utf-8"))
+    except (FormatError, ValueError):
+        return None
     meta = header.get("meta", {})
-    return header.get("source_sha256") == sha and meta.get("extract_settings") == settings
+    if header.get("source_sha256") == sha and meta.get("extract_settings") == settings:
+        return summary
+    return None
 
 
 def _load_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -294,8 +302,9 @@ def _assemble(job: Job, opts: ExtractOptions, wall: float) -> tuple[Recording, d
         "elapsed_s": round(wall, 2),  # from queueing to assembly
     }
     if lost > max(2, 0.02 * job.info.frames):
-        quality["warning"] = (
-            f"the video ended after {read} of {job.info.frames} frames (truncated or corrupt?)"
+        quality["truncated"] = (
+            f"the video ended after {read} of {job.info.frames} frames (truncated or corrupt?); "
+            "the keypoints of the readable part were kept"
         )
     return rec, quality
 
@@ -307,7 +316,8 @@ class RunReport:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [e for e in self.entries if e["status"] == "failed"]
+        """Inputs that failed, and truncated ones (their readable part was kept)."""
+        return [e for e in self.entries if e["status"] in ("failed", "truncated")]
 
     def count(self, status: str) -> int:
         return sum(e["status"] == status for e in self.entries)
@@ -338,10 +348,8 @@ class _Run:
 
     def finish(self, video: Path, status: str, error: str | None = None, **extra: Any) -> None:
         self.entries[video].update(status=status, error=error, **extra)
-        if status == "failed":
-            tqdm.write(f"semiofed: FAILED {video}: {error}", file=sys.stderr)
-        elif extra.get("warning"):
-            tqdm.write(f"semiofed: warning: {video}: {extra['warning']}", file=sys.stderr)
+        if status in ("failed", "truncated"):
+            tqdm.write(f"semiofed: {status.upper()} {video}: {error}", file=sys.stderr)
         self.files.update(1)
         self.write_manifest()
 
@@ -359,7 +367,7 @@ class _Run:
                 "settings": self.opts.settings(),
                 "counts": {
                     s: sum(e["status"] == s for e in entries)
-                    for s in ("ok", "skipped", "failed", "pending")
+                    for s in ("ok", "skipped", "truncated", "failed", "pending")
                 },
                 "inputs": entries,
             },
@@ -415,8 +423,10 @@ def _plan(video: Path, run: _Run) -> Job | None:
         return None
     output = run.output_for(video, sha)
     settings = opts.settings()
-    if _done(output, sha, settings):
-        run.finish(video, "skipped", None, sha256=sha, output=str(output))
+    done = _done(output, sha, settings)
+    if done is not None:  # a truncated video stays reported as such
+        status = "truncated" if done.get("truncated") else "skipped"
+        run.finish(video, status, done.get("truncated"), sha256=sha, output=str(output))
         return None
     run.entries[video]["sha256"] = sha
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
@@ -499,7 +509,7 @@ def _finish_job(job: Job, run: _Run) -> None:
         rec, quality = _assemble(job, run.opts, time.perf_counter() - job.t0)
         save_recording(rec, job.output)
         stem = job.output.name.removesuffix(SUFFIX)
-        atomic_write_json(job.output.with_name(stem + QUALITY_SUFFIX), quality)
+        atomic_write_json(_quality_path(job.output), quality)
         preview = None
         if run.opts.preview:
             preview = write_preview(
@@ -522,13 +532,11 @@ def _finish_job(job: Job, run: _Run) -> None:
         return
     run.finish(
         job.video,
-        "ok",
+        "truncated" if quality.get("truncated") else "ok",
+        quality.get("truncated"),
         sha256=job.sha256,
         output=str(job.output),
         detection_rate=quality["detection_rate"],
-        quality_file=str(
-            job.output.with_name(job.output.name.removesuffix(SUFFIX) + QUALITY_SUFFIX)
-        ),
+        quality_file=str(_quality_path(job.output)),
         preview=str(preview) if preview else None,
-        warning=quality.get("warning"),
     )
