@@ -27,10 +27,12 @@ demo: venv
 test: venv
 	sh tests/setup_browser.sh
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff format --check .
 
 bench: venv

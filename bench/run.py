@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # a failing benchmark is reported, the others still run
                 failed += 1
                 section = f"## {name}\n\nFAILED:\n\n```\n{traceback.format_exc()}```\n"
-            sections.append(section.rstrip() + f"\n\n_{name} took {time.perf_counter() - t0:.0f} s._\n")
+            sections.append(
+                section.rstrip() + f"\n\n_{name} took {time.perf_counter() - t0:.0f} s._\n"
+            )
             print(section, flush=True)
     atomic_write_text(args.out, "\n".join(sections))
     print(f"wrote {args.out}")

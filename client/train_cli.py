@@ -134,10 +134,24 @@ def register(cmds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (Adam, default 2e-3)")
     p.add_argument(
+        "--window-seconds", type=float, default=5.0, help="window length in s (default 5)"
+    )
+    p.add_argument(
+        "--window-hop", type=float, default=1.0, help="s between window starts (default 1)"
+    )
+    p.add_argument(
+        "--window-fps",
+        type=float,
+        default=15.0,
+        help="frame rate windows are resampled to (default 15); the model keeps these settings",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.15,
-        help="patients held out for best-epoch selection (default 0.15)",
+        default=None,
+        help="patients held out for best-epoch selection (default: 0.15 with --no-dp; 0 with "
+        "DP, where the last epoch is kept, because choosing an epoch on validation patients "
+        "is not covered by ε)",
     )
     p.add_argument(
         "--test-fraction",
@@ -201,6 +215,13 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _val_fraction(args: argparse.Namespace) -> float:
+    """With DP no validation patients by default: selecting an epoch on them is not private."""
+    if args.val_fraction is not None:
+        return float(args.val_fraction)
+    return 0.15 if args.no_dp else 0.0
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
 
@@ -234,7 +255,9 @@ def _train(args: argparse.Namespace) -> int:
                 f"{ledger.path}: the site budget is ε ≤ {budget.epsilon_max:g} at δ={budget.delta:g} "
                 f"({budget.accountant}); run with --delta {budget.delta:g} --accountant {budget.accountant}"
             )
-    wcfg = WindowConfig()
+    if not (args.window_seconds > 0 and args.window_hop > 0 and args.window_fps > 0):
+        raise SemioFedError("--window-seconds, --window-hop and --window-fps must be positive")
+    wcfg = WindowConfig(seconds=args.window_seconds, fps=args.window_fps, hop=args.window_hop)
     reviewed = [Path(args.state) / REVIEWED_DATA] if args.state is not None else []
     patients = load_patient_windows(data, wcfg, extra_dirs=reviewed)
     if len(patients) < 3:
@@ -242,7 +265,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{data}: {len(patients)} usable patients; training needs at least 3 (train/val/test by patient)"
         )
     train, val, test = patient_split(
-        patients, args.val_fraction, args.test_fraction, seed=args.seed
+        patients, _val_fraction(args), args.test_fraction, seed=args.seed
     )
     mcfg = ModelConfig()
     torch.manual_seed(args.seed)
@@ -290,6 +313,11 @@ def _train(args: argparse.Namespace) -> int:
             ledger=str(ledger.path) if ledger else None,
             run_id=result.run_id,
         )
+        if val:
+            privacy["model_selection_warning"] = (
+                f"the best epoch was chosen on {len(val)} validation patient(s): that choice is "
+                "not covered by ε"
+            )
         if result.privacy_unit == "window":
             privacy["warning"] = "window-level DP protects single 5-s windows, not patients"
     metrics = {

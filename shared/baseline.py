@@ -82,6 +82,8 @@ def fit_threshold(energy: np.ndarray, label: np.ndarray) -> float:
     label = np.asarray(label, dtype=bool)
     if not label.any() or label.all():
         raise ValueError("fit_threshold needs both event and background windows")
+    if not np.isfinite(energy).all():
+        raise ValueError("fit_threshold: window energies must be finite (an empty window?)")
     candidates = np.unique(np.quantile(energy, np.linspace(0.0, 1.0, 513)))
     scores = [balanced_accuracy(energy >= c, label) for c in candidates]
     return float(candidates[int(np.argmax(scores))])

@@ -224,9 +224,12 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
     assert "p42" in {p.patient for p in site_data.train + site_data.test}
     run = tmp_path / "retrained"
     argv = ["site", "train", "--data", str(site), "--out", str(run), "--state", str(state)]
-    assert main([*argv, "--no-dp", "--epochs", "1", "--no-progress", "--device", "cpu"]) == 0
+    argv += ["--no-dp", "--epochs", "1", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--window-seconds", "4", "--window-hop", "2"]) == 0
     split = json.loads((run / "metrics.json").read_text())["split"]
     assert "p42" in split["train"] + split["val"] + split["test"]
+    window = json.loads((run / "model_config.json").read_text())["window"]
+    assert (window["seconds"], window["hop"], window["fps"]) == (4.0, 2.0, 15.0)
 
     _screenshot(out / "report.html", tmp_path)
 

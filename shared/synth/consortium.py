@@ -328,6 +328,14 @@ def generate_consortium(
     return summary
 
 
+def _one_blas_thread() -> None:
+    """One BLAS thread per worker process: the workers already use every core, and
+    oversubscribed BLAS threads made 2 workers barely faster than 1."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _run(jobs: list, workers: int | None) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
@@ -341,7 +349,7 @@ def _run(jobs: list, workers: int | None) -> list[dict[str, Any]]:
                 bar.update()
             return results
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_one_blas_thread) as pool:
             results = []
             for res in pool.imap(_patient_job, jobs):
                 results.append(res)
