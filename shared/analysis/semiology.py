@@ -210,29 +210,28 @@ def cycle_rate(x: np.ndarray, fps: float, sel: np.ndarray, base: np.ndarray) -> 
 def head_version(
     yaw: np.ndarray, fps: float, sel: np.ndarray, base: np.ndarray, cfg: SemiologyConfig
 ) -> dict:
-    """Sustained head turning away from the baseline yaw within ``sel``."""
+    """Sustained head turning to one side, away from the baseline yaw, within ``sel``.
+
+    Each side is measured on its own, so side-to-side shaking (PNES), whose excursions to
+    either side are brief, is not mistaken for version; the side turned to longest wins."""
     ref = yaw[base & np.isfinite(yaw)]
     ref_val = float(np.median(ref)) if ref.size else 0.0
-    dev = yaw - ref_val
-    turned = (
-        clean_mask(
-            np.nan_to_num(np.abs(dev), nan=0.0) > cfg.version_deg,
-            max(1, round(cfg.min_version_s * fps)),
-            max(1, round(0.5 * fps)),
-        )
-        & sel
-    )
-    if not turned.any():
-        return {"present": False, "angle_deg": None, "side": None, "duration_s": 0.0}
-    longest = max(runs(turned), key=lambda r: r[1] - r[0])
-    seg = dev[longest[0] : longest[1]]
-    angle = float(np.nanmedian(seg))
-    return {
-        "present": True,
-        "angle_deg": round(angle, 1),
-        "side": "left" if angle > 0 else "right",
-        "duration_s": round(float(turned.sum() / fps), 2),
-    }
+    dev = np.nan_to_num(yaw - ref_val, nan=0.0)
+    min_len, gap = max(1, round(cfg.min_version_s * fps)), max(1, round(0.2 * fps))
+    best: dict = {"present": False, "angle_deg": None, "side": None, "duration_s": 0.0}
+    longest_run = 0
+    for sign, side in ((1.0, "left"), (-1.0, "right")):
+        turned = clean_mask(sign * dev > cfg.version_deg, min_len, gap) & sel
+        for start, stop in runs(turned):
+            if stop - start > longest_run:
+                longest_run = stop - start
+                best = {
+                    "present": True,
+                    "angle_deg": round(float(np.median(dev[start:stop])), 1),
+                    "side": side,
+                    "duration_s": round(float(turned.sum() / fps), 2),
+                }
+    return best
 
 
 def asymmetry(sig: RegionSignals, sel: np.ndarray) -> dict:
