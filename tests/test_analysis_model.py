@@ -286,3 +286,20 @@ def test_federated_calibration_through_the_cli(trained: dict, tmp_path: Path, ca
     calib = json.loads(merged.read_text())
     assert calib["temperature"] == pytest.approx(float(t))
     assert calib["source"].startswith("federated: 2 sites")
+
+
+def test_analyze_a_video_reports_the_dominant_frequency(trained: dict, tmp_path: Path) -> None:
+    """`site analyze VIDEO`: extraction first, then report.json holds the rocking frequency
+    at report["semiology"]["regions"]["head"]["dominant_frequency_hz"] (whole recording: no
+    event is expected in a rocking photo, else over the detected event)."""
+    from tests.clips import make_moving_clip
+    from tests.test_analysis_frequency import FREQ_HZ, _rock
+
+    clip = make_moving_clip(tmp_path / "rocking.mp4", seconds=10.0, fps=30.0, motion=_rock)
+    out = tmp_path / "report"
+    argv = ["site", "analyze", str(clip), "--model", str(trained["model_dir"]), "--out", str(out)]
+    assert main([*argv, "--fps", "15", "--no-explain", "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    head = report["semiology"]["regions"]["head"]["dominant_frequency_hz"]
+    assert head is not None and abs(head - FREQ_HZ) <= 0.3, head
+    assert list((out / "keypoints").glob("*_keypoints.npz"))  # keypoints only, no frames

@@ -84,10 +84,14 @@ def test_bad_files_fail_clearly_while_good_file_finishes(
     for name in ("truncated.mp4", "zero.mp4", "notes.mp4", "cut.avi"):
         assert f"{name}:" in console.err or f"{name}:" in console.out
     assert not list(out.glob("*notes*")) and not list(out.glob("*zero*"))
-    # re-running skips what is done, and still reports the truncated video
+    # re-running skips what is done (by content: a renamed copy too) and still reports the
+    # truncated video
+    (src / "renamed.mp4").write_bytes(data)
     assert run_extract(str(src), "--out", str(out), "--no-progress") == 1
     again = manifest(out)
     assert again["cut.avi"]["status"] == "truncated" and again["good.mp4"]["status"] == "skipped"
+    assert again["renamed.mp4"]["status"] == "skipped"
+    assert again["renamed.mp4"]["output"] == str(out / "good_keypoints.npz")
 
 
 def test_tasks_backend_reports_missing_and_invalid_models(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ landmarks are saved atomically under ``DIR/.partial/`` as soon as it is done, so
 interrupted run resumes a long video at chunk granularity. When all chunks of a video are
 in, the parent smooths, fills short gaps, writes the recording and its quality summary
 atomically and updates ``DIR/manifest.json``. A video whose recording already exists with
-the same content hash and settings is skipped.
+the same content hash and settings (under any name in DIR) is skipped.
 """
 
 from __future__ import annotations
@@ -230,6 +230,20 @@ def _done(output: Path, sha: str, settings: dict[str, Any]) -> dict[str, Any] | 
     return None
 
 
+def _finished_index(out: Path, settings: dict[str, Any]) -> dict[str, Path]:
+    """Recordings already in ``out`` made with ``settings``, by their video's SHA-256."""
+    index: dict[str, Path] = {}
+    for path in sorted(Path(out).glob("*" + SUFFIX)):
+        try:
+            header = read_header(path)
+        except FormatError:
+            continue
+        sha = header.get("source_sha256")
+        if header.get("meta", {}).get("extract_settings") == settings and isinstance(sha, str):
+            index.setdefault(sha, path)
+    return index
+
+
 def _load_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files if k != "stats"}
@@ -335,6 +349,7 @@ class _Run:
             for v in videos
         }
         self.names: set[str] = set()
+        self.finished = _finished_index(opts.out, opts.settings())
         bar = {"file": sys.stderr, "disable": not opts.progress, "dynamic_ncols": True}
         self.files = tqdm(total=len(videos), desc="videos", unit="video", position=0, **bar)
         self.frames = tqdm(total=0, desc="frames", unit="frame", position=1, **bar)
@@ -423,10 +438,11 @@ def _plan(video: Path, run: _Run) -> Job | None:
         return None
     output = run.output_for(video, sha)
     settings = opts.settings()
-    done = _done(output, sha, settings)
+    earlier = run.finished.get(sha, output)  # the same content, perhaps under another name
+    done = _done(earlier, sha, settings)
     if done is not None:  # a truncated video stays reported as such
         status = "truncated" if done.get("truncated") else "skipped"
-        run.finish(video, status, done.get("truncated"), sha256=sha, output=str(output))
+        run.finish(video, status, done.get("truncated"), sha256=sha, output=str(earlier))
         return None
     run.entries[video]["sha256"] = sha
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
