@@ -38,7 +38,7 @@ from semiofed.shared.synth import generate_consortium
 from semiofed.shared.windows import WindowConfig
 
 HELD_OUT_TYPE = "hyperkinetic"
-SITES, PATIENTS, MINUTES, SEED = 3, 10, 4.0, 11
+SITES, PATIENTS, MINUTES, SEED = 3, 12, 10.0, 11  # enough unseen-type events to rank
 STEPS = 200
 
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -35,6 +36,18 @@ class BenchContext:
         return p
 
 
+BEGIN, END = "<!-- bench:{} -->", "<!-- /bench:{} -->"
+
+
+def _sections(path: Path) -> dict[str, str]:
+    """The per-module sections of an existing results file, by module name."""
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    pattern = r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n"
+    return {m.group(1): m.group(0) for m in re.finditer(pattern, text, flags=re.S)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="module names to run (default: all)")
@@ -45,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         modules = [m for m in modules if m in args.only or m.removeprefix("bench_") in args.only]
     sections = [
         "# SemioFed benchmark results\n",
-        f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"Written on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
-        "Every figure below was measured in this run.\n",
+        "Every figure below was measured by `make bench` (each section says when; "
+        "`python -m bench.run --only NAME` re-measures one section and keeps the others).\n",
     ]
     failed = 0
+    kept = _sections(Path(args.out)) if args.only else {}
+    measured: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="semiofed-bench-") as tmp:
         ctx = BenchContext(Path(tmp))
         for name in modules:
@@ -60,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # a failing benchmark is reported, the others still run
                 failed += 1
                 section = f"## {name}\n\nFAILED:\n\n```\n{traceback.format_exc()}```\n"
-            sections.append(
-                section.rstrip() + f"\n\n_{name} took {time.perf_counter() - t0:.0f} s._\n"
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            measured[name] = (
+                f"{BEGIN.format(name)}\n{section.rstrip()}\n\n"
+                f"_{name} took {time.perf_counter() - t0:.0f} s ({when})._\n{END.format(name)}\n"
             )
             print(section, flush=True)
+    # --only: the other modules' sections stay as their own earlier run measured them
+    merged = {**kept, **measured}
+    sections += [merged[name] for name in sorted(merged)]
     atomic_write_text(args.out, "\n".join(sections))
     print(f"wrote {args.out}")
     return 1 if failed else 0

@@ -32,6 +32,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,6 +58,14 @@ from .evaluation import evaluate
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[dict[str, Tensor], nn.Module, Any], None]
+
+# Opacus' GradSampleModule hooks every layer's backward; keypoint inputs never require grad,
+# so torch warns on every step that the hook fires on module outputs. Harmless here.
+warnings.filterwarnings(
+    "ignore",
+    message="Full backward hook is firing when gradients are computed",
+    category=UserWarning,
+)
 
 
 @dataclass

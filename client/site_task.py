@@ -1,17 +1,17 @@
 """What a site does for one federated round: train with patient-level DP through the site's
-ledger, or evaluate on its held-out patients. Imported lazily by the ClientApp (torch)."""
+ledger, or evaluate on its held-out patients. Imported lazily by the ClientApp (torch); the
+DP stack (Opacus) only when training, since every message runs in a fresh process."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet
@@ -19,8 +19,10 @@ from semiofed.shared.run_config import model_config
 from semiofed.shared.splits import patient_split
 
 from .analyze_cli import REVIEWED_DATA
-from .dp_training import TrainConfig, train_local
 from .evaluation import evaluate, predict
+
+if TYPE_CHECKING:
+    from semiofed.privacy.ledger import PrivacyLedger
 
 
 @dataclass
@@ -84,6 +86,10 @@ def train_round(
     device: str = "auto",
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """One round of local DP training; raises ``BudgetExceeded`` before any step."""
+    from semiofed.privacy.ledger import PrivacyLedger
+
+    from .dp_training import TrainConfig, train_local
+
     model = build_model(cfg, arrays)
     ledger = PrivacyLedger(state_dir)
     ensure_budget(ledger, cfg)
