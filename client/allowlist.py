@@ -52,6 +52,13 @@ ALLOWED_METRICS: dict[str, type | tuple[type, ...]] = {
     "macro-f1": (int, float),
     "auroc-seizure": (int, float),
     "detect-accuracy": (int, float),
+    # a train reply's evaluation of the global model it received (held-out patients)
+    "eval-loss": (int, float),
+    "eval-num-patients": int,
+    "eval-num-windows": int,
+    "eval-macro-f1": (int, float),
+    "eval-auroc-seizure": (int, float),
+    "eval-detect-accuracy": (int, float),
 }
 SECAGG_FIELDS = {"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"}
 SECAGG_RECORD = "secaggplus_configs"

@@ -6,8 +6,10 @@ For each message the site:
    it unless the site's privacy officer approved its approval fields
    (:func:`semiofed.privacy.approval.require_approved`);
 2. trains the multi-stream model on its own training patients with patient-level DP-SGD
-   through the site's privacy ledger (ε cumulative across rounds and restarts), or
-   evaluates the global model on its held-out patients;
+   through the site's privacy ledger (ε cumulative across rounds and restarts), after
+   evaluating the global model it received on its held-out patients (``eval-*`` metrics of
+   the train reply: federated evaluation without an extra message per round), or evaluates
+   the final global model on those patients (evaluate message);
 3. declines — a normal reply with ``num_examples = 0`` and ``declined``/``decline-reason``
    metrics, carrying back the unchanged global parameters — when the configuration is not
    approved or the round would exceed the site's ε budget;
@@ -122,16 +124,14 @@ class SiteClient(Client):
         cfg = run_config_of(self.context)
         server_round = int(ins.config.get("server-round", 0))
         reason = self._decline_reason(cfg)
+        received: dict[str, Any] = {}  # eval-* metrics of the global model we were sent
         if reason is None:
             try:
                 data = site_task.load_site(self.site.data_dir, cfg, self.site.state_dir)
+                incoming = parameters_to_ndarrays(ins.parameters)
+                received = site_task.evaluate_received(data, cfg, incoming, self.site.device)
                 arrays, metrics = site_task.train_round(
-                    data,
-                    cfg,
-                    parameters_to_ndarrays(ins.parameters),
-                    self.site.state_dir,
-                    server_round,
-                    self.site.device,
+                    data, cfg, incoming, self.site.state_dir, server_round, self.site.device
                 )
             except BudgetExceeded as exc:
                 reason = str(exc)
@@ -146,7 +146,7 @@ class SiteClient(Client):
                 Status(Code.OK, "declined"),
                 ins.parameters,
                 0,
-                {"declined": 1, "decline-reason": reason, "site-name": self.site.name},
+                {"declined": 1, "decline-reason": reason, "site-name": self.site.name, **received},
             )
         site_audit.record(
             self.site.state_dir,
@@ -154,7 +154,7 @@ class SiteClient(Client):
             {"round": server_round, "patients": len(data.train), "epsilon": metrics["epsilon"]},
         )
         site_audit.record_budget(self.site.state_dir)
-        metrics["site-name"] = self.site.name
+        metrics |= {"site-name": self.site.name, **received}
         return FitRes(
             Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), len(data.train), metrics
         )

@@ -20,6 +20,10 @@ from semiofed.shared.run_config import load_run_config
 from . import site_task
 from .dp_training import TrainConfig, train_local
 
+#: Windows per step of the non-private references (the run's batch-size counts patients per
+#: DP step; plain SGD over windows uses ordinary mini-batches).
+PLAIN_BATCH = 32
+
 
 def _fit_plain(cfg: dict[str, Any], patients: list[Any], epochs: int, device: str) -> Any:
     model = site_task.build_model(cfg)
@@ -27,7 +31,7 @@ def _fit_plain(cfg: dict[str, Any], patients: list[Any], epochs: int, device: st
     tcfg = TrainConfig(
         epochs=epochs,
         dp=False,
-        batch_size=tr["batch-size"],
+        batch_size=PLAIN_BATCH,
         lr=tr["learning-rate"],
         augment=False,
         device=device,

@@ -132,6 +132,21 @@ def evaluate_round(
     return evaluate_patients(model, data.test, device)
 
 
+#: What a fit reply adds about the global model it received (see :func:`evaluate_received`).
+EVAL_PREFIX = "eval-"
+
+
+def evaluate_received(
+    data: SiteData, cfg: dict[str, Any], arrays: list[np.ndarray], device: str = "auto"
+) -> dict[str, Any]:
+    """Federated evaluation inside a train message: the global model the server just sent
+    (the model after the previous round) on the held-out patients, as ``eval-*`` metrics.
+    It spares the federation one message exchange per round; the final model is evaluated
+    by a separate evaluate message."""
+    loss, metrics = evaluate_round(data, cfg, arrays, device)
+    return {f"{EVAL_PREFIX}loss": loss} | {f"{EVAL_PREFIX}{k}": v for k, v in metrics.items()}
+
+
 def evaluate_patients(
     model: torch.nn.Module, patients: list[PatientWindows], device: str = "auto"
 ) -> tuple[float, dict[str, Any]]:

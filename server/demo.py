@@ -26,6 +26,7 @@ from .certs import init_consortium
 from .consortium import Consortium
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+STATUS_EVERY_S = 30.0
 
 
 def approve_as_officer(cfg: dict[str, Any], state_dir: Path, officer_dir: Path, site: str) -> None:
@@ -61,16 +62,23 @@ def print_round(r: dict[str, Any], sites: list[str]) -> None:
 def follow_run(
     c: Consortium, run_id: int, out_dir: Path, sites: list[str], timeout: float
 ) -> dict[str, Any]:
-    """Print rounds as the ServerApp checkpoints them; return the final ``flwr ls`` row."""
-    shown, end, last_ls = 0, time.monotonic() + timeout, 0.0
+    """Print rounds as the ServerApp checkpoints them; return the final ``flwr ls`` row.
+
+    The run's status is asked (a ``flwr`` process, which competes with the sites for the CPU)
+    when the ServerApp reports it finished, and otherwise every ``STATUS_EVERY_S`` seconds to
+    notice a failed run."""
+    shown, end, last_ls, finished = 0, time.monotonic() + timeout, time.monotonic(), False
     while time.monotonic() < end:
         progress = out_dir / PROGRESS_FILE
         if progress.exists():
-            rounds = json.loads(progress.read_text(encoding="utf-8"))["rounds"]
-            for r in rounds[shown:]:
+            state = json.loads(progress.read_text(encoding="utf-8"))
+            finished = bool(state.get("finished"))
+            for r in state["rounds"][shown:]:
+                if "federated_eval" not in r and not finished:
+                    break  # its evaluation arrives with the next round's train replies
                 print_round(r, sites)
-            shown = len(rounds)
-        if time.monotonic() - last_ls > 5:
+                shown += 1
+        if finished or time.monotonic() - last_ls > STATUS_EVERY_S:
             last_ls = time.monotonic()
             status = c.run_status(run_id)
             if str(status.get("status", "")).startswith("finished"):

@@ -93,6 +93,24 @@ def make_strategy(
     return rec, rec
 
 
+EVAL = "eval-"  # prefix of a train reply's metrics about the global model it received
+
+
+def _unprefixed(metrics: dict[str, Scalar]) -> dict[str, Scalar]:
+    return {k.removeprefix(EVAL): v for k, v in metrics.items() if k.startswith(EVAL)}
+
+
+def _federated_eval(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """Patient-weighted mean of the sites' held-out metrics (``loss`` and EVAL_METRICS)."""
+    total = sum(n for n, _ in pairs)
+    out: dict[str, Scalar] = {"eval-sites": len(pairs), "eval-patients": total}
+    for key in ("loss", *EVAL_METRICS):
+        v = _weighted(pairs, key)
+        if v is not None and math.isfinite(v):
+            out[key] = v
+    return out
+
+
 def _weighted(results: list[tuple[int, dict[str, Scalar]]], key: str) -> float | None:
     pairs = [(n, float(m[key])) for n, m in results if key in m and float(m[key]) >= 0 and n > 0]
     total = sum(n for n, _ in pairs)
@@ -105,6 +123,7 @@ class RecordingStrategy(Strategy):
     def __init__(self, inner: Strategy, cfg: dict[str, Any]) -> None:
         self.inner = inner
         self.min_nodes = cfg["federation"]["min-nodes"]
+        self.last_round = cfg["federation"]["rounds"]
         self.server_round_config: dict[str, Scalar] = {}
         self.rounds: dict[int, dict[str, Any]] = {}
 
@@ -140,6 +159,14 @@ class RecordingStrategy(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         rec = self._round(server_round)
         rec["failures"] = len(failures)
+        # the sites evaluated the model they received, i.e. the one after the previous round
+        received = [
+            (int(r.metrics[f"{EVAL}num-patients"]), _unprefixed(r.metrics))
+            for _, r in results
+            if int(r.metrics.get(f"{EVAL}num-patients", 0)) > 0
+        ]
+        if received and server_round > 1:
+            self._round(server_round - 1)["federated_eval"] = _federated_eval(received)
         kept = []
         for proxy, res in results:
             site = str(res.metrics.get("site-name", proxy.node_id))
@@ -161,6 +188,10 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: Any
     ) -> Any:
+        """Only the final model gets evaluate messages; earlier ones are evaluated by the
+        sites inside the next round's train message."""
+        if server_round < self.last_round:
+            return []
         return self.inner.configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(
@@ -173,16 +204,11 @@ class RecordingStrategy(Strategy):
         kept = [(p, r) for p, r in results if r.num_examples > 0 and not r.metrics.get("declined")]
         if not kept:
             return None, {}
-        total = sum(r.num_examples for _, r in kept)
-        loss = sum(r.num_examples * r.loss for _, r in kept) / total
-        pairs = [(r.num_examples, r.metrics) for _, r in kept]
-        metrics: dict[str, Scalar] = {"loss": loss, "eval-sites": len(kept), "eval-patients": total}
-        for key in EVAL_METRICS:
-            v = _weighted(pairs, key)
-            if v is not None and math.isfinite(v):
-                metrics[key] = v
+        metrics = _federated_eval(
+            [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in kept]
+        )
         rec["federated_eval"] = dict(metrics)
-        return loss, metrics
+        return float(metrics["loss"]), metrics
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -21,9 +21,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
-from timescoring.annotations import Annotation
-from timescoring.scoring import EventScoring
 
 from .events import Event
 from .labels import CLASSES, IGNORE_INDEX, is_event_of_interest
@@ -38,7 +35,9 @@ def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarr
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks = rankdata(s)
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # 1-based rank of each distinct value's last occurrence
+    ranks = ((last - counts + 1 + last) / 2)[inverse]  # tied values share their mean rank
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -150,6 +149,9 @@ class EventCounts:
 
 def score_recording(ref: Iterable[Event], hyp: Iterable[Event], duration_s: float) -> EventCounts:
     """SzCORE event scoring of one recording (non-background events of any type)."""
+    from timescoring.annotations import Annotation  # imported here: scipy-heavy
+    from timescoring.scoring import EventScoring
+
     if not duration_s > 0:
         raise ValueError(f"recording duration must be > 0 s, got {duration_s}")
     n = round(duration_s * SCORING_FS)

@@ -17,6 +17,7 @@ from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.server.certs import init_consortium, write_supernode_keypair
 from semiofed.server.consortium import Consortium
+from semiofed.server.fab import write_app_dir
 from semiofed.shared.run_config import approval_fields, encode_payload, validate
 
 from .federation_helpers import TINY, synth_consortium
@@ -25,6 +26,10 @@ pytestmark = pytest.mark.slow
 SITES = ["site-01", "site-02", "site-03"]
 
 MAIN = validate(TINY)  # SecAgg+, FedAvg, 2 rounds, min-nodes 2
+ONE_ROUND = validate(
+    {**TINY, "federation": {**TINY["federation"], "rounds": 1}, "secagg": {"enabled": False}}
+)
+UNAPPROVED = validate({**ONE_ROUND, "training": {**ONE_ROUND["training"], "learning-rate": 0.5}})
 RESILIENT = validate(
     {
         **TINY,
@@ -51,7 +56,7 @@ def consortium(tmp_path_factory):
         for s in SITES:
             state = root / "state" / s
             officer = generate_keypair(root / "officers" / f"{s}.pem")
-            for cfg in (MAIN, RESILIENT):
+            for cfg in (MAIN, RESILIENT, ONE_ROUND):  # never UNAPPROVED
                 approve(approval_fields(cfg), state, officer)
             c.register(s)
             c.add_site(s, data / s, state)
@@ -113,12 +118,61 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert (out / "model.safetensors").stat().st_size > 0
     assert json.loads((out / "model_config.json").read_text())["embed_dim"] == 16
     outbox = (root / "state" / "site-01" / "outbox.jsonl").read_text().splitlines()
-    assert len(outbox) >= 2 * 5  # 4 SecAgg+ stages + evaluate per round
+    # 4 SecAgg+ stages per round (the train reply also evaluates the model received), and
+    # one evaluate message for the final model
+    assert len(outbox) == 2 * 4 + 1
     # the privacy officer's signed trail holds the same: rounds, replies, budget, declines
     kinds = _trail_kinds(root / "state" / "site-01")
     assert kinds.count("round_joined") == 2 and kinds.count("budget_state") == 2
     assert kinds.count("message_sent") == len(outbox)
     assert _trail_kinds(root / "state" / "site-03").count("round_declined") == 2
+
+
+def test_unapproved_configuration_is_declined_by_every_site(consortium):
+    c, root = consortium
+    out = root / "run-unapproved"
+    status = c.wait_run(c.submit({"semiofed": encode_payload(UNAPPROVED, out_dir=str(out))}), 300)
+    assert status["status"] == "finished:completed", status
+    (r,) = _run_json(out)["rounds"]
+    assert not r["sites"] and set(r["declined"]) == set(SITES)
+    assert all("not approved" in why for why in r["declined"].values()), r["declined"]
+
+
+ROGUE_CLIENTAPP = """
+from flwr.client import ClientApp
+from semiofed.client.app import SiteClient, allowlist_mod
+
+
+class Leaky(SiteClient):
+    def evaluate(self, ins):
+        res = super().evaluate(ins)
+        res.metrics["patient-ids"] = "sub-01-001,sub-01-002"  # must never leave the site
+        return res
+
+
+app = ClientApp(client_fn=Leaky, mods=[allowlist_mod])
+"""
+
+
+def test_reply_with_a_forbidden_key_is_refused_on_the_wire(consortium):
+    """A ClientApp that tries to send patient ids in its evaluate reply: the site's allowlist
+    refuses it, so the ServerApp gets no evaluation from any site and nothing is recorded."""
+    c, root = consortium
+    app_dir = write_app_dir(root / "leaky-app", clientapp="leaky:app")
+    (app_dir / "leaky.py").write_text(ROGUE_CLIENTAPP, encoding="utf-8")
+    outboxes = {s: root / "state" / s / "outbox.jsonl" for s in SITES}
+    before = {s: p.read_text() if p.exists() else "" for s, p in outboxes.items()}
+    out = root / "run-leaky"
+    run_id = c.submit({"semiofed": encode_payload(ONE_ROUND, out_dir=str(out))}, app_dir=app_dir)
+    status = c.wait_run(run_id, timeout=300)
+    assert status["status"] == "finished:completed", status
+    (r,) = _run_json(out)["rounds"]
+    assert r["aggregated"] and not r.get("federated_eval", {}).get("eval-sites")
+    for s in SITES:
+        sent = outboxes[s].read_text()[len(before[s]) :]
+        assert "patient-ids" not in sent and '"evaluate"' not in sent
+    logs = " ".join((c.logs / f"supernode-{s}.log").read_text(errors="replace") for s in SITES)
+    assert "is not on the allowlist" in logs
 
 
 def _trail_kinds(state: Path) -> list[str]:
