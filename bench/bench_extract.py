@@ -27,7 +27,7 @@ from tests.clips import make_moving_clip, nose_track, sway
 
 SECONDS, FPS, SIZE = 20.0, 30.0, (640, 480)
 MOTION = sway(amplitude=40.0, period=2.0)
-FPS_ROWS = (DEFAULT_FPS, 15.0, 8.0)
+FPS_ROWS = (DEFAULT_FPS, 10.0, 8.0)
 
 
 def naive_loop(path: Path) -> dict[str, object]:

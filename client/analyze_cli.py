@@ -36,6 +36,8 @@ from semiofed.shared.labels import (
 )
 from semiofed.shared.recording import SUFFIX, Recording, load_recording, save_recording
 
+from .extract.settings import DEFAULT_FPS
+
 log = logging.getLogger(__name__)
 
 QUEUE = "queue.json"
@@ -124,8 +126,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fps",
         type=float,
-        default=10.0,
-        help="video only: frames analysed per second (default: 10)",
+        default=DEFAULT_FPS,
+        help=f"video only: frames analysed per second (default: {DEFAULT_FPS:g})",
     )
     p.add_argument("--device", default="auto", help="auto|cpu|cuda for the model (default: auto)")
     p.set_defaults(func=run_analyze)

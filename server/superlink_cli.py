@@ -8,12 +8,10 @@ A thin wrapper: it checks the consortium certificates and replaces itself by the
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.flower_commands import exec_command, flower_env, superlink_command
+from semiofed.shared.flower_commands import flower_env, start_flower, superlink_command
 
 from .certs import ConsortiumPaths
 
@@ -106,15 +104,4 @@ def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 def cmd_superlink(args: argparse.Namespace) -> int:
     cmd, env = build(args)
-    if args.dry_run:
-        print(shlex.join(cmd))
-        return 0
-    if args.insecure:
-        print(
-            "semiofed: WARNING: --insecure: no TLS, no SuperNode authentication (debugging only)",
-            file=sys.stderr,
-        )
-    state = Path(args.state)
-    (state / "flwr-home").mkdir(parents=True, exist_ok=True)
-    exec_command(cmd, env)
-    return 0  # not reached: exec_command replaces this process
+    return start_flower(cmd, env, insecure=args.insecure, dry_run=args.dry_run)

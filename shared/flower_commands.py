@@ -141,3 +141,21 @@ def exec_command(cmd: Sequence[str], env: Mapping[str, str]) -> None:
         os.execvpe(cmd[0], list(cmd), dict(env))
     except OSError as exc:
         raise SemioFedError(f"cannot start {cmd[0]}: {exc}") from None
+
+
+def start_flower(
+    cmd: Sequence[str], env: Mapping[str, str], *, insecure: bool, dry_run: bool
+) -> int:
+    """What ``semiofed server superlink`` / ``site supernode`` do with their command line:
+    print it (``dry_run``), or warn when insecure, create ``FLWR_HOME`` and exec it."""
+    if dry_run:
+        print(shlex.join(cmd))
+        return 0
+    if insecure:
+        print(
+            "semiofed: WARNING: --insecure: no TLS, no SuperNode authentication (debugging only)",
+            file=sys.stderr,
+        )
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    exec_command(cmd, env)
+    return 0  # not reached: exec_command replaces this process

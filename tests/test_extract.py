@@ -19,7 +19,8 @@ def test_moving_astronaut_is_tracked_in_chunks(tmp_path: Path) -> None:
     motion = sway(amplitude=40.0, period=2.5)
     clip = make_moving_clip(tmp_path / "in" / "astronaut.mp4", 10.5, 30.0, motion)
     out = tmp_path / "out"
-    rc = run_extract(str(clip), "--out", str(out), "--workers", "2", "--preview", "--motion")
+    argv = [str(clip), "--out", str(out), "--workers", "2", "--fps", "10"]
+    rc = run_extract(*argv, "--preview", "--motion")
     assert rc == 0
     rec = load_recording(out / "astronaut_keypoints.npz")
     quality = json.loads((out / "astronaut_quality.json").read_text())

@@ -29,7 +29,8 @@ MAIN = validate(TINY)  # SecAgg+, FedAvg, 2 rounds, min-nodes 2
 ONE_ROUND = validate(
     {**TINY, "federation": {**TINY["federation"], "rounds": 1}, "secagg": {"enabled": False}}
 )
-UNAPPROVED = validate({**ONE_ROUND, "training": {**ONE_ROUND["training"], "learning-rate": 0.5}})
+# a DP parameter no privacy officer signed
+UNAPPROVED = validate({**ONE_ROUND, "privacy": {**ONE_ROUND["privacy"], "noise-multiplier": 0.7}})
 RESILIENT = validate(
     {
         **TINY,

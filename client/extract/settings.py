@@ -6,9 +6,11 @@ import os
 
 BACKENDS = ("holistic", "tasks")
 DEVICES = ("auto", "cpu", "gpu")
-#: Analysed frames per second. 10 Hz resolves movements up to 5 Hz (clonic jerks are
-#: ~1–4 Hz) and keeps extraction well above real time on two cores (bench_extract).
-DEFAULT_FPS = 10.0
+#: Analysed frames per second: the model's window rate (``WindowConfig.fps``), resolving
+#: movements up to 7.5 Hz (clonic jerks are ~1–5 Hz). Holistic costs ~47 ms of CPU a frame, so
+#: two cores reach at most ~2.8× real time at 15 fps; ``--fps 10`` or ``8`` trade temporal
+#: resolution for speed (bench_extract measures all three).
+DEFAULT_FPS = 15.0
 
 
 def default_workers() -> int:
