@@ -72,6 +72,21 @@ def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[byte
     raise SemioFedError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
+def _descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid`` right now (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 @dataclass
 class Site:
     """One hospital of the local consortium."""
@@ -144,7 +159,17 @@ class Consortium:
 
     @staticmethod
     def _end(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-        """End a process we started and its process group (its own children)."""
+        """End a process we started, its process group and every process below it (Flower
+        starts some helpers, e.g. the SuperLink's SuperExec and its ServerApp, in sessions of
+        their own)."""
+        tree = _descendants(proc.pid)
+        Consortium._end_group(proc, grace)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    @staticmethod
+    def _end_group(proc: subprocess.Popen[bytes], grace: float) -> None:
         if proc.poll() is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # reap orphans left in its group

@@ -165,3 +165,40 @@ def test_over_budget_round_is_declined_before_training(tiny, tmp_path):
     assert res.num_examples == 0
     assert "privacy budget exceeded" in str(res.metrics["decline-reason"])
     assert PrivacyLedger(tmp_path).history() == []  # nothing was trained
+
+
+def test_ending_a_process_also_ends_helpers_it_started_in_their_own_session(tmp_path):
+    """Flower's SuperLink starts its SuperExec (and the ServerApp below it) in a session of
+    their own, out of reach of a process-group kill; Consortium._end ends them too."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from semiofed.server.consortium import Consortium
+
+    pid_file = tmp_path / "helper.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+         " start_new_session=True)\n"
+         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+         "time.sleep(120)\n"],
+        start_new_session=True,
+    )  # fmt: skip
+    end = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < end, "helper did not start"
+        time.sleep(0.05)
+    helper = int(pid_file.read_text())
+    Consortium._end(parent, grace=2.0)
+    assert parent.poll() is not None
+    for _ in range(100):  # SIGKILL is asynchronous; the orphan is reaped by init
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"helper {helper} survived")
