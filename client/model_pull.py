@@ -42,6 +42,7 @@ TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
 MANIFEST_FORMAT = "semiofed-model-manifest/1"
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MODEL_CONFIG = "model_config.json"
 WEIGHTS, MANIFEST, SIGNATURE, CARD, CURRENT = (
     "model.safetensors",
     "manifest.json",
@@ -243,6 +244,9 @@ def _pull_verified(
         atomic_write_json(incoming / MANIFEST, manifest)
         atomic_write_bytes(incoming / SIGNATURE, signature.encode() + b"\n")
         atomic_write_json(incoming / CARD, manifest["card"])
+        architecture = manifest["card"].get("model", {}).get("architecture")
+        if isinstance(architecture, dict):  # signed with the card: `site analyze --model` reads it
+            atomic_write_json(incoming / MODEL_CONFIG, architecture)
         if final.exists():  # a stale or damaged earlier copy: replaced by the verified one
             shutil.rmtree(final)
         os.rename(incoming, final)

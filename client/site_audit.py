@@ -14,10 +14,11 @@ from typing import Any
 
 
 def record(state_dir: Path, kind: str, payload: dict[str, Any]) -> None:
-    """Sign and append one entry with the site key (created on first use)."""
+    """Sign and append one entry with the site key (created on first use); a non-finite
+    number is recorded as null (JSON has no infinity)."""
     from semiofed.privacy.audit_trail import site_trail
 
-    site_trail(state_dir).append(kind, payload)
+    site_trail(state_dir).append(kind, _finite(payload))
 
 
 def _finite(value: Any) -> Any:
@@ -34,4 +35,4 @@ def record_budget(state_dir: Path) -> None:
 
     s = PrivacyLedger(state_dir).summary()
     payload = {k: s.get(k) for k in ("budget", "delta", "epsilon_spent", "steps", "privacy_units")}
-    record(state_dir, "budget_state", _finite(payload))
+    record(state_dir, "budget_state", payload)

@@ -68,9 +68,20 @@ def load_checkpoint(
 def write_run_dir(run_dir: Path, model: Any, model_cfg: Any, run: dict[str, Any]) -> None:
     from safetensors.torch import save_file as save_torch
 
+    from semiofed.shared.model import architecture_hash
+    from semiofed.shared.windows import WindowConfig
+
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(run_dir / "model.safetensors") as tmp:
         save_torch(state, str(tmp))
-    atomic_write_json(run_dir / "model_config.json", dataclasses.asdict(model_cfg))
+    # the layout of `site train`'s model folders, so a published model serves `site analyze`
+    atomic_write_json(
+        run_dir / "model_config.json",
+        {
+            "model": dataclasses.asdict(model_cfg),
+            "window": dataclasses.asdict(WindowConfig()),
+            "architecture_hash": architecture_hash(model_cfg),
+        },
+    )
     atomic_write_json(run_dir / "run.json", run)

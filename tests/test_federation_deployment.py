@@ -117,7 +117,21 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert eps[0] < eps[1]  # cumulative across rounds
     assert run["site_privacy"]["site-01"][0]["privacy_unit"] == "patient"
     assert (out / "model.safetensors").stat().st_size > 0
-    assert json.loads((out / "model_config.json").read_text())["embed_dim"] == 16
+    model_cfg = json.loads((out / "model_config.json").read_text())
+    assert model_cfg["model"]["embed_dim"] == 16 and model_cfg["architecture_hash"]
+    # the run directory is what the registry publishes and `site analyze` loads
+    from semiofed.server.registry.cards import build_card
+    from semiofed.shared.analysis.pipeline import load_model
+
+    card = build_card(out)
+    site01 = card["privacy"]["per_site"]["site-01"]
+    assert (site01["privacy_unit"], site01["accountant"], site01["delta"]) == (
+        "patient",
+        "rdp",
+        1e-3,
+    )
+    assert site01["epsilon_final"] == pytest.approx(eps[-1])
+    load_model(out, "cpu")
     outbox = (root / "state" / "site-01" / "outbox.jsonl").read_text().splitlines()
     # 4 SecAgg+ stages per round (the train reply also evaluates the model received), and
     # one evaluate message for the final model

@@ -59,6 +59,7 @@ def test_pull_installs_latest_verified_and_atomically(
         "manifest.sig",
         "model.safetensors",
         "model_card.json",
+        "model_config.json",  # from the signed card: the folder serves `site analyze --model`
     ]
     assert sha256_file(installed / "model.safetensors") == sha256_file(
         setup.data / "models/v2/model.safetensors"

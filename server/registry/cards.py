@@ -156,7 +156,10 @@ def _rounds(run: dict[str, Any], path: Path) -> tuple[int, list[dict[str, Any]]]
 
 
 def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> dict[str, Any]:
-    defaults = {k: run.get(k) for k in ("accountant", "privacy_unit", "delta")}
+    # the ServerApp's run.json states them under "patient_level_dp"; its rounds carry the
+    # sites' reply metrics, spelled with hyphens ("privacy-unit", "epsilon-round")
+    stated = run.get("patient_level_dp") if isinstance(run.get("patient_level_dp"), dict) else {}
+    defaults = {k: run.get(k, stated.get(k)) for k in ("accountant", "privacy_unit", "delta")}
     per_site: dict[str, dict[str, Any]] = {}
     for i, rnd in enumerate(rounds):
         for site, entry in rnd["sites"].items():
@@ -171,6 +174,7 @@ def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> d
                     "declined_rounds": [],
                 },
             )
+            entry = {k.replace("-", "_"): v for k, v in entry.items()}
             for key in ("privacy_unit", "accountant"):
                 value = entry.get(key, defaults[key])
                 if value is not None:
