@@ -37,7 +37,7 @@ from semiofed.shared.recording import SUFFIX, load_recording
 from semiofed.shared.synth import generate_consortium
 from semiofed.shared.windows import WindowConfig
 
-HELD_OUT_TYPE = "hyperkinetic"
+HELD_OUT_TYPE = "f2b"  # the unseen type: events at every site (hyperkinetic sits at one site)
 SITES, PATIENTS, MINUTES, SEED = 3, 12, 10.0, 11  # enough unseen-type events to rank
 STEPS = 200
 
