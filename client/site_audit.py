@@ -8,7 +8,6 @@ sent (the error propagates) and a pulled model is not reported as installed.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,9 @@ def record(state_dir: Path, kind: str, payload: dict[str, Any]) -> None:
     """Sign and append one entry with the site key (created on first use); a non-finite
     number is recorded as null (JSON has no infinity)."""
     from semiofed.privacy.audit_trail import site_trail
+    from semiofed.shared.atomic import json_safe
 
-    site_trail(state_dir).append(kind, _finite(payload))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
+    site_trail(state_dir).append(kind, json_safe(payload))
 
 
 def record_budget(state_dir: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,17 +203,6 @@ def save_model(
     )
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _val_fraction(args: argparse.Namespace) -> float:
     """With DP no validation patients by default: selecting an epoch on them is not private."""
     if args.val_fraction is not None:
@@ -226,7 +214,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from semiofed.privacy.ledger import PrivacyLedger
-    from semiofed.shared.atomic import atomic_write_json
+    from semiofed.shared.atomic import atomic_write_json, json_safe
     from semiofed.shared.dataset import load_patient_windows
     from semiofed.shared.model import ModelConfig, SemioNet, architecture_hash, count_parameters
     from semiofed.shared.splits import patient_split
@@ -344,7 +332,7 @@ def _train(args: argparse.Namespace) -> int:
         "validation": result.val_metrics,
         "test": test_metrics,
     }
-    atomic_write_json(out / "metrics.json", _clean(metrics))
+    atomic_write_json(out / "metrics.json", json_safe(metrics))
     if ledger is not None:
         site_audit.record_budget(Path(args.state))
     ev = test_metrics["events"]

@@ -21,7 +21,6 @@ configuration, ``out_dir`` (checkpoints, run directory) and optionally ``run_nam
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,7 +39,7 @@ from flwr.server.workflow.default_workflows import (
     default_fit_workflow,
 )
 
-from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.atomic import atomic_write_json, json_safe
 from semiofed.shared.run_config import (
     approval_fields,
     config_digest,
@@ -264,16 +263,6 @@ def _set_params(model: Any, arrays: list[np.ndarray]) -> None:
             p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _run_record(
     cfg: dict[str, Any],
     rec: RecordingStrategy,
@@ -285,7 +274,7 @@ def _run_record(
     sites = sorted({s for r in rec.rounds.values() for s in r["sites"]})
     return cast(
         dict[str, Any],
-        _clean(
+        json_safe(
             {
                 "format": "semiofed-run-1",
                 "config": cfg,
@@ -318,7 +307,7 @@ def _write_progress(
 ) -> None:
     atomic_write_json(
         out_dir / PROGRESS_FILE,
-        _clean(
+        json_safe(
             {
                 "finished": finished,
                 "rounds_planned": cfg["federation"]["rounds"],

@@ -30,6 +30,7 @@ from typing import Any
 
 from safetensors import safe_open
 
+from semiofed.shared.atomic import json_safe
 from semiofed.shared.errors import FormatError
 from semiofed.shared.labels import CLASSES
 
@@ -68,23 +69,12 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _finite(value: Any) -> Any:
-    """JSON-safe value: non-finite floats become ``None`` (canonical JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _number(value: Any, path: Path, field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FormatError(path, f"{field} must be a number, got {value!r}")
-    return _finite(float(value))
+    return json_safe(float(value))
 
 
 def weights_summary(path: Path) -> dict[str, Any]:
@@ -281,4 +271,4 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "intended_use": str(run.get("intended_use") or DEFAULT_INTENDED_USE),
         "limitations": [str(x) for x in limitations],
     }
-    return _finite(card)
+    return json_safe(card)
