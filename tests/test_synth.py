@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,58 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path: Path) -> N
     assert a == b
     common = [k for k in a if k.endswith(SUFFIX) and k in c]
     assert common and all(a[k] != c[k] for k in common)
+
+
+_GENERATE = """
+import hashlib, sys
+from pathlib import Path
+from semiofed.shared.synth import generate_consortium
+out = Path(sys.argv[1])
+generate_consortium(out, sites=2, patients_per_site=2, minutes_per_patient=2.0, seed=5,
+                    workers=int(sys.argv[2]))
+h = hashlib.sha256()
+for p in sorted(out.rglob("*")):
+    if p.is_file():
+        h.update(str(p.relative_to(out)).encode()); h.update(p.read_bytes())
+print(h.hexdigest())
+"""
+
+
+def _machine_like(**env: str) -> dict[str, str]:
+    """This environment with BLAS/OpenMP settings replaced by ``env``."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "OMP_", "NPY_"))}
+    return keep | env
+
+
+def _all_numpy_simd_off() -> str:
+    """numpy's dispatched CPU features found on this machine: switching all of them off
+    runs its baseline loops, as on the oldest CPU it supports."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    return " ".join(f for f in __cpu_dispatch__ if __cpu_features__.get(f))
+
+
+def test_bytes_do_not_depend_on_workers_threads_blas_kernel_or_cpu_features(
+    tmp_path: Path,
+) -> None:
+    """The same seed gives the same bytes with 1 or 2 workers, 1 or 2 BLAS/OpenMP threads,
+    another OpenBLAS kernel and numpy's SIMD loops switched off (another CPU)."""
+    variants: dict[str, tuple[int, dict[str, str]]] = {
+        "1 worker, 1 thread": (1, {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}),
+        "1 worker, 2 threads": (1, {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}),
+        "2 workers, no SIMD": (2, {"NPY_DISABLE_CPU_FEATURES": _all_numpy_simd_off()}),
+    }
+    if platform.machine() in ("x86_64", "AMD64"):
+        variants["1 worker, SSE3 BLAS kernel"] = (1, {"OPENBLAS_CORETYPE": "Prescott"})
+    digests = {}
+    for i, (name, (workers, env)) in enumerate(variants.items()):
+        proc = subprocess.run(
+            [sys.executable, "-c", _GENERATE, str(tmp_path / str(i)), str(workers)],
+            env=_machine_like(**env), capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+        digests[name] = proc.stdout.split()[-1]
+    assert len(set(digests.values())) == 1, digests
 
 
 def test_layout_and_ground_truth_match_events(small_consortium: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import exact as ex
 from .body import SIDES, Controls
 
 Truth = dict[str, Any]
@@ -47,7 +48,7 @@ def envelope(n: int, fps: float, rise_s: float, fall_s: float | None = None) -> 
     env = np.ones(n, dtype=np.float32)
     for secs, rev in ((rise_s, False), (rise_s if fall_s is None else fall_s, True)):
         k = min(n // 2, max(1, int(secs * fps)))
-        ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, k, dtype=np.float32))
+        ramp = 0.5 - 0.5 * ex.cos(np.linspace(0, np.pi, k, dtype=np.float32))
         if rev:
             env[n - k :] *= ramp[::-1]
         else:
@@ -61,7 +62,7 @@ def smooth_noise(rng: np.random.Generator, n: int, fps: float, hz: float) -> np.
     knots = rng.standard_normal(int(n / step) + 3).astype(np.float32)
     x = np.arange(n, dtype=np.float32) / np.float32(step)
     i = x.astype(np.int64)
-    w = 0.5 - 0.5 * np.cos(np.pi * (x - i))
+    w = 0.5 - 0.5 * ex.cos(np.pi * (x - i))
     return knots[i] * (1 - w) + knots[i + 1] * w
 
 
@@ -69,7 +70,7 @@ def level_change(ctrl: Controls, name: str, start: int, frames: int, delta: floa
     """Move a control smoothly by ``delta`` over ``frames`` from ``start``; it then stays."""
     row = ctrl[name][start:]
     k = min(max(frames, 1), len(row))
-    ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, k, dtype=np.float32))
+    ramp = 0.5 - 0.5 * ex.cos(np.linspace(0, np.pi, k, dtype=np.float32))
     row[:k] += np.float32(delta) * ramp
     row[k:] += np.float32(delta)
 
@@ -91,14 +92,14 @@ def pulse_train(
     n = len(freq)
     cycles = np.cumsum(freq / fps, dtype=np.float64)
     k = np.floor(cycles).astype(np.int64)
-    mult = np.exp(jitter * rng.standard_normal(int(k[-1]) + 2))
+    mult = ex.exp(jitter * rng.standard_normal(int(k[-1]) + 2))
     # Cycle-level jitter: each cycle's duration is scaled; re-integrate with it.
     cycles = np.cumsum(freq / fps / mult[np.minimum(k, len(mult) - 1)], dtype=np.float64)
     k = np.floor(cycles).astype(np.int64)
     onsets = np.flatnonzero(np.diff(k, prepend=-1) > 0)
     last = np.maximum.accumulate(np.where(np.diff(k, prepend=-1) > 0, np.arange(n), 0))
     tau = (np.arange(n) - last) / fps / width_s
-    wave = (tau * np.exp(1 - tau)).astype(np.float32)
+    wave = (tau * ex.exp(1 - tau)).astype(np.float32)
     return wave, onsets / fps
 
 
@@ -115,7 +116,7 @@ def background(scene: Scene, sleeping: list[tuple[int, int]]) -> None:
     t = np.arange(n, dtype=np.float32) / np.float32(fps)
     f_breath = rng.uniform(0.2, 0.33)
     phase = 2 * np.pi * f_breath * t + 0.6 * smooth_noise(rng, n, fps, 0.05)
-    c["breath"][:] += np.float32(rng.uniform(0.003, 0.006)) * np.sin(phase)
+    c["breath"][:] += np.float32(rng.uniform(0.003, 0.006)) * ex.sin(phase)
     c["head_yaw"][:] += 0.015 * smooth_noise(rng, n, fps, 0.05)
     c["head_pitch"][:] += 0.01 * smooth_noise(rng, n, fps, 0.05)
     quiet = np.zeros(n, dtype=bool)
@@ -178,10 +179,10 @@ def scratching(scene: Scene, a: int, n: int) -> Truth:
     t = np.arange(n, dtype=np.float32) / np.float32(fps)
     f = rng.uniform(3.0, 6.0)
     inner = envelope(n, fps, 1.4)
-    osc = 0.012 * scene.amplitude * np.sin(2 * np.pi * f * t) * inner
+    osc = 0.012 * scene.amplitude * ex.sin(2 * np.pi * f * t) * inner
     c[f"{side}_wy"][a : a + n] += osc
     c[f"{side}_wx"][a : a + n] += 0.5 * osc
-    c[f"{side}_grip"][a : a + n] += 0.4 * env + 0.2 * inner * np.sin(2 * np.pi * f * t)
+    c[f"{side}_grip"][a : a + n] += 0.4 * env + 0.2 * inner * ex.sin(2 * np.pi * f * t)
     regions = (f"{side}_arm", f"{side}_hand")
     return {"kind": "scratching", "frequency_hz": round(f, 3), "target": where,
             **_span(scene, a, n, regions)}  # fmt: skip
@@ -206,8 +207,8 @@ def eating_drinking(scene: Scene, a: int, n: int) -> Truth:
     t = np.arange(n, dtype=np.float32) / np.float32(fps)
     fc = rng.uniform(1.0, 2.0)
     chew = np.clip(smooth_noise(rng, n, fps, 0.1) + 0.3, 0, 1) * env
-    c["mouth_open"][a : a + n] += 0.25 * chew * (0.5 + 0.5 * np.sin(2 * np.pi * fc * t))
-    c["jaw_lat"][a : a + n] += 0.4 * chew * np.sin(2 * np.pi * fc * t + 1.0)
+    c["mouth_open"][a : a + n] += 0.25 * chew * (0.5 + 0.5 * ex.sin(2 * np.pi * fc * t))
+    c["jaw_lat"][a : a + n] += 0.4 * chew * ex.sin(2 * np.pi * fc * t + 1.0)
     regions = ("trunk", "face", f"{side}_arm", f"{side}_hand", "head")
     return {"kind": "eating_drinking", "chewing_hz": round(fc, 3),
             **_span(scene, a, n, regions)}  # fmt: skip
@@ -255,7 +256,7 @@ def staff_examining(scene: Scene, a: int, n: int) -> Truth:
     side = SIDES[rng.integers(2)]
     env = envelope(n, fps, 3.0)
     t = np.arange(n, dtype=np.float32) / np.float32(fps)
-    passive = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.3, 0.7) * t)
+    passive = 0.5 + 0.5 * ex.sin(2 * np.pi * rng.uniform(0.3, 0.7) * t)
     c[f"{side}_sh_flex"][a : a + n] += 0.8 * env * passive
     c[f"{side}_elbow"][a : a + n] += 0.7 * env * (1 - passive)
     c["head_yaw"][a : a + n] += 0.3 * env * smooth_noise(rng, n, fps, 0.3)

@@ -7,7 +7,8 @@ landmarks in normalised image coordinates through a weak-perspective camera.
 
 The 468-point face is a rigid, scaled transform of a procedural template plus four
 deformation modes (eye closure, mouth opening, jaw lateral shift, lip pucker), computed for all
-frames as one matrix product ``coeffs (T, 48) @ basis (48, 1404)`` in cache-sized chunks.
+frames as one matrix product ``coeffs (T, 27) @ basis (27, 1404)`` in cache-sized chunks, exact
+on every machine (:mod:`.exact`), like every other product here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..skeleton import N_FACE, N_POSE, POSE
+from . import exact as ex
+from .exact import GridProduct, apply_matrix, matmul
 
 SIDES = ("left", "right")
 SIDE_SIGN = {"left": 1.0, "right": -1.0}
@@ -74,7 +77,7 @@ _MOUTH_Y = 0.045
 
 def _surface_z(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     z = 0.05 * np.sqrt(np.clip(1 - (x / 0.075) ** 2 - (y / 0.1) ** 2, 0, 1))
-    return z + 0.022 * np.exp(-(x**2) / 0.012**2 - (y - 0.0) ** 2 / 0.03**2)
+    return z + 0.022 * ex.exp(-(x**2) / 0.012**2 - (y - 0.0) ** 2 / 0.03**2)
 
 
 def _build_face() -> tuple[np.ndarray, np.ndarray]:
@@ -82,27 +85,27 @@ def _build_face() -> tuple[np.ndarray, np.ndarray]:
     xy = np.full((N_FACE, 2), np.nan)
     for k, i in enumerate(_FACE_OVAL):
         th = 2 * np.pi * k / len(_FACE_OVAL)
-        xy[i] = (0.07 * np.sin(th), -0.095 * np.cos(th))
+        xy[i] = (0.07 * ex.sin(th), -0.095 * ex.cos(th))
     upper_lid: dict[int, float] = {}
     for eye, sign in ((_RIGHT_EYE, -1.0), (_LEFT_EYE, 1.0)):
         outer, inner = sign * 0.047, sign * 0.017
         for k, i in enumerate(eye[:9]):
             u = k / 8
-            xy[i] = (outer + u * (inner - outer), -0.01 + 0.006 * np.sin(np.pi * u))
+            xy[i] = (outer + u * (inner - outer), -0.01 + 0.006 * ex.sin(np.pi * u))
         for j, i in enumerate(eye[9:], start=1):
             u = 1 - j / 8
-            xy[i] = (outer + u * (inner - outer), -0.01 - 0.006 * np.sin(np.pi * u))
-            upper_lid[i] = 0.012 * np.sin(np.pi * u)
+            xy[i] = (outer + u * (inner - outer), -0.01 - 0.006 * ex.sin(np.pi * u))
+            upper_lid[i] = 0.012 * ex.sin(np.pi * u)
     lower_lip: list[int] = []
     for lips, half_h in ((_LIPS_OUTER, 0.012), (_LIPS_INNER, 0.002)):
         half_w = 0.025 if half_h > 0.005 else 0.02
         for k, i in enumerate(lips[:11]):
             u = k / 10
-            xy[i] = (-half_w + 2 * half_w * u, _MOUTH_Y + half_h * np.sin(np.pi * u))
+            xy[i] = (-half_w + 2 * half_w * u, _MOUTH_Y + half_h * ex.sin(np.pi * u))
             lower_lip.append(i)
         for j, i in enumerate(lips[11:], start=1):
             u = 1 - j / 10
-            xy[i] = (-half_w + 2 * half_w * u, _MOUTH_Y - half_h * np.sin(np.pi * u))
+            xy[i] = (-half_w + 2 * half_w * u, _MOUTH_Y - half_h * ex.sin(np.pi * u))
     for i, p in _FIXED.items():
         xy[i] = p
     # The remaining points fill the face on a golden-angle spiral, avoiding eyes and mouth.
@@ -110,7 +113,7 @@ def _build_face() -> tuple[np.ndarray, np.ndarray]:
     cand, k = [], 0
     while len(cand) < len(free):
         r, th = np.sqrt((k + 0.5) / 700), k * 2.399963
-        x, y = 0.066 * r * np.sin(th), 0.09 * r * np.cos(th)
+        x, y = 0.066 * r * ex.sin(th), 0.09 * r * ex.cos(th)
         k += 1
         if min(abs(x - 0.032), abs(x + 0.032)) < 0.02 and abs(y + 0.01) < 0.01:
             continue
@@ -128,7 +131,7 @@ def _build_face() -> tuple[np.ndarray, np.ndarray]:
     jaw[lower_lip] = 1.0
     modes[1, :, 1] = 0.02 * jaw
     modes[2, :, 0] = 0.01 * jaw
-    mouth = np.exp(-((template[:, 0] / 0.03) ** 2) - ((template[:, 1] - _MOUTH_Y) / 0.015) ** 2)
+    mouth = ex.exp(-((template[:, 0] / 0.03) ** 2) - ((template[:, 1] - _MOUTH_Y) / 0.015) ** 2)
     modes[3, :, 0] = -0.2 * template[:, 0] * mouth
     modes[3, :, 2] = 0.006 * mouth
     return template.astype(np.float32), modes.astype(np.float32)
@@ -168,7 +171,7 @@ HAND_TEMPLATE, HAND_GRIP = _build_hand()
 
 
 def _rot(axis: int, a: np.ndarray) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
+    c, s = ex.cos(a), ex.sin(a)
     r = np.zeros((a.shape[0], 3, 3), dtype=np.float32)
     i, j = [(1, 2), (2, 0), (0, 1)][axis]
     r[:, axis, axis] = 1
@@ -181,13 +184,9 @@ def _rot(axis: int, a: np.ndarray) -> np.ndarray:
 
 def _apply(r: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Rotate points: r (T,3,3) with p (T,3), (T,N,3) or a constant (3,) / (N,3)."""
-    if p.ndim == 1:
-        return r @ p
-    if p.ndim == 2 and p.shape[0] != r.shape[0]:
-        return np.matmul(p, r.transpose(0, 2, 1))
-    if p.ndim == 2:
-        return np.matmul(r, p[:, :, None])[:, :, 0]
-    return np.matmul(p, r.transpose(0, 2, 1))
+    if p.ndim == 3 or (p.ndim == 2 and p.shape[0] != r.shape[0]):
+        return apply_matrix(r[:, None], p)
+    return apply_matrix(r, p)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -209,11 +208,11 @@ class Camera:
 
     def matrix(self) -> np.ndarray:
         t, r = np.radians(self.tilt_deg), np.radians(self.rotation_deg)
-        tilt = np.array([[1, 0, 0], [0, np.cos(t), np.sin(t)], [0, -np.sin(t), np.cos(t)]])
-        roll = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+        tilt = np.array([[1, 0, 0], [0, ex.cos(t), ex.sin(t)], [0, -ex.sin(t), ex.cos(t)]])
+        roll = np.array([[ex.cos(r), -ex.sin(r), 0], [ex.sin(r), ex.cos(r), 0], [0, 0, 1]])
         flip = np.diag([1.0, 1.0, -1.0])  # MediaPipe z: smaller is closer to the camera
         scale = self.zoom * np.diag([1.0, self.aspect, 1.0])
-        return (scale @ roll @ flip @ tilt).astype(np.float32)
+        return matmul(matmul(matmul(scale, roll), flip), tilt).astype(np.float32)
 
 
 @dataclass
@@ -257,6 +256,7 @@ def _face_basis(head_offset: np.ndarray) -> tuple[np.ndarray, list[tuple[int, in
 
 _HEAD_OFFSET = np.array([0.0, 0.0, 0.045], dtype=np.float32)
 _FACE_BASIS, _MODE_TERMS = _face_basis(_HEAD_OFFSET)
+_FACE_PRODUCT = GridProduct(_FACE_BASIS)
 FACE_CHUNK = 256  # frames per matrix product (≈1.4 MB of output: stays in cache)
 
 
@@ -292,7 +292,7 @@ def render_face(
         out = out.reshape(-1)[: n * N_FACE * 3].reshape(n, N_FACE * 3)
     for c, a in enumerate(range(0, n, FACE_CHUNK)):
         block = out[a : a + FACE_CHUNK]
-        np.matmul(coeff[a : a + FACE_CHUNK], _FACE_BASIS, out=block)
+        block[:] = _FACE_PRODUCT(coeff[a : a + FACE_CHUNK])
         if noise is not None:
             block += noise.bank[noise.offsets[c] : noise.offsets[c] + len(block)]
     return out.reshape(n, N_FACE, 3)
@@ -313,7 +313,7 @@ def render(
 
     roll, pitch = ctrl["trunk_roll"], ctrl["trunk_pitch"]
     r_roll = _rot(1, roll)
-    r_trunk = np.matmul(_rot(0, -pitch), r_roll)
+    r_trunk = matmul(_rot(0, -pitch), r_roll)
     origin = np.zeros((n, 3), dtype=np.float32)
     origin[:, 0] = ctrl["shift_x"]
     origin[:, 1] = ctrl["shift_y"]
@@ -334,17 +334,17 @@ def render(
         pose[:, POSE[f"{side}_shoulder"]] = trunk_point((0.19 * sg, -0.5, 0.0), breath)
 
     # Head and face: head frame = trunk frame @ head rotation.
-    r_head = np.matmul(
+    r_head = matmul(
         r_trunk,
-        np.matmul(
+        matmul(
             _rot(1, ctrl["head_yaw"]),
-            np.matmul(_rot(0, ctrl["head_pitch"]), _rot(2, ctrl["head_roll"])),
+            matmul(_rot(0, ctrl["head_pitch"]), _rot(2, ctrl["head_roll"])),
         ),
     )
     head_centre = neck + _apply(r_trunk, np.float32([0, -0.13, 0.04]) * s)
     modes = np.stack([ctrl[m] for m in FACE_MODES], axis=1)
-    m_img = np.matmul(cam[None], r_head) * s
-    t_img = centre + head_centre @ cam.T
+    m_img = matmul(cam[None], r_head) * s
+    t_img = centre + apply_matrix(cam, head_centre)
     face = render_face(m_img, modes, t_img, face_noise, face_out)
     facing = -m_img[:, 2, 2] / (s * camera.zoom)  # face normal (head z) towards the camera
     for side in SIDES:
@@ -361,13 +361,13 @@ def render(
         sg = SIDE_SIGN[side]
         g = {k: ctrl[f"{side}_{k}"] for k in _LIMB}
         sh = pose[:, POSE[f"{side}_shoulder"]]
-        ca, sa = np.cos(g["sh_abd"]), np.sin(g["sh_abd"])
-        cf, sf = np.cos(g["sh_flex"]), np.sin(g["sh_flex"])
+        ca, sa = ex.cos(g["sh_abd"]), ex.sin(g["sh_abd"])
+        cf, sf = ex.cos(g["sh_flex"]), ex.sin(g["sh_flex"])
         u = np.stack([sg * sa * cf, ca * cf, sf], axis=1)
         ref = np.tile(np.float32([-0.55 * sg, -0.6, 0.55]), (n, 1))
         p = _unit(ref - (ref * u).sum(1, keepdims=True) * u)
         e = g["elbow"][:, None]
-        f = np.cos(e) * u + np.sin(e) * p
+        f = ex.cos(e) * u + ex.sin(e) * p
         u, f = _apply(r_trunk, u), _apply(r_trunk, f)
         elbow = sh + UPPER_ARM * s * u
         wrist = elbow + FOREARM * s * f + np.stack([g["wx"], g["wy"], g["wz"]], axis=1)
@@ -384,7 +384,7 @@ def render(
         up = r_trunk[:, :, 2]
         hx = _unit(np.cross(hy, up) + 1e-3)
         hz = np.cross(hx, hy)
-        cr, sr = np.cos(g["hand_roll"])[:, None], np.sin(g["hand_roll"])[:, None]
+        cr, sr = ex.cos(g["hand_roll"])[:, None], ex.sin(g["hand_roll"])[:, None]
         hx, hz = cr * hx + sr * hz, cr * hz - sr * hx
         r_hand = np.stack([hx * sg, hy, hz], axis=2)
         local = HAND_TEMPLATE[None] + g["grip"][:, None, None] * HAND_GRIP[None]
@@ -395,8 +395,8 @@ def render(
         # Legs hang from the hips and roll with the pelvis, not with the sitting trunk.
         hip = pose[:, POSE[f"{side}_hip"]]
         hf, ha, kn = g["hip_flex"], g["hip_abd"], g["knee"]
-        thigh = np.stack([sg * np.sin(ha), np.cos(hf) * np.cos(ha), np.sin(hf)], axis=1)
-        shin = np.stack([sg * np.sin(ha), np.cos(hf - kn), np.sin(hf - kn)], axis=1)
+        thigh = np.stack([sg * ex.sin(ha), ex.cos(hf) * ex.cos(ha), ex.sin(hf)], axis=1)
+        shin = np.stack([sg * ex.sin(ha), ex.cos(hf - kn), ex.sin(hf - kn)], axis=1)
         knee = hip + THIGH * s * _apply(r_roll, thigh)
         ankle = knee + SHIN * s * _apply(r_roll, shin)
         heel = ankle + _apply(r_roll, np.float32([0, 0.03, -0.04]) * s)
@@ -404,9 +404,9 @@ def render(
         for name, pt in (("knee", knee), ("ankle", ankle), ("heel", heel), ("foot_index", toe)):
             pose[:, POSE[f"{side}_{name}"]] = pt
 
-    pose_img = centre + pose @ cam.T
+    pose_img = centre + apply_matrix(cam, pose)
     for name, fi in (("nose", 1), ("mouth_left", 291), ("mouth_right", 61)):
         pose_img[:, POSE[name]] = face[:, fi]
-    lh = centre + hands["left"] @ cam.T
-    rh = centre + hands["right"] @ cam.T
+    lh = centre + apply_matrix(cam, hands["left"])
+    rh = centre + apply_matrix(cam, hands["right"])
     return Rendered(pose_img, face, lh, rh, facing)

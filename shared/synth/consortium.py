@@ -13,7 +13,9 @@ video-EEG monitoring session. Every recording is independent: events never strad
 events.tsv lists the seizures and PNES (SzCORE terms); a recording without any lists one
 ``bckg`` row covering it (SzCORE convention). Confounders are background and appear only in
 the truth file. Every patient is generated from its own seed derived from ``(seed, site,
-patient)``, so the output is byte-identical for a seed whatever the number of workers.
+patient)``, so the output is byte-identical for a seed whatever the number of workers; and
+the simulator's arithmetic is order-fixed (:mod:`.exact`), so it is also byte-identical
+whatever the BLAS/OpenMP thread count, the BLAS kernel and the CPU's SIMD features.
 """
 
 from __future__ import annotations
@@ -329,8 +331,9 @@ def generate_consortium(
 
 
 def _one_blas_thread() -> None:
-    """One BLAS thread per worker process: the workers already use every core, and
-    oversubscribed BLAS threads made 2 workers barely faster than 1."""
+    """One BLAS thread per worker process, for speed only (the bytes do not depend on it):
+    the workers already use every core, and oversubscribed BLAS threads made 2 workers
+    barely faster than 1."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)

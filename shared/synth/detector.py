@@ -20,8 +20,10 @@ import numpy as np
 
 from ..recording import Recording
 from ..skeleton import N_FACE, POSE
+from . import exact as ex
 from .behaviours import Scene, smooth_noise
 from .body import FACE_CHUNK, HAND_TEMPLATE, FaceNoise, Rendered
+from .exact import apply_matrix
 from .profiles import SiteProfile
 
 REFERENCE_WIDTH_PX = 640.0
@@ -110,10 +112,10 @@ def detect(
                 m = b - a
                 path = np.stack([0.08 * smooth_noise(rng, m, fps, 0.4) for _ in range(2)], 1)
                 ang = rng.uniform(0, 2 * np.pi) + 0.5 * smooth_noise(rng, m, fps, 0.3)
-                rot = np.stack([np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)], 1)
+                rot = np.stack([ex.cos(ang), -ex.sin(ang), ex.sin(ang), ex.cos(ang)], 1)
                 rot = rot.reshape(m, 2, 2)
                 local = HAND_TEMPLATE[:, :2] / 0.16 * hand_size[a:b, None]
-                xy = np.einsum("tij,tnj->tni", rot, local) + (centre[a:b, :2] + path)[:, None]
+                xy = apply_matrix(rot[:, None], local) + (centre[a:b, :2] + path)[:, None]
                 target[a:b, :, :2] = xy
                 target[a:b, :, 2] = 0.0
                 staff_spans.append([scene.seconds(a), scene.seconds(b), stream])

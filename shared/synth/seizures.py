@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import exact as ex
 from .behaviours import Scene, Truth, envelope, go_to, pulse_train, smooth_noise
 
 OTHER = {"left": "right", "right": "left"}
@@ -60,7 +61,7 @@ def clonic(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: dict) ->
     c, fps, rng = scene.ctrl, scene.fps, scene.rng
     side = OTHER[hemisphere]
     u = np.linspace(0, 1, n, dtype=np.float32)
-    freq = p["clonic_f0"] * (p["clonic_f_end"] / p["clonic_f0"]) ** (u**0.8)
+    freq = p["clonic_f0"] * ex.power(p["clonic_f_end"] / p["clonic_f0"], ex.power(u, 0.8))
     wave, jerks = pulse_train(freq, fps, 0.06, rng, jitter=0.35)
     amp = scene.amplitude * p["amplitude"]
     _eyes_open(scene, a, n)
@@ -113,8 +114,8 @@ def automatisms(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: dic
     env[oral0:] = envelope(n - oral0, fps, 3.0, 2.0)
     f_chew = rng.uniform(0.9, 1.6)
     bursts = np.clip(smooth_noise(rng, n, fps, 0.2) + 0.6, 0, 1)
-    c["mouth_open"][sl] += 0.3 * env * bursts * (0.5 + 0.5 * np.sin(2 * np.pi * f_chew * t))
-    c["jaw_lat"][sl] += 0.35 * env * bursts * np.sin(2 * np.pi * f_chew * t + 0.8)
+    c["mouth_open"][sl] += 0.3 * env * bursts * (0.5 + 0.5 * ex.sin(2 * np.pi * f_chew * t))
+    c["jaw_lat"][sl] += 0.35 * env * bursts * ex.sin(2 * np.pi * f_chew * t + 0.8)
     smack = np.clip(smooth_noise(rng, n, fps, 2.5), 0, None)
     c["pucker"][sl] += 0.6 * env * (1 - bursts) * smack
     spans["face"] = (a + oral0, a + n)
@@ -178,14 +179,14 @@ def f2b(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: dict) -> Tr
         go_to(c, f"{s}_knee", tt, int(0.3 * n_t), 0.0)
     go_to(c, "mouth_open", tt, int(0.2 * n_t), 0.7)
     t_all = np.arange(n_t + n_c, dtype=np.float32) / np.float32(fps)
-    vib = np.sin(2 * np.pi * rng.uniform(8, 10) * t_all)
+    vib = ex.sin(2 * np.pi * rng.uniform(8, 10) * t_all)
     grow = np.clip(t_all / max(n_t / fps, 1e-3), 0, 1) * envelope(len(t_all), fps, 0.1, 2.0)
     for s in ("left", "right"):
         c[f"{s}_elbow"][tt : tc + n_c] += 0.04 * amp * vib * grow
         c[f"{s}_sh_flex"][tt : tc + n_c] += 0.03 * amp * vib * grow
     # Clonic: bilateral synchronous jerks, frequency slowing, pauses growing.
     u = np.linspace(0, 1, n_c, dtype=np.float32)
-    freq = p["f2b_f0"] * (p["f2b_f_end"] / p["f2b_f0"]) ** u
+    freq = p["f2b_f0"] * ex.power(p["f2b_f_end"] / p["f2b_f0"], u)
     wave, jerks = pulse_train(freq, fps, 0.07, rng, jitter=0.3)
     w = wave * envelope(n_c, fps, 0.5, 0.05) * amp * (1 - 0.4 * u)
     sl = slice(tc, tc + n_c)
@@ -245,7 +246,7 @@ def hyperkinetic(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: di
     f_ped = rng.uniform(0.8, 2.0)
     for s, ph in (("left", 0.0), ("right", np.pi)):
         k = 1.3 if s == contra else 1.0
-        pedal = np.sin(2 * np.pi * f_ped * t + ph + 0.5 * smooth_noise(rng, n, fps, 0.5))
+        pedal = ex.sin(2 * np.pi * f_ped * t + ph + 0.5 * smooth_noise(rng, n, fps, 0.5))
         c[f"{s}_hip_flex"][sl] += k * 0.5 * amp * env * (0.6 + 0.5 * pedal)
         c[f"{s}_knee"][sl] += k * 0.8 * amp * env * (0.6 + 0.5 * pedal)
         c[f"{s}_sh_flex"][sl] += k * 0.8 * amp * env * np.abs(smooth_noise(rng, n, fps, 1.8))
@@ -272,10 +273,10 @@ def pnes(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: dict) -> T
     )
     scene.quiet.append((a, a + n))
     period = rng.uniform(10, 40)
-    wax = np.clip(0.55 + 0.45 * np.sin(2 * np.pi * t / period + rng.uniform(0, 6)), 0.05, 1)
+    wax = np.clip(0.55 + 0.45 * ex.sin(2 * np.pi * t / period + rng.uniform(0, 6)), 0.05, 1)
     wax *= env * scene.amplitude * p["amplitude"]
     f_head = rng.uniform(0.7, 1.5)
-    c["head_yaw"][sl] += 0.35 * wax * np.sin(2 * np.pi * f_head * t)
+    c["head_yaw"][sl] += 0.35 * wax * ex.sin(2 * np.pi * f_head * t)
     f0 = p["pnes_f"]
     slow, fast = smooth_noise(rng, n, fps, 0.05), smooth_noise(rng, n, fps, 1.0)
     freq = f0 * (1 + 0.8 * p["pnes_cv"] * slow) * (1 + 0.8 * p["pnes_cv"] * fast)
@@ -288,7 +289,7 @@ def pnes(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: dict) -> T
             continue
         detune = 1 + 0.06 * rng.standard_normal()
         phase = 2 * np.pi * np.cumsum(freq * detune / fps) + rng.uniform(0, 2 * np.pi)
-        osc = np.sin(phase).astype(np.float32) * wax
+        osc = ex.sin(phase).astype(np.float32) * wax
         if limb == "arm":
             c[f"{s}_elbow"][sl] += 0.35 * osc
             c[f"{s}_sh_flex"][sl] += 0.15 * osc
@@ -301,7 +302,7 @@ def pnes(scene: Scene, a: int, n: int, tail: int, hemisphere: str, p: dict) -> T
             crossings = np.flatnonzero(np.diff(np.floor(phase / (2 * np.pi))) > 0)
             jerks = crossings / fps
     if p["pelvic_thrust"]:
-        c["pelvis_lift"][sl] += 0.05 * wax * (0.5 + 0.5 * np.sin(2 * np.pi * f0 * 0.5 * t))
+        c["pelvis_lift"][sl] += 0.05 * wax * (0.5 + 0.5 * ex.sin(2 * np.pi * f0 * 0.5 * t))
         spans["trunk"] = (a, a + n)
     return {
         "body_side": "bilateral",
@@ -337,7 +338,7 @@ def sample_duration(
 ) -> tuple[float, float]:
     """Event duration and postictal tail (s) for one event, capped to ``max_s`` in total."""
     median, spread = DURATION[cls]
-    dur = float(median * scale * np.exp(spread * rng.standard_normal()))
+    dur = float(median * scale * ex.exp(spread * rng.standard_normal()))
     tail = float(rng.uniform(*POSTICTAL_S)) if cls == "f2b" else 0.0
     dur = max(8.0, min(dur, 0.8 * max_s))
     tail = max(0.0, min(tail, max_s - dur))
