@@ -33,7 +33,6 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/ruff format --check .
 
 bench: venv
 	$(PY) -m bench.run
