@@ -105,8 +105,7 @@ def train_round(
         accountant=priv["accountant"],
         lr=tr["learning-rate"],
         augment=False,
-        device=device,
-        seed=cfg["federation"]["seed"] * 1000 + server_round,
+        device=device,  # DP randomness is secret, never derived from federation.seed
         purpose=f"federated round {server_round}",
     )
     res = train_local(model, data.train, tcfg, ledger=ledger, progress=False)
