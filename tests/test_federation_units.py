@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import (
     Code,
+    EvaluateIns,
     FitIns,
     FitRes,
     Status,
@@ -110,23 +111,40 @@ def tiny(tmp_path_factory):
     return root / "site-01", cfg, model, site_task.get_arrays(model)
 
 
+def _decline_details(state: Path) -> list[str]:
+    from semiofed.privacy.audit_trail import TRAIL_FILE, read_entries
+
+    return [
+        e["payload"]["detail"]
+        for e in read_entries(state / TRAIL_FILE)
+        if e["kind"] == "round_declined"
+    ]
+
+
 def test_allowlist_refuses_forbidden_key_and_records_allowed(tiny, tmp_path):
     site_dir, cfg, model, arrays = tiny
     ctx = _context(cfg, site_dir, tmp_path)
     specs = param_specs(model)
 
-    def reply_with(metrics: dict):
-        res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), 3, metrics)
+    def reply_with(metrics: dict, num_examples: int = 1):
+        res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), num_examples, metrics)
         return lambda msg, c: Message(compat.fitres_to_recorddict(res, False), reply_to=msg)
 
     msg = _fit_message(cfg, arrays)
-    with pytest.raises(ForbiddenContent, match="'patient-ids' is not on the allowlist"):
-        allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "patient-ids": "p1,p2"}))
+    for bad in (
+        reply_with({"epsilon": 1.0, "patient-ids": "p1,p2"}),
+        reply_with({"epsilon": 1.0, "num-patients": 3}),  # exact counts are not released
+        reply_with({"decline-reason": "no such patient sub-01-002"}),  # free text
+        reply_with({"epsilon": 1.0}, num_examples=7),  # num_examples is the constant 1
+    ):
+        out = allowlist_mod(msg, ctx, bad)
+        assert out.has_error() and out.error.reason == "forbidden-content"
     assert not (tmp_path / OUTBOX_FILE).exists()
-    out = allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "num-patients": 3}))
+    assert "patient-ids" in _decline_details(tmp_path)[0]  # the detail stays local
+    out = allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "delta": 1e-3}))
     entry = json.loads((tmp_path / OUTBOX_FILE).read_text().splitlines()[0])
     assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
-    assert entry["records"]["configs"]["fitres.metrics"] == ["epsilon", "num-patients"]
+    assert entry["records"]["configs"]["fitres.metrics"] == ["delta", "epsilon"]
     assert out.content is not None
     # a wrong shape, an extra array record and a raw metric record are refused as well
     bad = compat.fitres_to_recorddict(
@@ -142,17 +160,21 @@ def test_allowlist_refuses_forbidden_key_and_records_allowed(tiny, tmp_path):
         check_reply(RecordDict({"fitres.metrics": ConfigRecord({"raw": b"bytes"})}), specs)
 
 
+ONLY_CODE = {"declined", "decline-reason", "site-name"}
+
+
 def test_unapproved_configuration_is_declined(tiny, tmp_path):
     site_dir, cfg, _model, arrays = tiny
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
     assert res.num_examples == 0 and res.metrics["declined"] == 1
-    assert "not approved" in str(res.metrics["decline-reason"])
-    # approving a *different* configuration does not help
+    assert res.metrics["decline-reason"] == "not-approved" and set(res.metrics) == ONLY_CODE
+    # approving a *different* configuration does not help; the differences stay local
     other = validate({**TINY, "privacy": {**TINY["privacy"], "noise-multiplier": 0.3}})
     approve(approval_fields(other), tmp_path, generate_keypair(tmp_path / "officer.pem"))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
-    assert res.num_examples == 0 and "noise_multiplier" in str(res.metrics["decline-reason"])
+    assert res.num_examples == 0 and res.metrics["decline-reason"] == "not-approved"
+    assert "noise_multiplier" in _decline_details(tmp_path)[-1]
     assert not (tmp_path / "privacy_ledger.json").exists() or not PrivacyLedger(tmp_path).history()
 
 
@@ -161,10 +183,64 @@ def test_over_budget_round_is_declined_before_training(tiny, tmp_path):
     approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
     PrivacyLedger(tmp_path).set_budget(0.05, cfg["privacy"]["delta"], cfg["privacy"]["accountant"])
     client = SiteClient(_context(cfg, site_dir, tmp_path))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
+    assert res.num_examples == 0 and set(res.metrics) == ONLY_CODE
+    assert res.metrics["decline-reason"] == "over-budget"
+    ev = client.evaluate(EvaluateIns(ndarrays_to_parameters(arrays), {}))
+    assert ev.num_examples == 0 and ev.loss == 0.0 and set(ev.metrics) == ONLY_CODE
+    assert ev.metrics["decline-reason"] == "over-budget"
+    assert PrivacyLedger(tmp_path).history() == []  # nothing was trained or evaluated
+    assert all("privacy budget exceeded" in d for d in _decline_details(tmp_path))
+
+
+def test_exception_naming_a_patient_leaves_only_a_code(tiny, tmp_path):
+    """The site's data folder is unusable: the exception text (which names the folder and
+    would name a patient) stays in the audit trail; the reply carries the code."""
+    _site_dir, cfg, _model, arrays = tiny
+    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    missing = tmp_path / "sub-01-007"
+    client = SiteClient(_context(cfg, missing, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
-    assert res.num_examples == 0
-    assert "privacy budget exceeded" in str(res.metrics["decline-reason"])
-    assert PrivacyLedger(tmp_path).history() == []  # nothing was trained
+    assert res.metrics["decline-reason"] == "site-error" and set(res.metrics) == ONLY_CODE
+    assert "sub-01-007" not in json.dumps(res.metrics) and res.status.message == "declined"
+    assert "sub-01-007" in _decline_details(tmp_path)[-1]
+
+
+def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
+    """Round 2: DP training, then the DP evaluation table of the received model, both in
+    the ledger; the reply holds inventory keys only and num_examples = 1."""
+    from semiofed.shared.noisy_eval import TABLE_SIZE
+    from semiofed.shared.release import ALLOWED_METRICS
+
+    site_dir, cfg, _model, arrays = tiny
+    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    client = SiteClient(_context(cfg, site_dir, tmp_path))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
+    assert res.num_examples == 1 and set(res.metrics) <= set(ALLOWED_METRICS)
+    assert len(res.metrics["eval-table"]) == TABLE_SIZE
+    runs = PrivacyLedger(tmp_path).load()["runs"]
+    assert [r["purpose"] for r in runs] == [
+        "federated round 2",
+        "federated evaluation of the round-1 model",
+    ]
+    assert (runs[1]["sample_rate"], runs[1]["steps_counted"]) == (1.0, 1)
+    assert runs[1]["noise_multiplier"] == cfg["privacy"]["eval-noise-multiplier"]
+    assert res.metrics["epsilon"] == pytest.approx(PrivacyLedger(tmp_path).spent())
+
+
+def test_clip_norm_other_than_the_approved_one_is_refused(tiny, tmp_path):
+    from semiofed.client.app import clip_if_requested_mod
+    from semiofed.privacy.approval import NotApproved
+
+    site_dir, _cfg, _model, arrays = tiny
+    cfg = validate({**TINY, "central-dp": {"enabled": True, "clip-norm": 2.0}})
+    ctx = _context(cfg, site_dir, tmp_path)
+    msg = _fit_message(cfg, arrays)
+    msg.content.config_records["fitins.config"]["clipping_norm"] = 50.0
+    with pytest.raises(NotApproved, match=r"approved one is 2\.0"):
+        clip_if_requested_mod(msg, ctx, lambda m, c: m)
+    out = allowlist_mod(msg, ctx, lambda m, c: clip_if_requested_mod(m, c, lambda m2, c2: m2))
+    assert out.has_error() and out.error.reason == "not-approved"
 
 
 def test_ending_a_process_also_ends_helpers_it_started_in_their_own_session(tmp_path):
