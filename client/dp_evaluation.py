@@ -18,7 +18,7 @@ import torch
 
 from semiofed.privacy.ledger import PlannedRun, PrivacyLedger
 from semiofed.shared.dataset import PatientWindows
-from semiofed.shared.noisy_eval import TABLE_SIZE, patient_vector
+from semiofed.shared.noisy_eval import TABLE_SIZE, encode_table, patient_vector
 
 from .evaluation import predict
 
@@ -47,8 +47,9 @@ def noisy_table(
     accountant: str,
     purpose: str,
     device: str = "auto",
-) -> list[float]:
-    """The DP evaluation table; raises ``BudgetExceeded`` before anything is computed."""
+) -> bytes:
+    """The DP evaluation table, encoded for the wire; raises ``BudgetExceeded`` before
+    anything is computed."""
     planned = PlannedRun(
         privacy_unit="patient",
         sample_rate=1.0,
@@ -69,4 +70,4 @@ def noisy_table(
         run.finish("failed", error=type(exc).__name__)
         raise
     run.finish("completed")
-    return [float(v) for v in table + noise]
+    return encode_table(table + noise)

@@ -127,8 +127,8 @@ def evaluate_dp(
     state_dir: Path,
     purpose: str,
     device: str = "auto",
-) -> list[float]:
-    """The DP evaluation table of the model ``arrays`` on the held-out patients; raises
+) -> bytes:
+    """The DP evaluation table (encoded) of the model ``arrays`` on the held-out patients; raises
     ``BudgetExceeded`` before anything is computed."""
     from semiofed.privacy.ledger import PrivacyLedger
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from flwr.common import EvaluateRes, FitRes, Parameters, Scalar
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
@@ -41,7 +42,7 @@ from flwr.server.strategy import (
 )
 
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.noisy_eval import TABLE_SIZE, table_metrics
+from semiofed.shared.noisy_eval import decode_table, table_metrics
 from semiofed.shared.release import DECLINE_CODES, SITE_METRICS
 
 
@@ -89,18 +90,16 @@ def make_strategy(
     return rec, rec
 
 
-def _federated_eval(tables: list[list[float]], sigma: float) -> dict[str, Scalar]:
+def _federated_eval(tables: list[np.ndarray], sigma: float) -> dict[str, Scalar]:
     """Metrics of the sum of the sites' noisy evaluation tables (post-processing only; each
     site added noise of std ``sigma``)."""
-    total = [sum(col) for col in zip(*tables, strict=True)]
     out: dict[str, Scalar] = {"eval-sites": len(tables)}
-    out.update(table_metrics(total, noise_std=sigma * math.sqrt(len(tables))))
+    out.update(table_metrics(np.sum(tables, axis=0), noise_std=sigma * math.sqrt(len(tables))))
     return out
 
 
-def _table(metrics: dict[str, Scalar]) -> list[float] | None:
-    t = metrics.get("eval-table")
-    return t if isinstance(t, list) and len(t) == TABLE_SIZE else None  # type: ignore[return-value]
+def _table(metrics: dict[str, Scalar]) -> np.ndarray | None:
+    return decode_table(metrics.get("eval-table"))
 
 
 def _failure_reason(failure: Any) -> str:
@@ -200,6 +199,7 @@ class RecordingStrategy(Strategy):
         failures: list[Any],
     ) -> tuple[float | None, dict[str, Scalar]]:
         rec = self._round(server_round)
+        rec["evaluate_failure_reasons"] = [_failure_reason(f) for f in failures]
         tables, final = [], {}
         for proxy, res in results:
             site = str(res.metrics.get("site-name", proxy.node_id))

@@ -27,6 +27,8 @@ from .labels import IGNORE_INDEX, NUM_CLASSES
 
 SCORE_BINS = 10  # even, so that 0.5 is a bin edge (the detection threshold)
 TABLE_SIZE = 2 * SCORE_BINS + NUM_CLASSES * NUM_CLASSES
+TABLE_DTYPE = "<f8"  # on the wire: TABLE_SIZE little-endian float64 (Flower metrics are scalars)
+TABLE_BYTES = TABLE_SIZE * 8
 _PART_SCALE = 1.0 / math.sqrt(2.0)
 
 
@@ -41,6 +43,21 @@ def patient_vector(
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES))
     np.add.at(conf, (np.asarray(y_type)[keep], np.asarray(type_pred)[keep]), 1.0)
     return np.concatenate([_unit(hist.ravel()), _unit(conf.ravel())]) * _PART_SCALE
+
+
+def encode_table(table: Sequence[float]) -> bytes:
+    t = np.asarray(table, dtype=TABLE_DTYPE)
+    if t.shape != (TABLE_SIZE,):
+        raise ValueError(f"an evaluation table has {TABLE_SIZE} values, got {t.shape}")
+    return t.tobytes()
+
+
+def decode_table(value: object) -> np.ndarray | None:
+    """The table of a wire value, or None unless it is exactly TABLE_SIZE finite floats."""
+    if not isinstance(value, bytes) or len(value) != TABLE_BYTES:
+        return None
+    t = np.frombuffer(value, dtype=TABLE_DTYPE).astype(float)
+    return t if np.all(np.isfinite(t)) else None
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .noisy_eval import TABLE_SIZE
+from .noisy_eval import decode_table
 
 TRAIN, EVALUATE = "train", "evaluate"
 
@@ -49,7 +49,7 @@ class Released:
     """One metric a reply may carry: its kind (what the allowlist checks) and protection."""
 
     key: str
-    kind: str  # number | flag | code | unit | name | table
+    kind: str  # number | flag | code | unit | name | table (shared/noisy_eval.encode_table)
     messages: tuple[str, ...]
     protection: str  # "dp" (inside ε) or "public" (data-independent)
     why: str
@@ -107,8 +107,6 @@ def check_value(key: str, value: object) -> str | None:
         "code": value in DECLINE_CODES,
         "unit": value in PRIVACY_UNITS,
         "name": isinstance(value, str) and 0 < len(value) <= MAX_NAME,
-        "table": isinstance(value, list)
-        and len(value) == TABLE_SIZE
-        and all(isinstance(v, float) for v in value),
+        "table": decode_table(value) is not None,
     }[spec.kind]
     return None if ok else f"has a value outside its kind {spec.kind!r}"

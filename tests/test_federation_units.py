@@ -209,7 +209,7 @@ def test_exception_naming_a_patient_leaves_only_a_code(tiny, tmp_path):
 def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
     """Round 2: DP training, then the DP evaluation table of the received model, both in
     the ledger; the reply holds inventory keys only and num_examples = 1."""
-    from semiofed.shared.noisy_eval import TABLE_SIZE
+    from semiofed.shared.noisy_eval import TABLE_SIZE, decode_table
     from semiofed.shared.release import ALLOWED_METRICS
 
     site_dir, cfg, _model, arrays = tiny
@@ -217,7 +217,7 @@ def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
     assert res.num_examples == 1 and set(res.metrics) <= set(ALLOWED_METRICS)
-    assert len(res.metrics["eval-table"]) == TABLE_SIZE
+    assert decode_table(res.metrics["eval-table"]).shape == (TABLE_SIZE,)
     runs = PrivacyLedger(tmp_path).load()["runs"]
     assert [r["purpose"] for r in runs] == [
         "federated round 2",
@@ -226,6 +226,7 @@ def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
     assert (runs[1]["sample_rate"], runs[1]["steps_counted"]) == (1.0, 1)
     assert runs[1]["noise_multiplier"] == cfg["privacy"]["eval-noise-multiplier"]
     assert res.metrics["epsilon"] == pytest.approx(PrivacyLedger(tmp_path).spent())
+    check_reply(compat.fitres_to_recorddict(res, False), param_specs(_model))  # as sent
 
 
 def test_clip_norm_other_than_the_approved_one_is_refused(tiny, tmp_path):

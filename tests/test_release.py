@@ -7,7 +7,13 @@ import pytest
 
 from semiofed.shared.labels import IGNORE_INDEX, NUM_CLASSES
 from semiofed.shared.metrics import auroc, window_metrics
-from semiofed.shared.noisy_eval import SCORE_BINS, TABLE_SIZE, patient_vector, table_metrics
+from semiofed.shared.noisy_eval import (
+    SCORE_BINS,
+    TABLE_SIZE,
+    encode_table,
+    patient_vector,
+    table_metrics,
+)
 from semiofed.shared.release import ALLOWED_METRICS, METRICS, SITE_METRICS, check_value
 
 
@@ -48,5 +54,7 @@ def test_inventory_is_the_one_definition_both_sides_read() -> None:
         assert check_value(key, 1.0) is not None
     assert check_value("decline-reason", "over-budget") is None
     assert check_value("decline-reason", "over budget: patient sub-01") is not None
-    assert check_value("eval-table", [0.0] * TABLE_SIZE) is None
-    assert check_value("eval-table", [0.0] * (TABLE_SIZE + 1)) is not None
+    assert check_value("eval-table", encode_table([0.5] * TABLE_SIZE)) is None
+    assert check_value("eval-table", encode_table([0.5] * TABLE_SIZE) + b"x") is not None
+    assert check_value("eval-table", encode_table([np.nan] * TABLE_SIZE)) is not None
+    assert check_value("eval-table", [0.5] * TABLE_SIZE) is not None
