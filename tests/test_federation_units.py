@@ -18,7 +18,9 @@ from flwr.common import (
     FitRes,
     Status,
     ndarrays_to_parameters,
+    parameters_to_ndarrays,
 )
+from flwr.server.client_proxy import ClientProxy
 
 from semiofed.client.allowlist import OUTBOX_FILE, ForbiddenContent, check_reply, param_specs
 from semiofed.client.app import SiteClient, allowlist_mod
@@ -55,6 +57,21 @@ def test_config_errors_name_file_and_field(tmp_path):
     bad.write_text("[privacy]\nnoise-multipler = 1.0\n", encoding="utf-8")
     with pytest.raises(RunConfigError, match=r"\[privacy\] noise-multipler: unknown field"):
         load_run_config(bad)
+
+
+def test_every_field_that_changes_the_computation_is_approved():
+    base = approval_fields(validate(TINY))
+    for table, key, value in (
+        ("training", "test-fraction", 0.9),  # the server cannot move patients into the test set
+        ("training", "val-fraction", 0.2),
+        ("training", "learning-rate", 0.5),
+        ("federation", "seed", 7),
+        ("privacy", "eval-noise-multiplier", 0.1),
+    ):
+        changed = validate({**TINY, table: {**TINY.get(table, {}), key: value}})
+        assert approval_fields(changed) != base, key
+    with pytest.raises(RunConfigError, match="fraction-train: must be 1 with central DP"):
+        validate({"central-dp": {"enabled": True}, "federation": {"fraction-train": 0.5}})
 
 
 def test_robust_strategy_with_secagg_is_refused():
@@ -279,3 +296,40 @@ def test_ending_a_process_also_ends_helpers_it_started_in_their_own_session(tmp_
         time.sleep(0.05)
     else:
         raise AssertionError(f"helper {helper} survived")
+
+
+class _Site(ClientProxy):
+    """A site as the strategy sees it in aggregate_fit (only its id is read)."""
+
+    def __init__(self, cid: str) -> None:
+        super().__init__(cid)
+        self.node_id = int(cid)
+
+    get_properties = get_parameters = fit = evaluate = reconnect = None  # never called
+
+
+def test_central_dp_noise_is_scaled_to_the_kept_sites_unweighted_mean():
+    """Three sites asked, one declines: the mean of the two clipped updates gets noise of
+    std σ·C/2 (not σ·C/3), and each update counts once whatever the site's size."""
+    from semiofed.server.strategies import make_strategy
+
+    cfg = validate(
+        {**TINY, "secagg": {"enabled": False},
+         "central-dp": {"enabled": True, "noise-multiplier": 1.0, "clip-norm": 2.0}}
+    )  # fmt: skip
+    zeros = [np.zeros(20000, np.float32)]
+    rec, strategy = make_strategy(cfg, 3, ndarrays_to_parameters(zeros))
+    updates = {"1": 1.0, "2": 3.0}  # both within the clip norm per coordinate block
+    results = [
+        (_Site(cid), FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters([z + v for z in zeros]),
+                            1, {"site-name": f"site-0{cid}"}))
+        for cid, v in updates.items()
+    ] + [
+        (_Site("3"), FitRes(Status(Code.OK, "declined"), ndarrays_to_parameters(zeros), 0,
+                            {"declined": 1, "decline-reason": "over-budget", "site-name": "site-03"}))
+    ]  # fmt: skip
+    params, _ = strategy.aggregate_fit(1, results, [])
+    (agg,) = parameters_to_ndarrays(params)
+    assert agg.mean() == pytest.approx(2.0, abs=0.05)  # unweighted mean of 1 and 3
+    assert agg.std() == pytest.approx(1.0 * 2.0 / 2, rel=0.05)
+    assert rec.rounds[1]["declined"] == {"site-03": "over-budget"}
