@@ -80,6 +80,17 @@ def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:
         ledger.set_budget(priv["site-budget"], priv["delta"], priv["accountant"])
 
 
+def _model_and_ledger(
+    cfg: dict[str, Any], arrays: list[np.ndarray], state_dir: Path
+) -> tuple[SemioNet, PrivacyLedger]:
+    """The received model and the site's ledger (with the approved budget when fresh)."""
+    from semiofed.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(state_dir)
+    ensure_budget(ledger, cfg)
+    return build_model(cfg, arrays), ledger
+
+
 def train_round(
     data: SiteData,
     cfg: dict[str, Any],
@@ -89,13 +100,9 @@ def train_round(
     device: str = "auto",
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """One round of local DP training; raises ``BudgetExceeded`` before any step."""
-    from semiofed.privacy.ledger import PrivacyLedger
-
     from .dp_training import TrainConfig, train_local
 
-    model = build_model(cfg, arrays)
-    ledger = PrivacyLedger(state_dir)
-    ensure_budget(ledger, cfg)
+    model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     tr, priv = cfg["training"], cfg["privacy"]
     tcfg = TrainConfig(
         epochs=tr["local-epochs"],
@@ -130,14 +137,10 @@ def evaluate_dp(
 ) -> bytes:
     """The DP evaluation table (encoded) of the model ``arrays`` on the held-out patients; raises
     ``BudgetExceeded`` before anything is computed."""
-    from semiofed.privacy.ledger import PrivacyLedger
-
     from .dp_evaluation import noisy_table
 
-    ledger = PrivacyLedger(state_dir)
-    ensure_budget(ledger, cfg)
+    model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     priv = cfg["privacy"]
-    model = build_model(cfg, arrays)
     return noisy_table(
         model,
         data.test,
