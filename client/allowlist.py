@@ -1,12 +1,14 @@
 """What may leave a site: every outgoing Flower reply is checked, then recorded.
 
-Allowed content of a reply:
+Allowed content of a reply is the release inventory of :mod:`semiofed.shared.release`
+(one definition, read by the ServerApp too):
 
 * model parameters: exactly the model's trainable parameters, in order, with their shapes
   and dtypes (``fitres.parameters``); under SecAgg+ the masked integer vectors of those
   same shapes (plus the one weight factor SecAgg+ prepends);
-* the scalar metrics in :data:`ALLOWED_METRICS` (numbers, or the fixed strings
-  ``privacy-unit``/``decline-reason``) and Flower's status / example-count records;
+* the metrics of :data:`~semiofed.shared.release.METRICS`, each value of its kind (a number,
+  the flag 1, a decline code, a privacy unit, the site name, an evaluation table of the
+  fixed length), and Flower's status / example-count / loss records with their fixed values;
 * the SecAgg+ protocol fields of the current stage (public keys, encrypted key shares,
   node ids, key shares).
 
@@ -32,34 +34,18 @@ from flwr.app import RecordDict
 from flwr.common import bytes_to_ndarray
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.release import (
+    EVALUATE_LOSS,
+    NUM_EXAMPLES_DECLINED,
+    NUM_EXAMPLES_JOINED,
+    STATUS_MESSAGES,
+    check_value,
+)
 
 from . import site_audit
 
 OUTBOX_FILE = "outbox.jsonl"
 
-ALLOWED_METRICS: dict[str, type | tuple[type, ...]] = {
-    "num-patients": int,
-    "num-windows": int,
-    "train-loss": (int, float),
-    "train-seconds": (int, float),
-    "epsilon": (int, float),
-    "epsilon-round": (int, float),
-    "delta": (int, float),
-    "privacy-unit": str,
-    "site-name": str,
-    "declined": int,
-    "decline-reason": str,
-    "macro-f1": (int, float),
-    "auroc-seizure": (int, float),
-    "detect-accuracy": (int, float),
-    # a train reply's evaluation of the global model it received (held-out patients)
-    "eval-loss": (int, float),
-    "eval-num-patients": int,
-    "eval-num-windows": int,
-    "eval-macro-f1": (int, float),
-    "eval-auroc-seizure": (int, float),
-    "eval-detect-accuracy": (int, float),
-}
 SECAGG_FIELDS = {"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"}
 SECAGG_RECORD = "secaggplus_configs"
 _FLOWER_RECORDS = {
@@ -70,7 +56,12 @@ _FLOWER_RECORDS = {
     "evaluateres.status": {"code", "message"},
 }
 _METRIC_RECORDS = ("fitres.metrics", "evaluateres.metrics")
-MAX_STRING = 2000
+#: the fixed values of Flower's records (shared/release.py says why)
+_FIXED_VALUES = {
+    "num_examples": (NUM_EXAMPLES_JOINED, NUM_EXAMPLES_DECLINED),
+    "loss": (EVALUATE_LOSS,),
+    "message": STATUS_MESSAGES,
+}
 
 
 class ForbiddenContent(SemioFedError):
@@ -95,17 +86,15 @@ def param_specs(model: Any) -> list[ParamSpec]:
 
 def _check_metrics(record: Any, where: str) -> None:
     for key, value in record.items():
-        allowed = ALLOWED_METRICS.get(key)
-        if allowed is None:
-            raise ForbiddenContent(f"{where}: metric {key!r} is not on the allowlist")
-        if isinstance(value, bool) or not isinstance(value, allowed):
-            raise ForbiddenContent(
-                f"{where}: metric {key!r} has a forbidden type {type(value).__name__}"
-            )
-        if isinstance(value, str) and len(value) > MAX_STRING:
-            raise ForbiddenContent(
-                f"{where}: metric {key!r} is longer than {MAX_STRING} characters"
-            )
+        problem = check_value(key, value)
+        if problem is not None:
+            raise ForbiddenContent(f"{where}: metric {key!r} {problem}")
+
+
+def _check_fixed(record: Any, where: str) -> None:
+    for key, value in record.items():
+        if key in _FIXED_VALUES and value not in _FIXED_VALUES[key]:
+            raise ForbiddenContent(f"{where}: {key!r} is not one of its fixed values")
 
 
 def _check_arrays(arrays: Sequence[np.ndarray], specs: Sequence[ParamSpec], where: str) -> None:
@@ -134,12 +123,14 @@ def check_reply(content: RecordDict, specs: Sequence[ParamSpec]) -> None:
             raise ForbiddenContent(
                 f"metric record {name!r} ({sorted(record)}) is not on the allowlist"
             )
+        _check_fixed(record, name)
     for name, record in content.config_records.items():
         if name in _METRIC_RECORDS:
             _check_metrics(record, name)
         elif name in _FLOWER_RECORDS:
             if set(record) - _FLOWER_RECORDS[name]:
                 raise ForbiddenContent(f"{name}: fields {sorted(record)} are not on the allowlist")
+            _check_fixed(record, name)
         elif name == SECAGG_RECORD:
             extra = set(record) - SECAGG_FIELDS
             if extra:

@@ -6,16 +6,19 @@ For each message the site:
    it unless the site's privacy officer approved its approval fields
    (:func:`semiofed.privacy.approval.require_approved`);
 2. trains the multi-stream model on its own training patients with patient-level DP-SGD
-   through the site's privacy ledger (ε cumulative across rounds and restarts), after
-   evaluating the global model it received on its held-out patients (``eval-*`` metrics of
-   the train reply: federated evaluation without an extra message per round), or evaluates
-   the final global model on those patients (evaluate message);
-3. declines — a normal reply with ``num_examples = 0`` and ``declined``/``decline-reason``
-   metrics, carrying back the unchanged global parameters — when the configuration is not
-   approved or the round would exceed the site's ε budget;
-4. passes every reply through the allowlist (:mod:`semiofed.client.allowlist`) and records
-   it in ``STATE/outbox.jsonl``; a reply with anything else is refused (an error is sent
-   instead, without content).
+   through the site's privacy ledger (ε cumulative across rounds and restarts), then, from
+   round 2 on, evaluates the global model it received on its held-out patients through the
+   DP evaluation table (``eval-table``, :mod:`.dp_evaluation`, charged to the same ledger
+   before it is computed), or evaluates the final global model the same way (evaluate
+   message);
+3. declines — a normal reply with ``num_examples = 0`` and only ``declined``,
+   ``decline-reason`` (a fixed code: ``not-approved``, ``over-budget``, ``site-error``) and
+   ``site-name`` — when the configuration is not approved, the round would exceed the
+   site's ε budget, or anything raised; the detail goes to the log and the audit trail;
+4. passes every reply through the allowlist (:mod:`semiofed.client.allowlist`, the release
+   inventory of :mod:`semiofed.shared.release`) and records it in ``STATE/outbox.jsonl``; a
+   reply with anything else, and any exception of the mods, leaves as a Flower error whose
+   reason is a fixed code.
 
 Mods, outermost first: allowlist/outbox → SecAgg+ (only when the server runs the SecAgg+
 workflow) → client-side clipping for central DP (only when the server's
@@ -37,6 +40,7 @@ from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import (
     Code,
     Context,
+    Error,
     EvaluateIns,
     EvaluateRes,
     FitIns,
@@ -46,12 +50,29 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.common.constant import ErrorCode
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.release import (
+    EVALUATE_LOSS,
+    FORBIDDEN_CONTENT,
+    NOT_APPROVED,
+    NUM_EXAMPLES_DECLINED,
+    NUM_EXAMPLES_JOINED,
+    OVER_BUDGET,
+    SITE_ERROR,
+)
 from semiofed.shared.run_config import approval_fields, payload_of
 
 from . import site_audit
-from .allowlist import SECAGG_RECORD, ParamSpec, check_reply, param_specs, record_outgoing
+from .allowlist import (
+    SECAGG_RECORD,
+    ForbiddenContent,
+    ParamSpec,
+    check_reply,
+    param_specs,
+    record_outgoing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,94 +122,131 @@ def check_approved(cfg: dict[str, Any], state_dir: Path) -> None:
 
 
 class SiteClient(Client):
-    """One hospital's answers to fit and evaluate requests."""
+    """One hospital's answers to fit and evaluate requests: exactly what the release
+    inventory (:mod:`semiofed.shared.release`) allows, and on any refusal or error only a
+    fixed reason code; the detail goes to the site's log and audit trail."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
         self.site = SiteSettings(context)
 
-    def _decline_reason(self, cfg: dict[str, Any]) -> str | None:
-        from semiofed.privacy.approval import NotApproved
-
-        try:
-            check_approved(cfg, self.site.state_dir)
-        except NotApproved as exc:
-            return f"not approved by the site's privacy officer: {exc}"
-        return None
-
     def fit(self, ins: FitIns) -> FitRes:
+        server_round = int(ins.config.get("server-round", 0))
+        try:
+            return self._fit(ins, server_round)
+        except Exception as exc:  # nothing of it but the code leaves the site
+            return self._declined_fit(ins, server_round, SITE_ERROR, exc)
+
+    def _fit(self, ins: FitIns, server_round: int) -> FitRes:
+        from semiofed.privacy.approval import NotApproved
         from semiofed.privacy.ledger import BudgetExceeded
 
         from . import site_task
 
         cfg = run_config_of(self.context)
-        server_round = int(ins.config.get("server-round", 0))
-        reason = self._decline_reason(cfg)
-        received: dict[str, Any] = {}  # eval-* metrics of the global model we were sent
-        if reason is None:
+        state = self.site.state_dir
+        try:
+            check_approved(cfg, state)
+        except NotApproved as exc:
+            return self._declined_fit(ins, server_round, NOT_APPROVED, exc)
+        data = site_task.load_site(self.site.data_dir, cfg, state)
+        incoming = parameters_to_ndarrays(ins.parameters)
+        try:
+            arrays, metrics = site_task.train_round(
+                data, cfg, incoming, state, server_round, self.site.device
+            )
+        except BudgetExceeded as exc:
+            return self._declined_fit(ins, server_round, OVER_BUDGET, exc)
+        if server_round > 1:  # the model after the previous round (round 1: the public init)
             try:
-                data = site_task.load_site(self.site.data_dir, cfg, self.site.state_dir)
-                incoming = parameters_to_ndarrays(ins.parameters)
-                received = site_task.evaluate_received(data, cfg, incoming, self.site.device)
-                arrays, metrics = site_task.train_round(
-                    data, cfg, incoming, self.site.state_dir, server_round, self.site.device
+                metrics["eval-table"] = site_task.evaluate_dp(
+                    data,
+                    cfg,
+                    incoming,
+                    state,
+                    f"federated evaluation of the round-{server_round - 1} model",
+                    self.site.device,
                 )
-            except BudgetExceeded as exc:
-                reason = str(exc)
-            except SemioFedError as exc:  # the site's data or state is unusable this round
-                reason = f"site error: {exc}"
-        if reason is not None:
-            log.warning("%s declines round %s: %s", self.site.name, server_round, reason)
-            site_audit.record(
-                self.site.state_dir, "round_declined", {"round": server_round, "reason": reason}
-            )
-            return FitRes(
-                Status(Code.OK, "declined"),
-                ins.parameters,
-                0,
-                {"declined": 1, "decline-reason": reason, "site-name": self.site.name, **received},
-            )
+            except BudgetExceeded as exc:  # the update goes, without an evaluation
+                site_audit.record(
+                    state,
+                    "round_declined",
+                    {"round": f"evaluation in {server_round}", "reason": OVER_BUDGET,
+                     "detail": str(exc)},
+                )  # fmt: skip
+        metrics["epsilon"] = site_task.site_epsilon(state)
         site_audit.record(
-            self.site.state_dir,
+            state,
             "round_joined",
             {"round": server_round, "patients": len(data.train), "epsilon": metrics["epsilon"]},
         )
-        site_audit.record_budget(self.site.state_dir)
-        metrics |= {"site-name": self.site.name, **received}
+        site_audit.record_budget(state)
+        metrics["site-name"] = self.site.name
         return FitRes(
-            Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), len(data.train), metrics
+            Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), NUM_EXAMPLES_JOINED, metrics
+        )
+
+    def _decline(self, what: str, code: str, exc: BaseException) -> dict[str, Any]:
+        """Record why locally; the reply's metrics carry only the code."""
+        detail = f"{type(exc).__name__}: {exc}"
+        log.warning("%s declines %s (%s): %s", self.site.name, what, code, detail)
+        site_audit.record(
+            self.site.state_dir, "round_declined", {"round": what, "reason": code, "detail": detail}
+        )
+        return {"declined": 1, "decline-reason": code, "site-name": self.site.name}
+
+    def _declined_fit(
+        self, ins: FitIns, server_round: int, code: str, exc: BaseException
+    ) -> FitRes:
+        metrics = self._decline(str(server_round), code, exc)
+        # the server's own parameters go back unchanged
+        return FitRes(Status(Code.OK, "declined"), ins.parameters, NUM_EXAMPLES_DECLINED, metrics)
+
+    def _declined_evaluate(self, code: str, exc: BaseException) -> EvaluateRes:
+        metrics = self._decline("evaluate", code, exc)
+        return EvaluateRes(
+            Status(Code.OK, "declined"), EVALUATE_LOSS, NUM_EXAMPLES_DECLINED, metrics
         )
 
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        try:
+            return self._evaluate(ins)
+        except Exception as exc:  # nothing of it but the code leaves the site
+            return self._declined_evaluate(SITE_ERROR, exc)
+
+    def _evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        from semiofed.privacy.approval import NotApproved
+        from semiofed.privacy.ledger import BudgetExceeded
+
         from . import site_task
 
         cfg = run_config_of(self.context)
-        reason = self._decline_reason(cfg)
-        if reason is not None:
-            return EvaluateRes(
-                Status(Code.OK, "declined"),
-                0.0,
-                0,
-                {"declined": 1, "decline-reason": reason, "site-name": self.site.name},
-            )
+        state = self.site.state_dir
         try:
-            data = site_task.load_site(self.site.data_dir, cfg, self.site.state_dir)
-            loss, metrics = site_task.evaluate_round(
-                data, cfg, parameters_to_ndarrays(ins.parameters), self.site.device
+            check_approved(cfg, state)
+        except NotApproved as exc:
+            return self._declined_evaluate(NOT_APPROVED, exc)
+        data = site_task.load_site(self.site.data_dir, cfg, state)
+        try:
+            table = site_task.evaluate_dp(
+                data,
+                cfg,
+                parameters_to_ndarrays(ins.parameters),
+                state,
+                "federated evaluation of the final model",
+                self.site.device,
             )
-        except SemioFedError as exc:
-            return EvaluateRes(
-                Status(Code.OK, "declined"),
-                0.0,
-                0,
-                {
-                    "declined": 1,
-                    "decline-reason": f"site error: {exc}",
-                    "site-name": self.site.name,
-                },
-            )
-        metrics["site-name"] = self.site.name
-        return EvaluateRes(Status(Code.OK, "ok"), loss, len(data.test), metrics)
+        except BudgetExceeded as exc:
+            return self._declined_evaluate(OVER_BUDGET, exc)
+        metrics = {
+            "eval-table": table,
+            "epsilon": site_task.site_epsilon(state),
+            "delta": float(cfg["privacy"]["delta"]),
+            "privacy-unit": cfg["privacy"]["unit"],
+            "site-name": self.site.name,
+        }
+        site_audit.record_budget(state)
+        return EvaluateRes(Status(Code.OK, "ok"), EVALUATE_LOSS, NUM_EXAMPLES_JOINED, metrics)
 
 
 def client_fn(context: Context) -> Client:
@@ -202,25 +260,53 @@ def _model_specs(context: Context) -> list[ParamSpec]:
 
 
 def allowlist_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Check the reply against the allowlist, record it in the outbox, or refuse to send."""
-    reply = call_next(msg, context)
-    if not reply.has_content():
+    """Check the reply against the allowlist and record it in the outbox; a refused reply,
+    an error reply of an inner layer and any exception become an error reply whose reason
+    is a fixed code (:data:`~semiofed.shared.release.ERROR_CODES`): no exception text leaves
+    the site (Flower would send ``str(exc)``)."""
+    try:
+        reply = call_next(msg, context)
+        if reply.has_error():
+            raise SemioFedError(f"an inner layer replied with an error: {reply.error.reason}")
+        content = reply.content
+        needs_specs = any(len(r) for r in content.array_records.values()) or (
+            SECAGG_RECORD in content.config_records
+            and "masked_params" in content.config_records[SECAGG_RECORD]
+        )
+        check_reply(content, _model_specs(context) if needs_specs else [])
+        site = SiteSettings(context)
+        record_outgoing(
+            site.state_dir,
+            reply.metadata.message_type,
+            msg.metadata.run_id,
+            msg.metadata.group_id,
+            content,
+        )
         return reply
-    content = reply.content
-    needs_specs = any(len(r) for r in content.array_records.values()) or (
-        SECAGG_RECORD in content.config_records
-        and "masked_params" in content.config_records[SECAGG_RECORD]
+    except Exception as exc:
+        return _error_reply(msg, context, exc)
+
+
+def _error_reply(msg: Message, context: Context, exc: Exception) -> Message:
+    from semiofed.privacy.approval import NotApproved
+
+    code = (
+        FORBIDDEN_CONTENT
+        if isinstance(exc, ForbiddenContent)
+        else NOT_APPROVED
+        if isinstance(exc, NotApproved)
+        else SITE_ERROR
     )
-    check_reply(content, _model_specs(context) if needs_specs else [])
-    site = SiteSettings(context)
-    record_outgoing(
-        site.state_dir,
-        reply.metadata.message_type,
-        msg.metadata.run_id,
-        msg.metadata.group_id,
-        content,
-    )
-    return reply
+    detail = f"{type(exc).__name__}: {exc}"
+    log.error("reply refused (%s): %s", code, detail)
+    try:
+        state = SiteSettings(context).state_dir
+        site_audit.record(
+            state, "round_declined", {"round": "reply refused", "reason": code, "detail": detail}
+        )
+    except Exception as trail_exc:  # no state to record in: the log has it
+        log.error("could not record the refusal: %s", trail_exc)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=code), reply_to=msg)
 
 
 def secagg_if_requested_mod(msg: Message, context: Context, call_next: Any) -> Message:
@@ -234,9 +320,21 @@ def secagg_if_requested_mod(msg: Message, context: Context, call_next: Any) -> M
 
 
 def clip_if_requested_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Client-side update clipping when the server applies central DP."""
-    cfg = msg.content.config_records.get("fitins.config")
-    if msg.metadata.message_type == MessageType.TRAIN and cfg is not None and CLIP_KEY in cfg:
+    """Client-side update clipping for central DP, at the APPROVED norm only: a train
+    message whose requested norm differs from the approved ``[central-dp] clip-norm`` (or
+    that asks for none while central DP is approved) is refused as ``not-approved``."""
+    from semiofed.privacy.approval import NotApproved
+
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    cdp = run_config_of(context)["central-dp"]
+    fit_cfg = msg.content.config_records.get("fitins.config")
+    requested = fit_cfg.get(CLIP_KEY) if fit_cfg is not None else None
+    if cdp["enabled"] and requested != cdp["clip-norm"]:
+        raise NotApproved(
+            f"the server asks for clip norm {requested!r}; the approved one is {cdp['clip-norm']!r}"
+        )
+    if requested is not None:
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 

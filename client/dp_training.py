@@ -21,9 +21,24 @@ balancing), no clipping, no noise, nothing in the ledger.
 
 Every DP step is counted in the :class:`~semiofed.privacy.ledger.PrivacyLedger` BEFORE its
 noisy update is computed; the run's plan is checked against the site budget before any
-training. Randomness (sampling, noise) comes from seeded PyTorch/NumPy generators for
-reproducibility, not a cryptographically secure source (Opacus' ``secure_mode`` needs
-torchcsprng).
+training.
+
+Randomness. A DP run draws ALL of its randomness from secrets of the operating system's
+CSPRNG (``os.urandom`` via :mod:`secrets`), never from ``cfg.seed``; the secrets are never
+sent, logged or stored, so two DP runs of the same configuration and seed differ:
+
+* Gaussian noise: a ``torch.Generator`` (Mersenne Twister) **reseeded with 64 fresh
+  ``os.urandom`` bits before every step's noise**, through Opacus' ``secure_mode`` noise
+  (each coordinate is the mean of 4 draws, against floating-point attacks on the Gaussian
+  sampler). This is not torchcsprng (Opacus' own secure RNG, not installed): the noise of a
+  step is a deterministic function of its 64-bit secret seed.
+* Poisson patient sampling: a second ``torch.Generator`` reseeded the same way before
+  every step's draw.
+* Window picking, augmentation and dropout: a NumPy PCG64 seeded with 128 ``os.urandom``
+  bits, and torch's global generator seeded with 64.
+
+The public seed (``cfg.seed``) only drives non-DP runs, which stay reproducible; the
+model's initialisation and the patient split are the caller's and keep the public seed.
 """
 
 from __future__ import annotations
@@ -31,9 +46,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import secrets
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,7 +108,7 @@ class TrainConfig:
     commit_every: int = 1  # ledger reservation granularity (steps)
     eval_every: int = 1  # epochs between evaluations on the held-out patients
     device: str = "auto"
-    seed: int = 0
+    seed: int = 0  # non-DP runs only; DP runs draw secret randomness (module docstring)
     purpose: str = "site train"
 
     def validate(self) -> None:
@@ -223,9 +239,10 @@ def train_local(
     if not train_patients:
         raise SemioFedError("no training patients")
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    dataset = WindowDataset(train_patients, augment=cfg.augment, seed=cfg.seed)
+    seed = secret_seed() if cfg.dp else cfg.seed
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(secrets.randbits(128) if cfg.dp else cfg.seed)
+    dataset = WindowDataset(train_patients, augment=cfg.augment, seed=seed)
     picker = WindowPicker(train_patients, cfg.event_fraction, rng)
     model.to(device)
     t_start = time.perf_counter()
@@ -296,6 +313,31 @@ def train_local(
     return result
 
 
+def secret_seed() -> int:
+    """64 bits of the operating system's CSPRNG; never derived from, or stored with, anything."""
+    return secrets.randbits(64)
+
+
+class SecretNoiseDPOptimizer(DPOptimizer):
+    """Opacus' ``DPOptimizer`` (``secure_mode`` noise) whose generator is reseeded with
+    :func:`secret_seed` before every step's noise."""
+
+    def add_noise(self) -> None:
+        self.generator.manual_seed(secret_seed())
+        super().add_noise()
+
+
+def secret_poisson_batches(sampler: UniformWithReplacementSampler) -> Iterator[list[int]]:
+    """The sampler's Poisson batches, its generator reseeded secretly before each draw."""
+    batches = iter(sampler)
+    while True:
+        sampler.generator.manual_seed(secret_seed())
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+
+
 def _nan0(x: float) -> float:
     return 0.0 if x is None or math.isnan(x) else float(x)
 
@@ -321,16 +363,19 @@ def _train_dp(
         force_functorch=cfg.grad_sample_mode == "functorch",
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = DPOptimizer(
+    optimizer = SecretNoiseDPOptimizer(
         torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
         noise_multiplier=planned.noise_multiplier,
         max_grad_norm=planned.max_grad_norm,
         expected_batch_size=max(1, round(planned.sample_rate * planned.dataset_size)),
         loss_reduction="mean",
+        generator=torch.Generator(device=device),
+        secure_mode=True,
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
     sampler = UniformWithReplacementSampler(
-        num_samples=planned.dataset_size, sample_rate=planned.sample_rate, generator=generator
+        num_samples=planned.dataset_size,
+        sample_rate=planned.sample_rate,
+        generator=torch.Generator(),
     )
     bar = tqdm(
         total=planned.steps,
@@ -342,7 +387,7 @@ def _train_dp(
         for epoch in range(1, cfg.epochs + 1):
             gsm.train()
             losses = []
-            for units in sampler:
+            for units in secret_poisson_batches(sampler):
                 optimizer.zero_grad(set_to_none=True)
                 if units:
                     if by_patient:

@@ -1,6 +1,9 @@
 """What a site does for one federated round: train with patient-level DP through the site's
-ledger, or evaluate on its held-out patients. Imported lazily by the ClientApp (torch); the
-DP stack (Opacus) only when training, since every message runs in a fresh process."""
+ledger, and evaluate a received model on its held-out patients through the DP evaluation
+table (:mod:`.dp_evaluation`, charged to the same ledger). Imported lazily by the ClientApp
+(torch); the DP-SGD stack (Opacus) only when training, since every message runs in a fresh
+process. What it returns is exactly what the release inventory allows
+(:mod:`semiofed.shared.release`)."""
 
 from __future__ import annotations
 
@@ -77,6 +80,17 @@ def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:
         ledger.set_budget(priv["site-budget"], priv["delta"], priv["accountant"])
 
 
+def _model_and_ledger(
+    cfg: dict[str, Any], arrays: list[np.ndarray], state_dir: Path
+) -> tuple[SemioNet, PrivacyLedger]:
+    """The received model and the site's ledger (with the approved budget when fresh)."""
+    from semiofed.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(state_dir)
+    ensure_budget(ledger, cfg)
+    return build_model(cfg, arrays), ledger
+
+
 def train_round(
     data: SiteData,
     cfg: dict[str, Any],
@@ -86,13 +100,9 @@ def train_round(
     device: str = "auto",
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """One round of local DP training; raises ``BudgetExceeded`` before any step."""
-    from semiofed.privacy.ledger import PrivacyLedger
-
     from .dp_training import TrainConfig, train_local
 
-    model = build_model(cfg, arrays)
-    ledger = PrivacyLedger(state_dir)
-    ensure_budget(ledger, cfg)
+    model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     tr, priv = cfg["training"], cfg["privacy"]
     tcfg = TrainConfig(
         epochs=tr["local-epochs"],
@@ -105,18 +115,11 @@ def train_round(
         accountant=priv["accountant"],
         lr=tr["learning-rate"],
         augment=False,
-        device=device,
-        seed=cfg["federation"]["seed"] * 1000 + server_round,
+        device=device,  # DP randomness is secret, never derived from federation.seed
         purpose=f"federated round {server_round}",
     )
     res = train_local(model, data.train, tcfg, ledger=ledger, progress=False)
-    loss = float(res.history[-1]["loss"]) if res.history else math.nan
     metrics = {
-        "num-patients": len(data.train),
-        "num-windows": int(sum(len(p) for p in data.train)),
-        "train-loss": loss if math.isfinite(loss) else -1.0,
-        "train-seconds": float(res.seconds),
-        "epsilon": float(res.epsilon_total if res.epsilon_total is not None else math.inf),
         "epsilon-round": float(res.epsilon_run if res.epsilon_run is not None else math.inf),
         "delta": float(priv["delta"]),
         "privacy-unit": priv["unit"],
@@ -124,32 +127,44 @@ def train_round(
     return get_arrays(model), metrics
 
 
-def evaluate_round(
-    data: SiteData, cfg: dict[str, Any], arrays: list[np.ndarray], device: str = "auto"
-) -> tuple[float, dict[str, Any]]:
-    """Detection BCE loss and window metrics of the global model on held-out patients."""
-    model = build_model(cfg, arrays)
-    return evaluate_patients(model, data.test, device)
+def evaluate_dp(
+    data: SiteData,
+    cfg: dict[str, Any],
+    arrays: list[np.ndarray],
+    state_dir: Path,
+    purpose: str,
+    device: str = "auto",
+) -> bytes:
+    """The DP evaluation table (encoded) of the model ``arrays`` on the held-out patients; raises
+    ``BudgetExceeded`` before anything is computed."""
+    from .dp_evaluation import noisy_table
+
+    model, ledger = _model_and_ledger(cfg, arrays, state_dir)
+    priv = cfg["privacy"]
+    return noisy_table(
+        model,
+        data.test,
+        priv["eval-noise-multiplier"],
+        ledger,
+        priv["delta"],
+        priv["accountant"],
+        purpose,
+        device,
+    )
 
 
-#: What a fit reply adds about the global model it received (see :func:`evaluate_received`).
-EVAL_PREFIX = "eval-"
+def site_epsilon(state_dir: Path) -> float:
+    """ε spent so far by the site (cumulative over its whole ledger, at the budget's δ)."""
+    from semiofed.privacy.ledger import PrivacyLedger
 
-
-def evaluate_received(
-    data: SiteData, cfg: dict[str, Any], arrays: list[np.ndarray], device: str = "auto"
-) -> dict[str, Any]:
-    """Federated evaluation inside a train message: the global model the server just sent
-    (the model after the previous round) on the held-out patients, as ``eval-*`` metrics.
-    It spares the federation one message exchange per round; the final model is evaluated
-    by a separate evaluate message."""
-    loss, metrics = evaluate_round(data, cfg, arrays, device)
-    return {f"{EVAL_PREFIX}loss": loss} | {f"{EVAL_PREFIX}{k}": v for k, v in metrics.items()}
+    return float(PrivacyLedger(state_dir).spent())
 
 
 def evaluate_patients(
     model: torch.nn.Module, patients: list[PatientWindows], device: str = "auto"
 ) -> tuple[float, dict[str, Any]]:
+    """Exact detection BCE loss and window metrics on ``patients``: for use at the site only
+    (demo references), never sent."""
     prob = np.clip(predict(model, patients, device=device)["detect_prob"], 1e-7, 1 - 1e-7)
     y = np.concatenate([p.y_detect for p in patients]).astype(np.float64)
     loss = float(-np.mean(y * np.log(prob) + (1 - y) * np.log(1 - prob)))

@@ -159,7 +159,12 @@ def register(cmds: argparse._SubParsersAction) -> None:
         help="patients held out for the reported metrics (default 0.2)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="random seed (split, init, sampling, noise)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="public seed: patient split, initialisation, non-DP runs (DP noise and sampling are secret)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

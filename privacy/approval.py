@@ -1,8 +1,9 @@
 """Run-configuration approval by the site's privacy officer; the client refuses anything else.
 
 The officer signs the *approval fields* of a run configuration (model architecture hash,
-DP parameters, rounds, strategy; see ``semiofed.shared.run_config.approval_fields``) with
-their Ed25519 key. Each approval is a JSON record in ``STATE/approvals/``; the officer's
+DP and evaluation-noise parameters, seed and split fractions, learning rate, rounds,
+strategy, SecAgg+, central DP: every field that changes what is computed on patient data;
+see ``semiofed.shared.run_config.approval_fields``) with their Ed25519 key. Each approval is a JSON record in ``STATE/approvals/``; the officer's
 public key is pinned at ``STATE/keys/privacy_officer_ed25519.pub.pem``.
 
 :func:`require_approved` fails closed: no pinned key, no record, a record whose signature

@@ -123,25 +123,22 @@ def _initial_arrays(cfg: dict[str, Any]) -> tuple[Any, list[np.ndarray]]:
     return model, arrays
 
 
-def _site_level_epsilon(cfg: dict[str, Any], rounds: int, num_sites: int) -> dict[str, Any] | None:
-    """ε of the central DP mechanism (privacy unit: one site's whole update per round)."""
+def _site_level_epsilon(cfg: dict[str, Any], rounds: int) -> dict[str, Any] | None:
+    """ε of the central DP mechanism (privacy unit: one site's whole update per round):
+    every site is asked every round (``fraction-train = 1``), so the sample rate is 1."""
     cdp = cfg["central-dp"]
     if not cdp["enabled"]:
         return None
     from semiofed.privacy.accounting import epsilon
 
-    q = min(
-        1.0,
-        max(cfg["federation"]["min-nodes"], round(cfg["federation"]["fraction-train"] * num_sites))
-        / max(num_sites, 1),
-    )
-    eps = epsilon([(cdp["noise-multiplier"], q, rounds)], cdp["delta"], "rdp")
+    eps = epsilon([(cdp["noise-multiplier"], 1.0, rounds)], cdp["delta"], "rdp")
     return {
         "privacy_unit": "site",
-        "mechanism": "Gaussian noise on the clipped sum (DifferentialPrivacyClientSideFixedClipping)",
+        "mechanism": "Gaussian noise of std σ·C/m on the unweighted mean of the m kept updates, "
+        "each clipped to C at its site (DifferentialPrivacyClientSideFixedClipping)",
         "noise_multiplier": cdp["noise-multiplier"],
         "clip_norm": cdp["clip-norm"],
-        "sample_rate": q,
+        "sample_rate": 1.0,
         "rounds": rounds,
         "delta": cdp["delta"],
         "accountant": "rdp",
@@ -246,7 +243,7 @@ def run_federation(grid: Grid, context: Context) -> None:
         compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], True)
     )
     _set_params(model, final)
-    run = _run_record(cfg, recorder, round_times, started, len(list(grid.get_node_ids())))
+    run = _run_record(cfg, recorder, round_times, started)
     run["flower_run_id"] = context.run_id
     run["resumed_after_round"] = start_round - 1 if resumed is not None else None
     run["run_name"] = payload.get("run_name", out_dir.name)
@@ -268,7 +265,6 @@ def _run_record(
     rec: RecordingStrategy,
     round_times: dict[int, float],
     started: float,
-    nodes: int,
 ) -> dict[str, Any]:
     rounds = [rec.rounds[r] | {"seconds": round_times.get(r)} for r in sorted(rec.rounds)]
     sites = sorted({s for r in rec.rounds.values() for s in r["sites"]})
@@ -287,9 +283,10 @@ def _run_record(
                     "privacy_unit": cfg["privacy"]["unit"],
                     "delta": cfg["privacy"]["delta"],
                     "accountant": cfg["privacy"]["accountant"],
-                    "note": "epsilon per site is cumulative over that site's whole ledger",
+                    "note": "epsilon per site is cumulative over that site's whole ledger "
+                    "(DP training and DP evaluation)",
                 },
-                "central_dp": _site_level_epsilon(cfg, len(rounds), max(nodes, len(sites))),
+                "central_dp": _site_level_epsilon(cfg, len(rounds)),
                 "secure_aggregation": cfg["secagg"]["enabled"],
                 "started_unix": started,
                 "finished_unix": time.time(),

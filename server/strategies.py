@@ -8,11 +8,19 @@ wrapper that keeps SemioFed's per-round record.
 * central DP: Flower's ``DifferentialPrivacyClientSideFixedClipping`` (sites clip their update
   with ``fixedclipping_mod``; the server adds Gaussian noise to the aggregate). The
   client-side variant is used because it also works under SecAgg+ (the server never sees an
-  individual update it could clip). Its ε is *site-level* (protects a whole site's update
-  per round) and is reported separately from the sites' patient-level ε.
+  individual update it could clip). Details below.
 
-Declined replies (``num_examples == 0``: not approved, or over the site's ε budget) are
-taken out before aggregation and recorded with their reason.
+Sites reply ``num_examples = 1`` (``semiofed.shared.release``), so FedAvg/FedProx take the
+unweighted mean of the sites' updates. Declined replies (``num_examples == 0``) are taken
+out before aggregation and recorded with their reason code. Federated evaluation is the
+sum of the sites' noisy evaluation tables, turned into metrics here (post-processing).
+
+Central DP: every site is asked every round (``fraction-train = 1``, enforced by the run
+configuration), each clips its update to the approved norm C (the ClientApp checks the
+norm the server asks for), the server averages the m kept updates without weights and adds
+Gaussian noise of std σ·C/m to the mean (σ·C to the sum). Its ε is *site-level* (protects
+a whole site's update per round), accounted with sample rate 1 over the rounds, and
+reported separately from the sites' patient-level ε.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from flwr.common import EvaluateRes, FitRes, Parameters, Scalar
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
@@ -33,17 +42,8 @@ from flwr.server.strategy import (
 )
 
 from semiofed.shared.errors import SemioFedError
-
-SITE_METRICS = (
-    "epsilon",
-    "epsilon-round",
-    "delta",
-    "privacy-unit",
-    "train-loss",
-    "train-seconds",
-    "num-patients",
-)
-EVAL_METRICS = ("macro-f1", "auroc-seizure", "detect-accuracy")
+from semiofed.shared.noisy_eval import decode_table, table_metrics
+from semiofed.shared.release import DECLINE_CODES, SITE_METRICS
 
 
 def base_strategy(cfg: dict[str, Any], num_sites: int, initial: Parameters) -> Strategy:
@@ -82,39 +82,31 @@ def make_strategy(
     """(recording wrapper, strategy the workflow calls)."""
     inner = base_strategy(cfg, num_sites, initial)
     cdp = cfg["central-dp"]
-    if cdp["enabled"]:
-        sampled = max(
-            cfg["federation"]["min-nodes"], round(cfg["federation"]["fraction-train"] * num_sites)
-        )
+    if cdp["enabled"]:  # every site every round (validate: fraction-train = 1)
         inner = DifferentialPrivacyClientSideFixedClipping(
-            inner, cdp["noise-multiplier"], cdp["clip-norm"], sampled
+            inner, cdp["noise-multiplier"], cdp["clip-norm"], max(1, num_sites)
         )
     rec = RecordingStrategy(inner, cfg)
     return rec, rec
 
 
-EVAL = "eval-"  # prefix of a train reply's metrics about the global model it received
-
-
-def _unprefixed(metrics: dict[str, Scalar]) -> dict[str, Scalar]:
-    return {k.removeprefix(EVAL): v for k, v in metrics.items() if k.startswith(EVAL)}
-
-
-def _federated_eval(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
-    """Patient-weighted mean of the sites' held-out metrics (``loss`` and EVAL_METRICS)."""
-    total = sum(n for n, _ in pairs)
-    out: dict[str, Scalar] = {"eval-sites": len(pairs), "eval-patients": total}
-    for key in ("loss", *EVAL_METRICS):
-        v = _weighted(pairs, key)
-        if v is not None and math.isfinite(v):
-            out[key] = v
+def _federated_eval(tables: list[np.ndarray], sigma: float) -> dict[str, Scalar]:
+    """Metrics of the sum of the sites' noisy evaluation tables (post-processing only; each
+    site added noise of std ``sigma``)."""
+    out: dict[str, Scalar] = {"eval-sites": len(tables)}
+    out.update(table_metrics(np.sum(tables, axis=0), noise_std=sigma * math.sqrt(len(tables))))
     return out
 
 
-def _weighted(results: list[tuple[int, dict[str, Scalar]]], key: str) -> float | None:
-    pairs = [(n, float(m[key])) for n, m in results if key in m and float(m[key]) >= 0 and n > 0]
-    total = sum(n for n, _ in pairs)
-    return sum(n * v for n, v in pairs) / total if total else None
+def _table(metrics: dict[str, Scalar]) -> np.ndarray | None:
+    return decode_table(metrics.get("eval-table"))
+
+
+def _failure_reason(failure: Any) -> str:
+    """What a failed reply said (the site sends a fixed code; anything else is kept to show)."""
+    err = failure.args[0] if isinstance(failure, BaseException) and failure.args else failure
+    reason = getattr(err, "reason", None)
+    return str(reason)[:200] if reason is not None else type(failure).__name__
 
 
 class RecordingStrategy(Strategy):
@@ -124,6 +116,7 @@ class RecordingStrategy(Strategy):
         self.inner = inner
         self.min_nodes = cfg["federation"]["min-nodes"]
         self.last_round = cfg["federation"]["rounds"]
+        self.eval_sigma = cfg["privacy"]["eval-noise-multiplier"]
         self.server_round_config: dict[str, Scalar] = {}
         self.rounds: dict[int, dict[str, Any]] = {}
 
@@ -159,28 +152,33 @@ class RecordingStrategy(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         rec = self._round(server_round)
         rec["failures"] = len(failures)
-        # the sites evaluated the model they received, i.e. the one after the previous round
-        received = [
-            (int(r.metrics[f"{EVAL}num-patients"]), _unprefixed(r.metrics))
-            for _, r in results
-            if int(r.metrics.get(f"{EVAL}num-patients", 0)) > 0
-        ]
-        if received and server_round > 1:
-            self._round(server_round - 1)["federated_eval"] = _federated_eval(received)
-        kept = []
+        rec["failure_reasons"] = [_failure_reason(f) for f in failures]
+        kept, tables = [], []
         for proxy, res in results:
             site = str(res.metrics.get("site-name", proxy.node_id))
             if res.num_examples == 0 or res.metrics.get("declined"):
-                rec["declined"][site] = str(res.metrics.get("decline-reason", "declined"))
+                code = res.metrics.get("decline-reason")
+                rec["declined"][site] = code if code in DECLINE_CODES else "declined"
                 continue
             kept.append((proxy, res))
             rec["sites"][site] = {k: res.metrics[k] for k in SITE_METRICS if k in res.metrics}
             rec["sites"][site]["node_id"] = proxy.node_id
+            table = _table(res.metrics)
+            if table is not None:
+                tables.append(table)
+        # the sites evaluated the model they received, i.e. the one after the previous round
+        if tables and server_round > 1:
+            self._round(server_round - 1)["federated_eval"] = _federated_eval(
+                tables, self.eval_sigma
+            )
         if len(kept) < self.min_nodes:
             rec["note"] = (
                 f"{len(kept)} usable update(s) < min-nodes {self.min_nodes}: model unchanged"
             )
             return None, {}
+        if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping):
+            # the unweighted mean of the kept clipped updates: noise σ·C/m with m = kept
+            self.inner.num_sampled_clients = len(kept)
         params, metrics = self.inner.aggregate_fit(server_round, kept, failures)
         rec["aggregated"] = params is not None
         return params, metrics
@@ -201,14 +199,26 @@ class RecordingStrategy(Strategy):
         failures: list[Any],
     ) -> tuple[float | None, dict[str, Scalar]]:
         rec = self._round(server_round)
-        kept = [(p, r) for p, r in results if r.num_examples > 0 and not r.metrics.get("declined")]
-        if not kept:
+        rec["evaluate_failure_reasons"] = [_failure_reason(f) for f in failures]
+        tables, final = [], {}
+        for proxy, res in results:
+            site = str(res.metrics.get("site-name", proxy.node_id))
+            table = _table(res.metrics)
+            if res.num_examples == 0 or res.metrics.get("declined") or table is None:
+                code = res.metrics.get("decline-reason")
+                rec.setdefault("evaluate_declined", {})[site] = (
+                    code if code in DECLINE_CODES else "declined"
+                )
+                continue
+            tables.append(table)
+            final[site] = {k: res.metrics[k] for k in SITE_METRICS if k in res.metrics}
+        rec["evaluate_sites"] = final  # ε after the final evaluation
+        if not tables:
             return None, {}
-        metrics = _federated_eval(
-            [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in kept]
-        )
+        metrics = _federated_eval(tables, self.eval_sigma)
         rec["federated_eval"] = dict(metrics)
-        return float(metrics["loss"]), metrics
+        loss = metrics.get("loss")
+        return (float(loss) if loss is not None else None), metrics
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -9,8 +9,9 @@ Tables (every key optional; defaults below)::
                   num-malicious (krum/multikrum), num-keep (multikrum)
     [training]    local-epochs, learning-rate, batch-size, val-fraction, test-fraction
     [model]       fields of semiofed.shared.model.ModelConfig (lists for tuples)
-    [privacy]     unit ("patient"), noise-multiplier, clip-norm, delta, site-budget,
-                  accountant ("rdp" | "prv")
+    [privacy]     unit ("patient"), noise-multiplier, clip-norm, delta (1e-5, as
+                  ``site train --delta``), site-budget, accountant ("rdp" | "prv"),
+                  eval-noise-multiplier (σ of the DP evaluation table, client/dp_evaluation.py)
     [secagg]      enabled, num-shares, reconstruction-threshold, clipping-range,
                   quantization-range
     [central-dp]  enabled, noise-multiplier, clip-norm, delta
@@ -56,9 +57,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "unit": "patient",
         "noise-multiplier": 1.0,
         "clip-norm": 1.0,
-        "delta": 1e-3,
+        "delta": 1e-5,
         "site-budget": 10.0,
         "accountant": "rdp",
+        "eval-noise-multiplier": 2.0,
     },
     "secagg": {
         "enabled": True,
@@ -67,7 +69,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "clipping-range": 8.0,
         "quantization-range": 4194304,
     },
-    "central-dp": {"enabled": False, "noise-multiplier": 0.5, "clip-norm": 5.0, "delta": 1e-3},
+    "central-dp": {"enabled": False, "noise-multiplier": 0.5, "clip-norm": 5.0, "delta": 1e-5},
 }
 
 _NUMBER = (int, float)
@@ -143,6 +145,7 @@ def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any
     need(0 < priv["delta"] < 1, "privacy.delta", "must be in (0, 1)")
     need(priv["site-budget"] > 0, "privacy.site-budget", "must be > 0")
     need(priv["accountant"] in ("rdp", "prv"), "privacy.accountant", "must be 'rdp' or 'prv'")
+    need(priv["eval-noise-multiplier"] > 0, "privacy.eval-noise-multiplier", "must be > 0")
     if sa["enabled"]:
         need(
             fed["strategy"] not in ROBUST,
@@ -164,6 +167,11 @@ def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any
         need(cdp["noise-multiplier"] > 0, "central-dp.noise-multiplier", "must be > 0")
         need(cdp["clip-norm"] > 0, "central-dp.clip-norm", "must be > 0")
         need(0 < cdp["delta"] < 1, "central-dp.delta", "must be in (0, 1)")
+        need(
+            fed["fraction-train"] == 1.0,
+            "federation.fraction-train",
+            "must be 1 with central DP (its ε is accounted with every site in every round)",
+        )
     if fed["strategy"] in ("krum", "multikrum"):
         need(
             fed["min-nodes"] >= 2 * strat["num-malicious"] + 3,
@@ -211,25 +219,39 @@ def strategy_fields(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def approval_fields(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What a privacy officer approves: architecture hash, DP parameters, rounds, strategy."""
+    """What a privacy officer approves: the architecture hash, the DP parameters, and every
+    field that changes what is computed on patient data (seed and split fractions, learning
+    rate, rounds, strategy, aggregation and central DP)."""
     from .model import architecture_hash
 
+    priv, tr, fed = cfg["privacy"], cfg["training"], cfg["federation"]
     return {
         "architecture_hash": architecture_hash(model_config(cfg)),
         "dp": {
-            "privacy_unit": cfg["privacy"]["unit"],
-            "noise_multiplier": cfg["privacy"]["noise-multiplier"],
-            "clip_norm": cfg["privacy"]["clip-norm"],
-            "delta": cfg["privacy"]["delta"],
-            "site_budget": cfg["privacy"]["site-budget"],
-            "accountant": cfg["privacy"]["accountant"],
-            "local_epochs": cfg["training"]["local-epochs"],
-            "batch_size": cfg["training"]["batch-size"],
+            "privacy_unit": priv["unit"],
+            "noise_multiplier": priv["noise-multiplier"],
+            "clip_norm": priv["clip-norm"],
+            "delta": priv["delta"],
+            "site_budget": priv["site-budget"],
+            "accountant": priv["accountant"],
+            "eval_noise_multiplier": priv["eval-noise-multiplier"],
+            "local_epochs": tr["local-epochs"],
+            "batch_size": tr["batch-size"],
         },
-        "rounds": cfg["federation"]["rounds"],
+        "data": {
+            "seed": fed["seed"],
+            "val_fraction": tr["val-fraction"],
+            "test_fraction": tr["test-fraction"],
+        },
+        "learning_rate": tr["learning-rate"],
+        "rounds": fed["rounds"],
         "strategy": strategy_fields(cfg),
         "secure_aggregation": cfg["secagg"]["enabled"],
-        "central_dp": cfg["central-dp"] if cfg["central-dp"]["enabled"] else None,
+        "central_dp": (
+            {**cfg["central-dp"], "fraction_train": fed["fraction-train"]}
+            if cfg["central-dp"]["enabled"]
+            else None
+        ),
     }
 
 

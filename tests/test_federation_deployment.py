@@ -18,6 +18,7 @@ from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.server.certs import init_consortium, write_supernode_keypair
 from semiofed.server.consortium import Consortium
 from semiofed.server.fab import write_app_dir
+from semiofed.shared.release import ALLOWED_METRICS
 from semiofed.shared.run_config import approval_fields, encode_payload, validate
 
 from .federation_helpers import TINY, synth_consortium
@@ -113,9 +114,12 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert [r["round"] for r in run["rounds"]] == [1, 2]
     assert run["participating_sites"] == ["site-01", "site-02"]
     for r in run["rounds"]:
-        assert r["aggregated"]
-        assert "privacy budget exceeded" in r["declined"]["site-03"]
+        assert r["aggregated"] and not r["failure_reasons"]
+        assert r["declined"]["site-03"] == "over-budget"  # the code, nothing else
         assert r["federated_eval"]["eval-sites"] >= 2
+        assert 0 <= r["federated_eval"]["auroc-seizure"] <= 1  # from the noisy tables
+    assert run["rounds"][-1]["evaluate_declined"] == {"site-03": "over-budget"}
+    assert set(run["rounds"][-1]["evaluate_sites"]) == {"site-01", "site-02"}
     eps = [p["epsilon"] for p in run["site_privacy"]["site-01"]]
     assert eps[0] < eps[1]  # cumulative across rounds
     assert run["site_privacy"]["site-01"][0]["privacy_unit"] == "patient"
@@ -141,9 +145,23 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert len(outbox) == 2 * 4 + 1
     # the privacy officer's signed trail holds the same: rounds, replies, budget, declines
     kinds = _trail_kinds(root / "state" / "site-01")
-    assert kinds.count("round_joined") == 2 and kinds.count("budget_state") == 2
+    assert kinds.count("round_joined") == 2 and kinds.count("budget_state") == 3
     assert kinds.count("message_sent") == len(outbox)
-    assert _trail_kinds(root / "state" / "site-03").count("round_declined") == 2
+    assert _trail_kinds(root / "state" / "site-03").count("round_declined") == 3
+    # every reply of every site holds inventory keys only; the over-budget site's replies
+    # (train and evaluate) nothing but the decline code
+    for s in SITES:
+        for metrics in _sent_metric_keys(root / "state" / s):
+            assert metrics <= set(ALLOWED_METRICS), (s, metrics)
+            if s == "site-03":
+                assert metrics <= {"declined", "decline-reason", "site-name"}, metrics
+    purposes = [r["purpose"] for r in PrivacyLedger(root / "state" / "site-01").load()["runs"]]
+    assert purposes == [
+        "federated round 1",
+        "federated round 2",
+        "federated evaluation of the round-1 model",  # inside round 2's train message
+        "federated evaluation of the final model",
+    ]
 
 
 def test_unapproved_configuration_is_declined_by_every_site(consortium):
@@ -153,7 +171,7 @@ def test_unapproved_configuration_is_declined_by_every_site(consortium):
     assert status["status"] == "finished:completed", status
     (r,) = _run_json(out)["rounds"]
     assert not r["sites"] and set(r["declined"]) == set(SITES)
-    assert all("not approved" in why for why in r["declined"].values()), r["declined"]
+    assert set(r["declined"].values()) == {"not-approved"}, r["declined"]
 
 
 ROGUE_CLIENTAPP = """
@@ -161,36 +179,66 @@ from flwr.client import ClientApp
 from semiofed.client.app import SiteClient, allowlist_mod
 
 
-class Leaky(SiteClient):
+class Rogue(SiteClient):
+    def fit(self, ins):  # a bug whose message names a patient
+        raise ValueError("recording of patient sub-01-001 is corrupt")
+
     def evaluate(self, ins):
         res = super().evaluate(ins)
         res.metrics["patient-ids"] = "sub-01-001,sub-01-002"  # must never leave the site
         return res
 
 
-app = ClientApp(client_fn=Leaky, mods=[allowlist_mod])
+app = ClientApp(client_fn=Rogue, mods=[allowlist_mod])
 """
 
 
-def test_reply_with_a_forbidden_key_is_refused_on_the_wire(consortium):
-    """A ClientApp that tries to send patient ids in its evaluate reply: the site's allowlist
-    refuses it, so the ServerApp gets no evaluation from any site and nothing is recorded."""
+def test_exceptions_and_forbidden_keys_leave_only_a_code(consortium):
+    """A ClientApp whose training raises an exception naming a patient, and whose evaluate
+    reply tries to add patient ids: the coordinator receives only the codes ``site-error``
+    and ``forbidden-content``; the details stay in each site's trail."""
     c, root = consortium
-    app_dir = write_app_dir(root / "leaky-app", clientapp="leaky:app")
-    (app_dir / "leaky.py").write_text(ROGUE_CLIENTAPP, encoding="utf-8")
+    app_dir = write_app_dir(root / "rogue-app", clientapp="rogue:app")
+    (app_dir / "rogue.py").write_text(ROGUE_CLIENTAPP, encoding="utf-8")
     outboxes = {s: root / "state" / s / "outbox.jsonl" for s in SITES}
     before = {s: p.read_text() if p.exists() else "" for s, p in outboxes.items()}
-    out = root / "run-leaky"
+    out = root / "run-rogue"
     run_id = c.submit({"semiofed": encode_payload(ONE_ROUND, out_dir=str(out))}, app_dir=app_dir)
     status = c.wait_run(run_id, timeout=300)
     assert status["status"] == "finished:completed", status
     (r,) = _run_json(out)["rounds"]
-    assert r["aggregated"] and not r.get("federated_eval", {}).get("eval-sites")
+    assert r["failure_reasons"] == ["site-error"] * 3 and not r["aggregated"]
+    assert r["evaluate_failure_reasons"] == ["forbidden-content"] * 3
+    assert not r.get("federated_eval")
+    server_side = (out / "run.json").read_text() + (c.logs / "superlink.log").read_text(
+        errors="replace"
+    )
+    assert "sub-01-001" not in server_side and "corrupt" not in server_side
     for s in SITES:
-        sent = outboxes[s].read_text()[len(before[s]) :]
-        assert "patient-ids" not in sent and '"evaluate"' not in sent
-    logs = " ".join((c.logs / f"supernode-{s}.log").read_text(errors="replace") for s in SITES)
-    assert "is not on the allowlist" in logs
+        assert outboxes[s].read_text() == before[s]  # nothing was sent but the error codes
+        details = " ".join(_trail_details(root / "state" / s))
+        assert "sub-01-001 is corrupt" in details and "patient-ids" in details
+
+
+def _sent_metric_keys(state: Path) -> list[set[str]]:
+    """Metric names of every reply in the site's outbox."""
+    out = []
+    for line in (state / "outbox.jsonl").read_text().splitlines():
+        configs = json.loads(line)["records"]["configs"]
+        for name in ("fitres.metrics", "evaluateres.metrics"):
+            if name in configs:
+                out.append(set(configs[name]))
+    return out
+
+
+def _trail_details(state: Path) -> list[str]:
+    from semiofed.privacy.audit_trail import TRAIL_FILE, read_entries
+
+    return [
+        str(e["payload"].get("detail", ""))
+        for e in read_entries(state / TRAIL_FILE)
+        if e["kind"] == "round_declined"
+    ]
 
 
 def _trail_kinds(state: Path) -> list[str]:

@@ -13,11 +13,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import (
     Code,
+    EvaluateIns,
     FitIns,
     FitRes,
     Status,
     ndarrays_to_parameters,
+    parameters_to_ndarrays,
 )
+from flwr.server.client_proxy import ClientProxy
 
 from semiofed.client.allowlist import OUTBOX_FILE, ForbiddenContent, check_reply, param_specs
 from semiofed.client.app import SiteClient, allowlist_mod
@@ -54,6 +57,21 @@ def test_config_errors_name_file_and_field(tmp_path):
     bad.write_text("[privacy]\nnoise-multipler = 1.0\n", encoding="utf-8")
     with pytest.raises(RunConfigError, match=r"\[privacy\] noise-multipler: unknown field"):
         load_run_config(bad)
+
+
+def test_every_field_that_changes_the_computation_is_approved():
+    base = approval_fields(validate(TINY))
+    for table, key, value in (
+        ("training", "test-fraction", 0.9),  # the server cannot move patients into the test set
+        ("training", "val-fraction", 0.2),
+        ("training", "learning-rate", 0.5),
+        ("federation", "seed", 7),
+        ("privacy", "eval-noise-multiplier", 0.1),
+    ):
+        changed = validate({**TINY, table: {**TINY.get(table, {}), key: value}})
+        assert approval_fields(changed) != base, key
+    with pytest.raises(RunConfigError, match="fraction-train: must be 1 with central DP"):
+        validate({"central-dp": {"enabled": True}, "federation": {"fraction-train": 0.5}})
 
 
 def test_robust_strategy_with_secagg_is_refused():
@@ -110,23 +128,40 @@ def tiny(tmp_path_factory):
     return root / "site-01", cfg, model, site_task.get_arrays(model)
 
 
+def _decline_details(state: Path) -> list[str]:
+    from semiofed.privacy.audit_trail import TRAIL_FILE, read_entries
+
+    return [
+        e["payload"]["detail"]
+        for e in read_entries(state / TRAIL_FILE)
+        if e["kind"] == "round_declined"
+    ]
+
+
 def test_allowlist_refuses_forbidden_key_and_records_allowed(tiny, tmp_path):
     site_dir, cfg, model, arrays = tiny
     ctx = _context(cfg, site_dir, tmp_path)
     specs = param_specs(model)
 
-    def reply_with(metrics: dict):
-        res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), 3, metrics)
+    def reply_with(metrics: dict, num_examples: int = 1):
+        res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), num_examples, metrics)
         return lambda msg, c: Message(compat.fitres_to_recorddict(res, False), reply_to=msg)
 
     msg = _fit_message(cfg, arrays)
-    with pytest.raises(ForbiddenContent, match="'patient-ids' is not on the allowlist"):
-        allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "patient-ids": "p1,p2"}))
+    for bad in (
+        reply_with({"epsilon": 1.0, "patient-ids": "p1,p2"}),
+        reply_with({"epsilon": 1.0, "num-patients": 3}),  # exact counts are not released
+        reply_with({"decline-reason": "no such patient sub-01-002"}),  # free text
+        reply_with({"epsilon": 1.0}, num_examples=7),  # num_examples is the constant 1
+    ):
+        out = allowlist_mod(msg, ctx, bad)
+        assert out.has_error() and out.error.reason == "forbidden-content"
     assert not (tmp_path / OUTBOX_FILE).exists()
-    out = allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "num-patients": 3}))
+    assert "patient-ids" in _decline_details(tmp_path)[0]  # the detail stays local
+    out = allowlist_mod(msg, ctx, reply_with({"epsilon": 1.0, "delta": 1e-3}))
     entry = json.loads((tmp_path / OUTBOX_FILE).read_text().splitlines()[0])
     assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
-    assert entry["records"]["configs"]["fitres.metrics"] == ["epsilon", "num-patients"]
+    assert entry["records"]["configs"]["fitres.metrics"] == ["delta", "epsilon"]
     assert out.content is not None
     # a wrong shape, an extra array record and a raw metric record are refused as well
     bad = compat.fitres_to_recorddict(
@@ -142,17 +177,21 @@ def test_allowlist_refuses_forbidden_key_and_records_allowed(tiny, tmp_path):
         check_reply(RecordDict({"fitres.metrics": ConfigRecord({"raw": b"bytes"})}), specs)
 
 
+ONLY_CODE = {"declined", "decline-reason", "site-name"}
+
+
 def test_unapproved_configuration_is_declined(tiny, tmp_path):
     site_dir, cfg, _model, arrays = tiny
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
     assert res.num_examples == 0 and res.metrics["declined"] == 1
-    assert "not approved" in str(res.metrics["decline-reason"])
-    # approving a *different* configuration does not help
+    assert res.metrics["decline-reason"] == "not-approved" and set(res.metrics) == ONLY_CODE
+    # approving a *different* configuration does not help; the differences stay local
     other = validate({**TINY, "privacy": {**TINY["privacy"], "noise-multiplier": 0.3}})
     approve(approval_fields(other), tmp_path, generate_keypair(tmp_path / "officer.pem"))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
-    assert res.num_examples == 0 and "noise_multiplier" in str(res.metrics["decline-reason"])
+    assert res.num_examples == 0 and res.metrics["decline-reason"] == "not-approved"
+    assert "noise_multiplier" in _decline_details(tmp_path)[-1]
     assert not (tmp_path / "privacy_ledger.json").exists() or not PrivacyLedger(tmp_path).history()
 
 
@@ -161,10 +200,65 @@ def test_over_budget_round_is_declined_before_training(tiny, tmp_path):
     approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
     PrivacyLedger(tmp_path).set_budget(0.05, cfg["privacy"]["delta"], cfg["privacy"]["accountant"])
     client = SiteClient(_context(cfg, site_dir, tmp_path))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
+    assert res.num_examples == 0 and set(res.metrics) == ONLY_CODE
+    assert res.metrics["decline-reason"] == "over-budget"
+    ev = client.evaluate(EvaluateIns(ndarrays_to_parameters(arrays), {}))
+    assert ev.num_examples == 0 and ev.loss == 0.0 and set(ev.metrics) == ONLY_CODE
+    assert ev.metrics["decline-reason"] == "over-budget"
+    assert PrivacyLedger(tmp_path).history() == []  # nothing was trained or evaluated
+    assert all("privacy budget exceeded" in d for d in _decline_details(tmp_path))
+
+
+def test_exception_naming_a_patient_leaves_only_a_code(tiny, tmp_path):
+    """The site's data folder is unusable: the exception text (which names the folder and
+    would name a patient) stays in the audit trail; the reply carries the code."""
+    _site_dir, cfg, _model, arrays = tiny
+    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    missing = tmp_path / "sub-01-007"
+    client = SiteClient(_context(cfg, missing, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
-    assert res.num_examples == 0
-    assert "privacy budget exceeded" in str(res.metrics["decline-reason"])
-    assert PrivacyLedger(tmp_path).history() == []  # nothing was trained
+    assert res.metrics["decline-reason"] == "site-error" and set(res.metrics) == ONLY_CODE
+    assert "sub-01-007" not in json.dumps(res.metrics) and res.status.message == "declined"
+    assert "sub-01-007" in _decline_details(tmp_path)[-1]
+
+
+def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
+    """Round 2: DP training, then the DP evaluation table of the received model, both in
+    the ledger; the reply holds inventory keys only and num_examples = 1."""
+    from semiofed.shared.noisy_eval import TABLE_SIZE, decode_table
+    from semiofed.shared.release import ALLOWED_METRICS
+
+    site_dir, cfg, _model, arrays = tiny
+    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    client = SiteClient(_context(cfg, site_dir, tmp_path))
+    res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
+    assert res.num_examples == 1 and set(res.metrics) <= set(ALLOWED_METRICS)
+    assert decode_table(res.metrics["eval-table"]).shape == (TABLE_SIZE,)
+    runs = PrivacyLedger(tmp_path).load()["runs"]
+    assert [r["purpose"] for r in runs] == [
+        "federated round 2",
+        "federated evaluation of the round-1 model",
+    ]
+    assert (runs[1]["sample_rate"], runs[1]["steps_counted"]) == (1.0, 1)
+    assert runs[1]["noise_multiplier"] == cfg["privacy"]["eval-noise-multiplier"]
+    assert res.metrics["epsilon"] == pytest.approx(PrivacyLedger(tmp_path).spent())
+    check_reply(compat.fitres_to_recorddict(res, False), param_specs(_model))  # as sent
+
+
+def test_clip_norm_other_than_the_approved_one_is_refused(tiny, tmp_path):
+    from semiofed.client.app import clip_if_requested_mod
+    from semiofed.privacy.approval import NotApproved
+
+    site_dir, _cfg, _model, arrays = tiny
+    cfg = validate({**TINY, "central-dp": {"enabled": True, "clip-norm": 2.0}})
+    ctx = _context(cfg, site_dir, tmp_path)
+    msg = _fit_message(cfg, arrays)
+    msg.content.config_records["fitins.config"]["clipping_norm"] = 50.0
+    with pytest.raises(NotApproved, match=r"approved one is 2\.0"):
+        clip_if_requested_mod(msg, ctx, lambda m, c: m)
+    out = allowlist_mod(msg, ctx, lambda m, c: clip_if_requested_mod(m, c, lambda m2, c2: m2))
+    assert out.has_error() and out.error.reason == "not-approved"
 
 
 def test_ending_a_process_also_ends_helpers_it_started_in_their_own_session(tmp_path):
@@ -202,3 +296,40 @@ def test_ending_a_process_also_ends_helpers_it_started_in_their_own_session(tmp_
         time.sleep(0.05)
     else:
         raise AssertionError(f"helper {helper} survived")
+
+
+class _Site(ClientProxy):
+    """A site as the strategy sees it in aggregate_fit (only its id is read)."""
+
+    def __init__(self, cid: str) -> None:
+        super().__init__(cid)
+        self.node_id = int(cid)
+
+    get_properties = get_parameters = fit = evaluate = reconnect = None  # never called
+
+
+def test_central_dp_noise_is_scaled_to_the_kept_sites_unweighted_mean():
+    """Three sites asked, one declines: the mean of the two clipped updates gets noise of
+    std σ·C/2 (not σ·C/3), and each update counts once whatever the site's size."""
+    from semiofed.server.strategies import make_strategy
+
+    cfg = validate(
+        {**TINY, "secagg": {"enabled": False},
+         "central-dp": {"enabled": True, "noise-multiplier": 1.0, "clip-norm": 2.0}}
+    )  # fmt: skip
+    zeros = [np.zeros(20000, np.float32)]
+    rec, strategy = make_strategy(cfg, 3, ndarrays_to_parameters(zeros))
+    updates = {"1": 1.0, "2": 3.0}  # both within the clip norm per coordinate block
+    results = [
+        (_Site(cid), FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters([z + v for z in zeros]),
+                            1, {"site-name": f"site-0{cid}"}))
+        for cid, v in updates.items()
+    ] + [
+        (_Site("3"), FitRes(Status(Code.OK, "declined"), ndarrays_to_parameters(zeros), 0,
+                            {"declined": 1, "decline-reason": "over-budget", "site-name": "site-03"}))
+    ]  # fmt: skip
+    params, _ = strategy.aggregate_fit(1, results, [])
+    (agg,) = parameters_to_ndarrays(params)
+    assert agg.mean() == pytest.approx(2.0, abs=0.05)  # unweighted mean of 1 and 3
+    assert agg.std() == pytest.approx(1.0 * 2.0 / 2, rel=0.05)
+    assert rec.rounds[1]["declined"] == {"site-03": "over-budget"}
