@@ -60,6 +60,17 @@ def canary_set(m: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, N_CLASSES, size=m).astype(np.int64)
 
 
+def guess_and_bound(
+    score: np.ndarray, included: np.ndarray, guesses: int, delta: float, confidence: float
+) -> tuple[int, float]:
+    """Guess "included" for the ``guesses/2`` highest scores and "excluded" for the lowest;
+    returns the number of correct guesses and the ε lower bound at ``confidence``."""
+    order = np.argsort(score)
+    k = guesses // 2
+    correct = int(included[order[-k:]].sum() + (~included[order[:k]]).sum())
+    return correct, epsilon_lower_bound(len(score), guesses, correct, delta, 1.0 - confidence)
+
+
 def run_canary_audit(
     cfg: TrainConfig,
     n_train: int = 1000,
@@ -81,12 +92,8 @@ def run_canary_audit(
     train_y = np.concatenate([y, cy[included]])
     trained = train(train_x, train_y, N_CLASSES, cfg, seed=seed, device=device)
     score = -per_example_loss(trained.model, cx, cy)  # higher = more likely included
-    order = np.argsort(score)
-    k = guesses // 2
-    guess_in, guess_out = order[-k:], order[:k]
-    correct = int(included[guess_in].sum() + (~included[guess_out]).sum())
+    correct, bound = guess_and_bound(score, included, guesses, cfg.delta, confidence)
     delta = cfg.delta
-    bound = epsilon_lower_bound(canaries, guesses, correct, delta, 1.0 - confidence)
     return {
         "attack": "canary_one_run",
         "private": cfg.private,
