@@ -110,7 +110,6 @@ def run_patient_canary_audit(
     members = [c for c, inc in zip(canary, included, strict=True) if inc]
     trained = trainer([*base, *members], private, seed)
     score = -np.array([patient_loss(trained.model, c) for c in canary])
-    correct, bound = guess_and_bound(score, included, guesses, delta, confidence)
     return {
         "attack": "patient_canary_one_run",
         "privacy_unit": "patient",
@@ -119,11 +118,5 @@ def run_patient_canary_audit(
         "delta": delta,
         "steps": trained.steps,
         "n_train": n_train,
-        "canaries": canaries,
-        "canaries_included": int(included.sum()),
-        "guesses": guesses,
-        "correct": correct,
-        "confidence": confidence,
-        "epsilon_lower_bound": bound,
-        "bound_below_claim": None if trained.epsilon is None else bound <= trained.epsilon,
+        **guess_and_bound(score, included, guesses, delta, confidence, trained.epsilon),
     }
