@@ -8,7 +8,8 @@ Review queue (``STATE/review/``), the model-update loop:
   writes it, with an ``events.tsv`` holding the clinician's label, as
   ``STATE/review/data/<patient>/<ID>_keypoints.npz`` + ``<ID>_events.tsv`` — the layout of a
   site data folder. ``review --reject ID`` (not an event of interest) writes the crop with an
-  empty events.tsv: a labelled false alarm, background for training.
+  empty events.tsv: a labelled false alarm, background for training. ``<patient>`` must be a
+  patient of the site data folder (``review --data``), else the review is refused.
 * ``STATE/review/data`` is therefore a site data folder, and ``site train --state STATE`` and
   the ClientApp load it with the site's own data (``load_patient_windows(..., extra_dirs=)``):
   a labelled event joins the next training rounds as part of its patient (the margins of each
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.atomic import atomic_write_json
 from semiofed.shared.errors import FormatError, SemioFedError
 from semiofed.shared.events import Event, write_events
@@ -63,20 +65,49 @@ examples:
   semiofed site analyze kp/bed3_keypoints.npz --model runs/site-a --out analysis/bed3 --state site-state
 """
 
+CALIBRATE_EPILOG = f"""\
+Federated calibration (the consortium's temperature and conformal threshold; the open-set
+scorer stays fitted on local data). Each --share releases one differentially private summary,
+charged to the privacy ledger in --state and recorded in its signed audit trail (privacy unit:
+the patient; ε at the site budget's δ and accountant):
+
+  round 1  --share temperature: each patient's centred, unit-norm curve of mean clipped NLL
+           at {len(cal.TEMPERATURE_GRID)} public temperatures, summed over patients,
+           + Gaussian noise (σ = --noise-multiplier) per temperature
+  round 2  --share conformal --temperature T: each patient's score histogram on
+           {len(cal.SCORE_EDGES) - 1} public bins, normalised to sum 1, summed, + Gaussian noise per bin
+
+A summary file holds only these noisy numbers and public parameters (grid, σ, ε, δ): no
+count, score or label. Fewer than {cal.MIN_PATIENTS} held-out patients with labelled windows,
+no site budget, or a summary that would exceed the budget: refused, nothing written.
+
+examples:
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --state S \\
+      --share temperature --summary-out t-site1.json
+  semiofed site calibrate --merge-temperature t-site1.json t-site2.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --state S \\
+      --share conformal --temperature T --summary-out c-site1.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --temperature T \\
+      --merge-conformal c-site1.json c-site2.json
+"""
+
 REVIEW_EPILOG = """\
 Flagged (aberrant) events wait in STATE/review/queue.json. Label one and it is written to
 STATE/review/data/<patient>/ as a keypoint recording + events.tsv (a site data folder), which
 `semiofed site train --state STATE` and the site's ClientApp (state-dir) include from then on:
 the labelled event joins the next training rounds, as part of that patient (one privacy unit).
+The patient (analyze --patient, or review --patient) must be an existing patient of the site
+data folder (--data): anything else is refused, so no known patient becomes a second unit.
 
 TYPE is a model class (automatisms, clonic, f2b, hyperkinetic, pnes) or any SzCORE event type
 (e.g. sz_foc_ia_m_automatisms, sz for an unclassified seizure).
 
 examples:
   semiofed site review --state site-state                      # list the queue
-  semiofed site review --state site-state --label bed3-E1 clonic --lateralization left
-  semiofed site review --state site-state --reject bed3-E2     # not a seizure
-  semiofed site review --state site-state --interactive
+  semiofed site review --state site-state --data data/site-01 --patient sub-01-004 \\
+      --label bed3-E1 clonic --lateralization left
+  semiofed site review --state site-state --data data/site-01 --reject bed3-E2   # not a seizure
+  semiofed site review --state site-state --data data/site-01 --interactive
 """
 
 
@@ -117,7 +148,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patient",
         metavar="ID",
-        help="patient id used when flagged events are labelled (default: input name)",
+        help="the site's id of this patient, under which flagged events are labelled "
+        "(default: given at review time with --patient)",
     )
     p.add_argument(
         "--threshold", type=float, default=0.5, help="seizure probability threshold (default: 0.5)"
@@ -136,12 +168,9 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "calibrate",
         help="fit temperature, conformal threshold and open-set scorer on held-out patients",
         description="Calibrate a trained model on patients it was not trained on; writes "
-        "MODEL_DIR/calibration.json. Federated: each site runs `--share temperature`, the "
-        "summaries are merged with `--merge-temperature`, then each site runs `--share quantiles "
-        "--temperature T`, and `--merge-quantiles` writes calibration.json. Leaves a site: a window "
-        "count and 49 summed losses (round 1), a window count and 99 score quantiles (round 2). "
-        "Every site then runs `--merge-quantiles` with all summaries: temperature and conformal "
-        "threshold are the consortium's, the open-set scorer stays fitted on local data.",
+        "MODEL_DIR/calibration.json (local: nothing leaves the site).",
+        epilog=CALIBRATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--model", type=Path, metavar="MODEL_DIR", help="required except to merge")
     c.add_argument(
@@ -166,11 +195,23 @@ def register(cmds: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, metavar="FILE", help="default: MODEL_DIR/calibration.json")
     c.add_argument(
         "--share",
-        choices=("temperature", "quantiles"),
-        help="federated: write this site's summary only (to --summary-out)",
+        choices=cal.SUMMARY_KINDS,
+        help="federated: release this site's DP summary (to --summary-out), charged to --state",
     )
     c.add_argument(
         "--summary-out", type=Path, metavar="FILE", help="where --share writes the summary"
+    )
+    c.add_argument(
+        "--state",
+        type=Path,
+        metavar="STATE",
+        help="site state folder: the privacy ledger charged and the audit trail (with --share)",
+    )
+    c.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=cal.DEFAULT_NOISE_MULTIPLIER,
+        help=f"σ of the Gaussian noise of a --share summary (default: {cal.DEFAULT_NOISE_MULTIPLIER:g})",
     )
     c.add_argument("--temperature", type=float, help="federated round 2: the merged temperature")
     c.add_argument(
@@ -181,7 +222,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
         help="print the temperature merged from round-1 summaries",
     )
     c.add_argument(
-        "--merge-quantiles",
+        "--merge-conformal",
         nargs="+",
         type=Path,
         metavar="FILE",
@@ -221,6 +262,17 @@ def register(cmds: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="mark an event as not an event of interest",
+    )
+    r.add_argument(
+        "--data",
+        type=Path,
+        metavar="SITE_DIR",
+        help="the site data folder: its patients are the ids an event may join (to label)",
+    )
+    r.add_argument(
+        "--patient",
+        metavar="ID",
+        help="the existing patient the --label/--reject events belong to (default: the queue's)",
     )
     r.add_argument("--interactive", action="store_true", help="prompt for each pending event")
     r.add_argument("--all", action="store_true", help="list reviewed events too")
@@ -274,7 +326,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     stem = rec_path.name[: -len(SUFFIX)] if rec_path.name.endswith(SUFFIX) else rec_path.stem
     flagged = [e for e in report["events"] if e["aberrant"]["flagged"]]
     if flagged:
-        n = enqueue(args.state or args.out, rec_path, stem, args.patient or stem, flagged, j)
+        n = enqueue(args.state or args.out, rec_path, stem, args.patient, flagged, j)
         print(
             f"{n} aberrant event(s) added to the review queue in {(args.state or args.out) / 'review'}"
         )
@@ -305,7 +357,12 @@ def load_queue(state: Path) -> dict:
 
 
 def enqueue(
-    state: Path, rec_path: Path, stem: str, patient: str, events: list[dict], report: Path
+    state: Path,
+    rec_path: Path,
+    stem: str,
+    patient: str | None,
+    events: list[dict],
+    report: Path,
 ) -> int:
     """Add flagged events to the queue (idempotent per event id); returns how many were new."""
     doc = load_queue(state)
@@ -379,18 +436,40 @@ def event_type_for(label: str) -> str:
     )
 
 
-def apply_review(state: Path, eid: str, label: str | None, lateralization: str | None) -> Path:
-    """Label (``label``) or reject (``None``) one queued event; writes its training data."""
+def known_patients(site_dir: Path) -> set[str]:
+    """The patient ids of a site data folder (its patient folders)."""
+    from semiofed.shared.dataset import patient_folders
+
+    return set(patient_folders(site_dir))
+
+
+def apply_review(
+    state: Path,
+    eid: str,
+    label: str | None,
+    lateralization: str | None,
+    patients: set[str],
+    patient: str | None = None,
+) -> Path:
+    """Label (``label``) or reject (``None``) one queued event; writes its training data
+    under ``patient`` (default: the queue's), which must be one of the site's ``patients``."""
     doc = load_queue(state)
     items = {it["id"]: it for it in doc["items"]}
     if eid not in items:
         raise SemioFedError(f"no event {eid!r} in the review queue ({', '.join(items) or 'empty'})")
     it = items[eid]
+    patient = patient or it["patient"]
+    if patient not in patients:
+        given = "has no patient id" if patient is None else f"is of {patient!r}, not a site patient"
+        raise SemioFedError(
+            f"event {eid} {given}: reviewed events join training only under an existing patient "
+            "id of the site (give --patient ID)"
+        )
     etype = event_type_for(label) if label is not None else None
     rec = load_recording(state / it["recording"])
     start = max(0.0, it["onset_s"] - CROP_MARGIN_S)
     crop = crop_recording(rec, start, it["offset_s"] + CROP_MARGIN_S)
-    out_dir = state / REVIEWED_DATA / it["patient"]
+    out_dir = state / REVIEWED_DATA / patient
     out_dir.mkdir(parents=True, exist_ok=True)
     save_recording(crop, out_dir / f"{eid}{SUFFIX}")
     events = []
@@ -400,6 +479,7 @@ def apply_review(state: Path, eid: str, label: str | None, lateralization: str |
         )
     write_events(out_dir / f"{eid}_events.tsv", events)
     it.update(
+        patient=patient,
         status="labelled" if etype else "rejected",
         label=etype,
         lateralization=lateralization,
@@ -433,11 +513,14 @@ def run_review(args: argparse.Namespace) -> int:
         raise SemioFedError(f"{state}: state folder does not exist")
     if args.lateralization and not args.label and not args.interactive:
         raise SemioFedError("--lateralization goes with --label")
+    if (args.label or args.reject or args.interactive) and args.data is None:
+        raise SemioFedError("labelling needs --data SITE_DIR (the site's patients)")
+    patients = known_patients(args.data) if args.data is not None else set()
     for eid, label in args.label:
-        out = apply_review(state, eid, label, args.lateralization)
+        out = apply_review(state, eid, label, args.lateralization, patients, args.patient)
         print(f"labelled {eid} as {event_type_for(label)}; training data in {out}")
     for eid in args.reject:
-        out = apply_review(state, eid, None, None)
+        out = apply_review(state, eid, None, None, patients, args.patient)
         print(f"rejected {eid} (background); training data in {out}")
     if args.interactive:
         for it in [i for i in load_queue(state)["items"] if i["status"] == "pending"]:
@@ -450,8 +533,11 @@ def run_review(args: argparse.Namespace) -> int:
             ).strip()
             if not answer:
                 continue
+            patient = args.patient or it["patient"]
+            if patient not in patients:
+                patient = input("patient id (an existing patient of the site): ").strip()
             if answer == "r":
-                apply_review(state, it["id"], None, None)
+                apply_review(state, it["id"], None, None, patients, patient)
                 continue
             lat = (
                 input("lateralization (left/right/bilateral/unknown, Enter = none): ").strip()
@@ -460,7 +546,7 @@ def run_review(args: argparse.Namespace) -> int:
             if lat is not None and lat not in LATERALIZATIONS:
                 print(f"unknown lateralization {lat!r}; skipped")
                 continue
-            apply_review(state, it["id"], answer, lat)
+            apply_review(state, it["id"], answer, lat, patients, patient)
     _print_queue(load_queue(state), args.all)
     return 0
 
@@ -468,7 +554,7 @@ def run_review(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ calibrate
 
 
-def _load_summaries(paths: list[Path], key: str) -> list[dict]:
+def _load_summaries(paths: list[Path], kind: str) -> list[dict]:
     import json
 
     out = []
@@ -477,25 +563,71 @@ def _load_summaries(paths: list[Path], key: str) -> list[dict]:
             doc = json.loads(p.read_text())
         except (OSError, ValueError) as exc:
             raise FormatError(p, f"unreadable summary ({exc})") from None
-        if key not in doc or "n" not in doc:
-            raise FormatError(p, f"not a {key} summary (needs 'n' and '{key}')")
+        problem = cal.summary_problem(doc, kind)
+        if problem:
+            raise FormatError(p, problem)
         out.append(doc)
     return out
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
-    from semiofed.shared.analysis import calibration as cal
-    from semiofed.shared.analysis.pipeline import (
-        CALIBRATION_FILE,
-        fit_calibration,
-        load_model,
-        outputs_for,
-    )
-    from semiofed.shared.dataset import load_patient_windows
+def _labelled_outputs(model, patients: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each patient's (type logits, labels) over its windows with a type label."""
+    from semiofed.shared.analysis.pipeline import outputs_for
     from semiofed.shared.labels import IGNORE_INDEX
 
+    out = []
+    for p in patients:
+        o = outputs_for(model, [p])
+        lab = o["y_type"] != IGNORE_INDEX
+        out.append((o["type_logits"][lab], o["y_type"][lab]))
+    return out
+
+
+def _check_share(args: argparse.Namespace) -> None:
+    """Before any data is read: what a --share needs."""
+    from semiofed.privacy.ledger import PrivacyLedger
+
+    from .dp_release import site_budget
+
+    if args.summary_out is None or args.state is None:
+        raise SemioFedError("--share needs --summary-out FILE and --state STATE")
+    if args.share == "conformal" and args.temperature is None:
+        raise SemioFedError("--share conformal needs --temperature (the merged one)")
+    site_budget(PrivacyLedger(args.state))
+
+
+def _share(args: argparse.Namespace, model, held: list) -> int:
+    from .dp_release import release_gaussian
+
+    per_patient = [(z, y) for z, y in _labelled_outputs(model, held) if len(y)]
+    cal.require_patients(len(per_patient))
+    sigma, rng = args.noise_multiplier, cal.secret_rng()
+    if args.share == "temperature":
+        compute = lambda: cal.dp_temperature_summary(per_patient, sigma, rng)  # noqa: E731
+        what = f"{len(cal.TEMPERATURE_GRID)} noisy sums of per-patient NLL curves"
+    else:
+        t = args.temperature
+        scores = [cal.scores(cal.softmax(z, t), y) for z, y in per_patient]
+        compute = lambda: cal.dp_conformal_summary(scores, t, sigma, rng)  # noqa: E731
+        what = f"{len(cal.SCORE_EDGES) - 1} noisy per-patient score-histogram bins"
+    purpose = f"calibration summary: {args.share}"
+    summary, total = release_gaussian(args.state, purpose, sigma, len(per_patient), compute)
+    atomic_write_json(args.summary_out, summary)
+    print(
+        f"wrote {args.summary_out}: {what} of {len(per_patient)} patients, Gaussian noise "
+        f"σ={sigma:g}; ε = {summary['epsilon']:.3f} at δ={summary['delta']:g} "
+        f"({summary['accountant']}, privacy unit: patient) charged to {args.state}, site total "
+        f"ε = {total:.3f}. The file holds only these noisy values and public parameters."
+    )
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from semiofed.shared.analysis.pipeline import CALIBRATION_FILE, fit_calibration, load_model
+    from semiofed.shared.dataset import load_patient_windows
+
     if args.merge_temperature:
-        t = cal.merge_temperature(_load_summaries(args.merge_temperature, "nll"))
+        t = cal.merge_temperature(_load_summaries(args.merge_temperature, "temperature"))
         print(f"merged temperature: {t:.6g} (pass it to --temperature in round 2)")
         return 0
     needed = [
@@ -507,6 +639,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
     if not 0.0 < args.coverage < 1.0:
         raise SemioFedError(f"--coverage must be in (0, 1), got {args.coverage}")
+    if args.temperature is not None and not args.temperature > 0:
+        raise SemioFedError(f"--temperature must be > 0, got {args.temperature}")
+    if args.share:
+        _check_share(args)
     model, wcfg, _ = load_model(args.model, args.device)
     patients = load_patient_windows(args.data, wcfg)
     by_name = {p.patient: p for p in patients}
@@ -515,34 +651,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise SemioFedError(
             f"{args.data}: no usable recordings for held-out patient(s) {', '.join(missing)}"
         )
-    held = [by_name[h] for h in args.held_out]
+    held = [by_name[h] for h in dict.fromkeys(args.held_out)]
+    if args.share:
+        return _share(args, model, held)
     fit = [p for p in patients if p.patient not in args.held_out]
     calib = fit_calibration(model, held, fit, args.coverage, args.flag_rate)
-    if args.share or args.merge_quantiles:
-        out = outputs_for(model, held)
-        lab = out["y_type"] != IGNORE_INDEX
-        logits, y = out["type_logits"][lab], out["y_type"][lab]
-        if args.share:
-            if args.summary_out is None:
-                raise SemioFedError("--share needs --summary-out FILE")
-            if args.share == "temperature":
-                summary = cal.temperature_summary(logits, y)
-            else:
-                if args.temperature is None:
-                    raise SemioFedError("--share quantiles needs --temperature (the merged one)")
-                summary = cal.quantile_summary(cal.scores(cal.softmax(logits, args.temperature), y))
-            atomic_write_json(args.summary_out, summary)
-            print(
-                f"wrote {args.summary_out}: n={summary['n']} and nothing else about this site's windows"
-            )
-            return 0
+    if args.merge_conformal:
         if args.temperature is None:
-            raise SemioFedError("--merge-quantiles needs --temperature (the merged one)")
-        summaries = _load_summaries(args.merge_quantiles, "quantiles")
+            raise SemioFedError("--merge-conformal needs --temperature (the merged one)")
+        summaries = _load_summaries(args.merge_conformal, "conformal")
+        if any(s["temperature"] != args.temperature for s in summaries):
+            raise SemioFedError(
+                f"the conformal summaries were not computed at --temperature {args.temperature:g}"
+            )
         calib.temperature = args.temperature
-        calib.conformal_threshold = cal.merge_quantile_summaries(summaries, args.coverage)
+        calib.conformal_threshold, mass = cal.merge_conformal(summaries, args.coverage)
         calib.source = (
-            f"federated: {len(summaries)} sites, {sum(s['n'] for s in summaries)} windows"
+            f"federated (DP): {len(summaries)} sites, about {mass:.0f} patients (noisy count)"
         )
     out_path = args.out or args.model / CALIBRATION_FILE
     calib.save(out_path)

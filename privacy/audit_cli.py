@@ -131,8 +131,9 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=("mia", "canary", "inversion"),
-        help="run only these attacks (default: all)",
+        choices=("mia", "canary", "inversion", "patient-canary"),
+        help="run only these attacks (default: mia canary inversion; patient-canary runs the "
+        "site's own patient-level trainer and only when named)",
     )
     p.add_argument("--noise-multiplier", type=float, metavar="S", help="σ (default: ledger or 1.5)")
     p.add_argument(

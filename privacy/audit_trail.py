@@ -53,12 +53,14 @@ KINDS: tuple[str, ...] = (
     "message_sent",
     "model_received",
     "budget_state",
+    "summary_released",
 )
 REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
     "message_sent": ("hash", "size", "keys"),
     "model_received": ("signature_ok",),
     "round_joined": ("round",),
     "round_declined": ("round", "reason"),
+    "summary_released": ("purpose", "summary"),
 }
 ENTRY_FIELDS = (
     "seq",

@@ -110,13 +110,21 @@ def _patient_windows(
 
 
 def patient_folders(site_dir: Path, extra_dirs: Sequence[Path] = ()) -> dict[str, list[Path]]:
-    """Patient id → its folders in ``site_dir`` and in each existing ``extra_dirs`` folder."""
+    """Patient id → its folders in ``site_dir`` and in each existing ``extra_dirs`` folder.
+
+    A folder of ``extra_dirs`` must carry the id of a patient of ``site_dir``: anything else
+    would make a second privacy unit of a known patient (refused, naming the folder)."""
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise SemioFedError(f"{site_dir}: site data folder does not exist")
     folders: dict[str, list[Path]] = {}
     for root in [site_dir, *(Path(d) for d in extra_dirs if Path(d).is_dir())]:
         for pdir in sorted(d for d in root.iterdir() if d.is_dir()):
+            if root != site_dir and pdir.name not in folders:
+                raise SemioFedError(
+                    f"{pdir}: '{pdir.name}' is not a patient of {site_dir}; reviewed events join "
+                    "training only under an existing patient id (move the folder or remove it)"
+                )
             folders.setdefault(pdir.name, []).append(pdir)
     return dict(sorted(folders.items()))
 
@@ -131,7 +139,8 @@ def load_patient_windows(
 
     ``extra_dirs`` (e.g. the review queue's ``STATE/review/data``: events a clinician
     labelled) add recordings in the same layout; a patient folder of the same name there is
-    the same patient, so its windows join that patient's (one privacy unit). Each unreadable
+    the same patient, so its windows join that patient's (one privacy unit); a folder of any
+    other name is refused (:func:`patient_folders`). Each unreadable
     recording or events file is reported (``logging.warning`` and ``on_error(path, exc)``)
     and skipped.
     """

@@ -1,11 +1,18 @@
-"""Temperature scaling, split conformal and its federated (quantile-summary) version, open-set scorer."""
+"""Temperature scaling, split conformal, their federated DP summaries (utility and attacks:
+reconstruction of known scores, membership of a known patient), open-set scorer."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.analysis.openset import OpenSetScorer
+from semiofed.shared.errors import SemioFedError
+
+DELTA = 1e-5
 
 
 def _logits(rng: np.random.Generator, n: int, sharp: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
@@ -24,24 +31,142 @@ def test_temperature_scaling_lowers_nll_of_overconfident_logits() -> None:
     assert cal.nll(z, y, t) < cal.nll(z, y, 1.0)
 
 
-def test_federated_threshold_matches_pooled_and_covers() -> None:
-    rng = np.random.default_rng(1)
-    sites = [_logits(rng, n) for n in (300, 500, 800)]
-    test_z, test_y = _logits(rng, 4000)
-    t_fed = cal.merge_temperature([cal.temperature_summary(z, y) for z, y in sites])
-    pooled_z = np.concatenate([z for z, _ in sites])
-    pooled_y = np.concatenate([y for _, y in sites])
-    assert t_fed == cal.fit_temperature(pooled_z, pooled_y)  # round 1 is exact
+def _site(rng: np.random.Generator, patients: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [_logits(rng, int(rng.integers(10, 60))) for _ in range(patients)]
 
-    site_scores = [cal.scores(cal.softmax(z, t_fed), y) for z, y in sites]
-    summaries = [cal.quantile_summary(s) for s in site_scores]
-    assert set(summaries[0]) == {"n", "levels", "quantiles"}  # all that leaves a site
-    thr_fed = cal.merge_quantile_summaries(summaries, 0.9)
-    thr_pooled = cal.conformal_threshold(np.concatenate(site_scores), 0.9)
-    assert abs(thr_fed - thr_pooled) < 0.03
-    cov, size = cal.coverage_and_size(cal.softmax(test_z, t_fed), test_y, thr_fed)
-    assert 0.87 <= cov <= 0.95
-    assert 1.0 <= size < 6.0
+
+def test_dp_federated_calibration_is_near_the_pooled_one_and_covers() -> None:
+    """Three sites of 30 patients release DP summaries only (σ = the default); over 30 noise
+    draws the merged temperature stays near the pooled optimum and the merged conformal
+    threshold covers about 90 % of new windows (on average over the noise)."""
+    rng = np.random.default_rng(1)
+    sites = [_site(rng, 30) for _ in range(3)]
+    test_z, test_y = _logits(rng, 4000)
+    pooled_z = np.concatenate([z for s in sites for z, _ in s])
+    pooled_y = np.concatenate([y for s in sites for _, y in s])
+    t_pooled = cal.fit_temperature(pooled_z, pooled_y)
+    best, raw = cal.nll(test_z, test_y, t_pooled), cal.nll(test_z, test_y, 1.0)
+    noise = np.random.default_rng(7)
+    sigma = cal.DEFAULT_NOISE_MULTIPLIER
+    covs, sizes = [], []
+    for _ in range(30):
+        t = cal.merge_temperature([cal.dp_temperature_summary(s, sigma, noise) for s in sites])
+        assert cal.nll(test_z, test_y, t) < best + 0.25 * (raw - best)
+        summaries = [
+            cal.dp_conformal_summary(
+                [cal.scores(cal.softmax(z, t), y) for z, y in s], t, sigma, noise
+            )
+            for s in sites
+        ]
+        # all that leaves a site: public parameters and the noisy values
+        assert set(summaries[0]) == {
+            "format", "version", "kind", "privacy_unit", "mechanism", "noise_multiplier",
+            "temperature", "edges", "noisy_counts",
+        }  # fmt: skip
+        thr, mass = cal.merge_conformal(summaries, 0.9)
+        assert mass == pytest.approx(sum(sum(s["noisy_counts"]) for s in summaries))
+        cov, size = cal.coverage_and_size(cal.softmax(test_z, t), test_y, thr)
+        covs.append(cov)
+        sizes.append(size)
+    assert 0.88 <= np.mean(covs) <= 0.97 and min(covs) >= 0.78, covs
+    # the price of the noise: sometimes the threshold reaches 1 (every class); mostly not
+    assert np.mean(np.array(sizes) < 6.0) >= 0.6, sizes
+
+
+def test_dp_summaries_refuse_too_few_patients_and_foreign_files() -> None:
+    rng = np.random.default_rng(0)
+    few = _site(rng, cal.MIN_PATIENTS - 1)
+    with pytest.raises(SemioFedError, match=f"at least {cal.MIN_PATIENTS}"):
+        cal.dp_temperature_summary(few, 3.0, rng)
+    with pytest.raises(SemioFedError, match=f"at least {cal.MIN_PATIENTS}"):
+        cal.dp_conformal_summary(
+            [cal.scores(cal.softmax(z, 1.0), y) for z, y in few], 1.0, 3.0, rng
+        )
+    ok = cal.dp_temperature_summary(_site(rng, cal.MIN_PATIENTS), 3.0, rng)
+    assert cal.summary_problem(ok, "temperature") is None
+    assert "expected 'conformal'" in cal.summary_problem(ok, "conformal")
+    old = {"n": 40, "levels": [0.5], "quantiles": [0.3]}  # the former raw-quantile format
+    assert "not a semiofed-dp-calibration summary" in cal.summary_problem(old, "conformal")
+
+
+def _reconstruct(hist: np.ndarray, n: int) -> np.ndarray:
+    """The attacker's best guess of ``n`` sorted scores from a (noisy) histogram: the
+    inverse of its piecewise-linear CDF at the mid-ranks."""
+    h = np.clip(hist, 0.0, None)
+    cdf = np.concatenate([[0.0], np.cumsum(h)]) / max(h.sum(), 1e-12)
+    return np.interp((np.arange(n) + 0.5) / n, cdf, np.asarray(cal.SCORE_EDGES))
+
+
+def test_conformal_summary_of_40_known_scores_does_not_reveal_them() -> None:
+    """40 patients of one window each: the former quantile summary gave back all 40 scores.
+    From the DP summary the attacker's reconstruction error stays large, while the same attack
+    on the noise-free histogram is accurate (so the attack is competent)."""
+    rng = np.random.default_rng(5)
+    truth = np.sort(rng.beta(0.5, 3.0, 40))  # skewed towards 0, as LAC scores are
+    per_patient = [truth[i : i + 1] for i in range(40)]
+    exact = np.sum([cal.patient_score_histogram(s) for s in per_patient], axis=0)
+    assert np.abs(_reconstruct(exact, 40) - truth).mean() < 0.015
+    errors = [
+        np.abs(_reconstruct(np.array(s["noisy_counts"]), 40) - truth).mean()
+        for s in (
+            cal.dp_conformal_summary(per_patient, 1.0, cal.DEFAULT_NOISE_MULTIPLIER, rng)
+            for _ in range(50)
+        )
+    ]
+    assert min(errors) > 0.02 and np.median(errors) > 0.1, errors
+
+
+def _membership_accuracy(release, target: np.ndarray, trials: int, rng) -> float:
+    """The optimal test of an attacker who knows every other patient and the target's
+    contribution ``target``: project (release − known sum) on the target's contribution."""
+    correct = 0
+    unit = target / np.linalg.norm(target)
+    for member in [True] * trials + [False] * trials:
+        stat = float(release(member) @ unit)
+        correct += (stat > np.linalg.norm(target) / 2) == member
+    return correct / (2 * trials)
+
+
+def _dp_accuracy_bound(sigma: float, trials: int) -> float:
+    """(ε, δ)-DP bounds a balanced test's accuracy by (e^ε + δ)/(1 + e^ε); plus a one-sided
+    Hoeffding margin at confidence 1 − 10⁻⁶ for ``2·trials`` trials."""
+    from semiofed.privacy.accounting import epsilon
+
+    eps = epsilon([(sigma, 1.0, 1)], DELTA, "rdp")
+    return (math.exp(eps) + DELTA) / (1 + math.exp(eps)) + math.sqrt(math.log(1e6) / (4 * trials))
+
+
+def test_membership_of_a_known_patient_is_within_the_dp_bound() -> None:
+    """The target patient has 50 windows (a summary without per-patient normalisation would
+    expose them); an attacker who knows everyone else does no better than ε allows."""
+    rng = np.random.default_rng(11)
+    sigma = cal.DEFAULT_NOISE_MULTIPLIER
+    others = _site(rng, cal.MIN_PATIENTS)
+    tz, ty = _logits(rng, 50)
+    known_t = np.sum([cal.patient_nll_curve(z, y) for z, y in others], axis=0)
+
+    def temperature_release(member: bool) -> np.ndarray:
+        pats = [*others, (tz, ty)] if member else others
+        return np.array(cal.dp_temperature_summary(pats, sigma, rng)["noisy_sums"]) - known_t
+
+    t_target = cal.patient_nll_curve(tz, ty)
+    acc_t = _membership_accuracy(temperature_release, t_target, 150, rng)
+
+    other_scores = [cal.scores(cal.softmax(z, 2.0), y) for z, y in others]
+    target_scores = np.full(50, 0.97)  # every window in the top bin
+    known_h = np.sum([cal.patient_score_histogram(s) for s in other_scores], axis=0)
+
+    def conformal_release(member: bool) -> np.ndarray:
+        pats = [*other_scores, target_scores] if member else other_scores
+        return np.array(cal.dp_conformal_summary(pats, 2.0, sigma, rng)["noisy_counts"]) - known_h
+
+    h_target = cal.patient_score_histogram(target_scores)
+    acc_h = _membership_accuracy(conformal_release, h_target, 800, rng)
+    # the attack works as well as the Gaussian allows (Φ(1/2σ) ≈ 0.57) …
+    assert acc_t > 0.5 and acc_h > 0.53, (acc_t, acc_h)
+    # … and no better than the DP bound
+    assert acc_t <= _dp_accuracy_bound(sigma, 150), acc_t
+    assert acc_h <= _dp_accuracy_bound(sigma, 800), acc_h
 
 
 def test_open_set_scorer_flags_about_five_percent_and_separates_a_new_class() -> None:

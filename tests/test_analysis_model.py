@@ -160,8 +160,6 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
                 str(tmp_path / "strict.json"),
                 "--state",
                 str(state),
-                "--patient",
-                "p42",
                 "--device",
                 "cpu",
             ]
@@ -196,38 +194,36 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
     # Review: list, label one event, reject nothing; the labelled data is a site data folder.
     queue = json.loads((state / "review" / "queue.json").read_text())
     eid = queue["items"][0]["id"]
-    assert (
-        main(
-            [
-                "site",
-                "review",
-                "--state",
-                str(state),
-                "--label",
-                eid,
-                "clonic",
-                "--lateralization",
-                "left",
-            ]
-        )
-        == 0
-    )
+    review = ["site", "review", "--state", str(state), "--data", str(site)]
+    label = ["--label", eid, "clonic", "--lateralization", "left"]
+    # a patient the site does not know (the recording's name, or any new id) is refused
+    assert main([*review, *label]) == 2
+    assert main([*review, *label, "--patient", "bed3"]) == 2
+    assert not (state / "review" / "data").exists()
+    patient = trained["train"][0].patient
+    assert main([*review, *label, "--patient", patient]) == 0
     labelled = load_patient_windows(state / "review" / "data", trained["wcfg"])
-    assert [p.patient for p in labelled] == ["p42"] and labelled[0].y_detect.sum() > 0
+    assert [p.patient for p in labelled] == [patient] and labelled[0].y_detect.sum() > 0
     queue = json.loads((state / "review" / "queue.json").read_text())
     assert queue["items"][0]["status"] == "labelled"
     # … and it joins the next training: the ClientApp's site loader and `site train --state`
     from semiofed.client.site_task import load_site
     from semiofed.shared.run_config import validate
 
+    joined = {
+        p.patient: len(p)
+        for p in load_patient_windows(site, trained["wcfg"], extra_dirs=[state / "review" / "data"])
+    }
+    assert len(joined) == 10  # the same patients: the event joined one, no new privacy unit
+    assert joined[patient] == len(trained["train"][0]) + len(labelled[0])
     site_data = load_site(site, validate({}), state)
-    assert "p42" in {p.patient for p in site_data.train + site_data.test}
+    assert {p.patient for p in site_data.train + site_data.test} <= set(joined)
     run = tmp_path / "retrained"
     argv = ["site", "train", "--data", str(site), "--out", str(run), "--state", str(state)]
     argv += ["--no-dp", "--epochs", "1", "--no-progress", "--device", "cpu"]
     assert main([*argv, "--window-seconds", "4", "--window-hop", "2"]) == 0
     split = json.loads((run / "metrics.json").read_text())["split"]
-    assert "p42" in split["train"] + split["val"] + split["test"]
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(joined)
     window = json.loads((run / "model_config.json").read_text())["window"]
     assert (window["seconds"], window["hop"], window["fps"]) == (4.0, 2.0, 15.0)
 
@@ -252,40 +248,6 @@ def _screenshot(html: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real page, not a blank one
-
-
-def test_federated_calibration_through_the_cli(trained: dict, tmp_path: Path, capsys) -> None:
-    """Two 'sites' (held-out patients split in two) share summaries only; the merge writes
-    calibration.json with the consortium's temperature and conformal threshold."""
-    model_dir, site = str(trained["model_dir"]), str(trained["site"])
-    sites = {"a": list(HELD_OUT[:2]), "b": list(HELD_OUT[2:])}
-    base = ["site", "calibrate", "--model", model_dir, "--data", site, "--device", "cpu"]
-
-    def share(kind: str, name: str, *extra: str) -> dict:
-        out = tmp_path / f"{kind}-{name}.json"
-        argv = [*base, "--held-out", *sites[name], "--share", kind, "--summary-out", str(out)]
-        assert main([*argv, *extra]) == 0
-        return json.loads(out.read_text())
-
-    round1 = [share("temperature", s) for s in sites]
-    assert all(set(s) == {"n", "nll"} for s in round1)  # all that leaves a site in round 1
-    capsys.readouterr()
-    merge1 = ["site", "calibrate", "--merge-temperature"]
-    assert main([*merge1, *(str(tmp_path / f"temperature-{s}.json") for s in sites)]) == 0
-    t = capsys.readouterr().out.split("merged temperature:")[1].split()[0]
-    round2 = [share("quantiles", s, "--temperature", t) for s in sites]
-    # all that leaves a site in round 2: its count and 99 quantiles at the fixed public levels
-    assert all(set(s) == {"n", "levels", "quantiles"} for s in round2)
-    assert all(
-        s["levels"] == list(cal.QUANTILE_LEVELS) and len(s["quantiles"]) == 99 for s in round2
-    )
-    merged = tmp_path / "calibration.json"
-    summaries = [str(tmp_path / f"quantiles-{s}.json") for s in sites]
-    argv = [*base, "--held-out", *sites["a"], "--temperature", t, "--out", str(merged)]
-    assert main([*argv, "--merge-quantiles", *summaries]) == 0
-    calib = json.loads(merged.read_text())
-    assert calib["temperature"] == pytest.approx(float(t))
-    assert calib["source"].startswith("federated: 2 sites")
 
 
 def test_analyze_a_video_reports_the_dominant_frequency(trained: dict, tmp_path: Path) -> None:

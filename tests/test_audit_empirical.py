@@ -71,3 +71,25 @@ def test_gradient_inversion_probe() -> None:
     assert r["plain"]["exact_reconstructions"] == 6
     assert r["dp"]["relative_error_median"] > 0.5 and r["dp"]["exact_reconstructions"] == 0
     assert r["secagg"]["relative_error_median"] > 0.1
+
+
+def test_patient_canary_audit_runs_the_sites_own_patient_level_trainer() -> None:
+    """The trainer is injected through the entry point (privacy/ does not import client/) and
+    is SemioFed's train_local: patient-level DP-SGD whose claimed ε is the accountant's."""
+    from importlib.metadata import entry_points
+
+    from semiofed.privacy.accounting import epsilon
+    from semiofed.privacy.empirical.patient_canary import (
+        TRAINERS_GROUP,
+        patient_trainer,
+        run_patient_canary_audit,
+    )
+
+    (ep,) = [e for e in entry_points(group=TRAINERS_GROUP) if e.name == "semionet"]
+    assert ep.value == "semiofed.client.audit_trainer:semionet_trainer"
+    trainer = patient_trainer(1.0, 1.0, 1e-5, 1)
+    r = run_patient_canary_audit(trainer, True, 1e-5, n_train=60, canaries=100, guesses=20)
+    q = 16 / (60 + r["canaries_included"])  # expected 16 sampled patients of the training set
+    assert r["privacy_unit"] == "patient" and r["steps"] > 0
+    assert r["claimed_epsilon"] == pytest.approx(epsilon([(1.0, q, r["steps"])], 1e-5, "rdp"))
+    assert r["epsilon_lower_bound"] <= r["claimed_epsilon"]

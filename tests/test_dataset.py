@@ -16,6 +16,7 @@ from semiofed.shared.dataset import (
     collate,
     load_patient_windows,
 )
+from semiofed.shared.errors import SemioFedError
 from semiofed.shared.events import Event, write_events
 from semiofed.shared.features import STREAM_MIRROR, STREAM_SHAPES, compute_features
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
@@ -333,6 +334,28 @@ def test_load_patient_windows_reports_bad_files_and_goes_on(tmp_path: Path) -> N
     assert p1.t0[p1.y_detect == 1][:8].tolist() == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
     assert set(p1.y_type[p1.y_detect == 1]) == {CLASS_INDEX["automatisms"]}
     assert len(patients[1]) == per_rec and not patients[1].x["body"].flags.writeable
+
+
+def test_reviewed_events_join_only_an_existing_patient(tmp_path: Path) -> None:
+    """A reviewed-events folder (STATE/review/data) adds windows to a known patient; a folder
+    of any other name would be a second privacy unit and is refused, naming it."""
+    site = _write_site(tmp_path)
+    reviewed = tmp_path / "review" / "data"
+    stem = reviewed / "sub-01-002" / "bed3-E1"
+    stem.parent.mkdir(parents=True)
+    save_recording(make_recording(seconds=20.0, seed=9), f"{stem}_keypoints.npz")
+    write_events(f"{stem}_events.tsv", [Event(2.0, 6.0, "sz_foc_a_m_clonic", "left")])
+    before = {p.patient: len(p) for p in load_patient_windows(site)}
+    after = {p.patient: len(p) for p in load_patient_windows(site, extra_dirs=[reviewed])}
+    assert set(after) == set(before)  # no new privacy unit
+    assert (
+        after["sub-01-002"] == before["sub-01-002"] + 24
+        and after["sub-01-001"] == before["sub-01-001"]
+    )
+
+    (reviewed / "sub-01-002").rename(reviewed / "bed3")
+    with pytest.raises(SemioFedError, match="'bed3' is not a patient of"):
+        load_patient_windows(site, extra_dirs=[reviewed])
 
 
 def _patients(n_sites: int = 2, per_site: int = 3, windows: int = 4) -> list[PatientWindows]:

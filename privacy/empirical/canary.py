@@ -60,6 +60,31 @@ def canary_set(m: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, N_CLASSES, size=m).astype(np.int64)
 
 
+def guess_and_bound(
+    score: np.ndarray,
+    included: np.ndarray,
+    guesses: int,
+    delta: float,
+    confidence: float,
+    claimed: float | None,
+) -> dict[str, Any]:
+    """Guess "included" for the ``guesses/2`` highest scores and "excluded" for the lowest;
+    the counts, the ε lower bound at ``confidence`` and whether it stays below ``claimed``."""
+    order = np.argsort(score)
+    k = guesses // 2
+    correct = int(included[order[-k:]].sum() + (~included[order[:k]]).sum())
+    bound = epsilon_lower_bound(len(score), guesses, correct, delta, 1.0 - confidence)
+    return {
+        "canaries": len(score),
+        "canaries_included": int(included.sum()),
+        "guesses": guesses,
+        "correct": correct,
+        "confidence": confidence,
+        "epsilon_lower_bound": bound,
+        "bound_below_claim": None if claimed is None else bound <= claimed,
+    }
+
+
 def run_canary_audit(
     cfg: TrainConfig,
     n_train: int = 1000,
@@ -81,27 +106,15 @@ def run_canary_audit(
     train_y = np.concatenate([y, cy[included]])
     trained = train(train_x, train_y, N_CLASSES, cfg, seed=seed, device=device)
     score = -per_example_loss(trained.model, cx, cy)  # higher = more likely included
-    order = np.argsort(score)
-    k = guesses // 2
-    guess_in, guess_out = order[-k:], order[:k]
-    correct = int(included[guess_in].sum() + (~included[guess_out]).sum())
-    delta = cfg.delta
-    bound = epsilon_lower_bound(canaries, guesses, correct, delta, 1.0 - confidence)
     return {
         "attack": "canary_one_run",
         "private": cfg.private,
         "claimed_epsilon": trained.epsilon,
-        "delta": delta,
+        "delta": cfg.delta,
         "noise_multiplier": cfg.noise_multiplier,
         "max_grad_norm": cfg.max_grad_norm if cfg.private else None,
         "sample_rate": trained.sample_rate,
         "steps": trained.steps,
         "n_train": n_train,
-        "canaries": canaries,
-        "canaries_included": int(included.sum()),
-        "guesses": guesses,
-        "correct": correct,
-        "confidence": confidence,
-        "epsilon_lower_bound": bound,
-        "bound_below_claim": None if trained.epsilon is None else bound <= trained.epsilon,
+        **guess_and_bound(score, included, guesses, cfg.delta, confidence, trained.epsilon),
     }

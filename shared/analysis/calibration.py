@@ -10,33 +10,45 @@ patient exchangeable with the calibration patients).
   ``⌈(n+1)(1−α)⌉ / n`` empirical quantile of the calibration scores; a prediction set holds
   every class with ``1 − p ≤ threshold``. Coverage ≥ 1 − α on exchangeable new windows.
 
-Federated calibration (two rounds, no window, score or label leaves a site):
+Federated calibration releases two differentially private summaries per site (privacy unit:
+the patient; each is one Gaussian mechanism of L2 sensitivity 1 under adding or removing a
+patient, charged to the site's ledger by the caller):
 
-1. each site sends :func:`temperature_summary`: ``{"n": window count, "nll": summed NLL at
-   each of the 49 fixed temperatures of TEMPERATURE_GRID}``; the coordinator adds them and
-   picks the temperature with the lowest total (:func:`merge_temperature`) — the same result
-   as pooling all windows.
-2. each site sends :func:`quantile_summary` of its scores at that temperature:
-   ``{"n": window count, "levels": the fixed QUANTILE_LEVELS, "quantiles": the site's
-   empirical score quantile at each level}`` (99 numbers). The coordinator mixes the sites'
-   piecewise-linear score CDFs weighted by ``n`` and takes the finite-sample-corrected level
-   (:func:`merge_quantile_summaries`).
+1. :func:`dp_temperature_summary`: each patient's mean NLL per window (each window's NLL
+   clipped at :data:`NLL_CLIP`) at the 49 public temperatures of :data:`TEMPERATURE_GRID`,
+   centred and scaled to unit L2 norm (the temperature that minimises a sum of curves does
+   not depend on a constant per curve); the site sends the sum over its patients plus
+   ``N(0, σ²)`` per temperature. :func:`merge_temperature` adds the sites' curves, smooths
+   the noise with a least-squares cubic in ``log T`` and takes its minimum on the grid.
+2. :func:`dp_conformal_summary`: each patient's histogram of its scores on the public bins
+   :data:`SCORE_EDGES`, normalised to sum 1 (L2 norm ≤ 1), summed over patients, plus
+   ``N(0, σ²)`` per bin. :func:`merge_conformal` adds the sites' histograms (their total is
+   a noisy patient count ``N``) and takes the upper edge of the bin where the noisy tail
+   above holds at most ``1 − ⌈(N+1)(1−α)⌉/N`` of the mass: a patient-weighted conformal
+   threshold whose coverage is nominal up to the DP noise (measured in the tests and bench).
 
-These summaries are aggregate statistics, not protected by the training's differential
-privacy: they reveal each site's number of calibration windows, 49 summed losses and 99
-score quantiles.
+A site with fewer than :data:`MIN_PATIENTS` calibration patients (with labelled windows)
+releases nothing: the noise would dominate its summary.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from semiofed.shared.errors import SemioFedError
+
 TEMPERATURE_GRID: tuple[float, ...] = tuple(float(t) for t in np.geomspace(0.25, 8.0, 49))
-QUANTILE_LEVELS: tuple[float, ...] = tuple(round(q, 2) for q in np.arange(0.01, 1.0, 0.01))
+SCORE_EDGES: tuple[float, ...] = tuple(float(e) for e in np.linspace(0.0, 1.0, 21))
 DEFAULT_COVERAGE = 0.9
+NLL_CLIP = 10.0
+MIN_PATIENTS = 20
+DEFAULT_NOISE_MULTIPLIER = 3.0
+SUMMARY_FORMAT = "semiofed-dp-calibration"
+SUMMARY_KINDS = ("temperature", "conformal")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -46,25 +58,20 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def window_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
+    """Negative log-likelihood of each window's label under ``softmax(logits / T)``."""
+    p = softmax(logits, temperature)[np.arange(len(labels)), labels]
+    return -np.log(np.clip(p, 1e-12, 1.0))
+
+
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """Summed negative log-likelihood of ``labels`` under ``softmax(logits / T)``."""
-    p = softmax(logits, temperature)[np.arange(len(labels)), labels]
-    return float(-np.sum(np.log(np.clip(p, 1e-12, 1.0))))
-
-
-def temperature_summary(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """What a site shares in round 1: its window count and summed NLL per grid temperature."""
-    return {"n": len(labels), "nll": [nll(logits, labels, t) for t in TEMPERATURE_GRID]}
-
-
-def merge_temperature(summaries: Sequence[dict]) -> float:
-    total = np.sum([s["nll"] for s in summaries], axis=0)
-    return TEMPERATURE_GRID[int(np.argmin(total))]
+    return float(window_nll(logits, labels, temperature).sum())
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the NLL on held-out windows (same grid as the federated fit)."""
-    return merge_temperature([temperature_summary(logits, labels)])
+    """Temperature minimising the NLL on held-out windows (exact, local: nothing is released)."""
+    return TEMPERATURE_GRID[int(np.argmin([nll(logits, labels, t) for t in TEMPERATURE_GRID]))]
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -94,42 +101,164 @@ def prediction_set(probs: np.ndarray, threshold: float) -> np.ndarray:
     return member | top
 
 
-def quantile_summary(cal_scores: np.ndarray) -> dict:
-    """What a site shares in round 2: its window count and empirical score quantiles."""
-    s = np.asarray(cal_scores, dtype=np.float64)
-    return {
-        "n": len(s),
-        "levels": list(QUANTILE_LEVELS),
-        "quantiles": [float(np.quantile(s, q, method="inverted_cdf")) for q in QUANTILE_LEVELS],
-    }
-
-
-def _cdf(summary: dict, x: float) -> float:
-    """A site's score CDF at ``x``, piecewise linear through its quantiles (0 below 0, 1 above 1)."""
-    q = np.concatenate([[0.0], summary["quantiles"], [1.0]])
-    lv = np.concatenate([[0.0], summary["levels"], [1.0]])
-    return float(np.interp(x, np.maximum.accumulate(q), lv))
-
-
-def merge_quantile_summaries(
-    summaries: Sequence[dict], coverage: float = DEFAULT_COVERAGE
-) -> float:
-    """Conformal threshold from the sites' quantile summaries (bisection on the mixed CDF)."""
-    n = sum(int(s["n"]) for s in summaries)
-    level = conformal_level(n, coverage)
-    if level > 1:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        cdf = sum(s["n"] * _cdf(s, mid) for s in summaries) / n
-        lo, hi = (lo, mid) if cdf >= level else (mid, hi)
-    return hi
-
-
 def coverage_and_size(
     probs: np.ndarray, labels: np.ndarray, threshold: float
 ) -> tuple[float, float]:
     """Empirical coverage and mean set size of prediction sets on labelled windows."""
     sets = prediction_set(probs, threshold)
     return float(sets[np.arange(len(labels)), labels].mean()), float(sets.sum(1).mean())
+
+
+# ------------------------------------------------------------------ DP summaries (federated)
+
+
+def secret_rng() -> np.random.Generator:
+    """numpy's PCG64 seeded with 256 bits from ``os.urandom``; the seed is never stored."""
+    return np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
+
+
+def require_patients(n: int) -> None:
+    """Refuse a DP summary of fewer than :data:`MIN_PATIENTS` patients."""
+    if n < MIN_PATIENTS:
+        raise SemioFedError(
+            f"{n} calibration patient(s) with labelled windows: a DP calibration summary needs "
+            f"at least {MIN_PATIENTS} (nothing was released)"
+        )
+
+
+def patient_nll_curve(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One patient's contribution to the temperature summary: its mean clipped NLL per
+    window at each grid temperature, centred and scaled to unit L2 norm."""
+    z = np.asarray(logits, dtype=np.float64)[None] / np.asarray(TEMPERATURE_GRID)[:, None, None]
+    z -= z.max(axis=-1, keepdims=True)
+    log_p = z[:, np.arange(len(labels)), labels] - np.log(np.exp(z).sum(axis=-1))
+    curve = np.minimum(-log_p, NLL_CLIP).mean(axis=1)
+    curve -= curve.mean()
+    norm = float(np.linalg.norm(curve))
+    return curve / norm if norm > 0 else curve
+
+
+def patient_score_histogram(patient_scores: np.ndarray) -> np.ndarray:
+    """One patient's contribution to the conformal summary: its score histogram on
+    :data:`SCORE_EDGES`, normalised to sum 1."""
+    bins = np.searchsorted(SCORE_EDGES, patient_scores, side="right") - 1
+    k = len(SCORE_EDGES) - 1
+    return np.bincount(np.clip(bins, 0, k - 1), minlength=k) / len(bins)
+
+
+def _gaussian(total: np.ndarray, noise_multiplier: float, rng: np.random.Generator) -> list:
+    if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
+        raise SemioFedError(f"noise multiplier must be finite and > 0, got {noise_multiplier}")
+    return [float(v) for v in total + rng.normal(0.0, noise_multiplier, total.shape)]
+
+
+def _header(kind: str, noise_multiplier: float) -> dict:
+    return {
+        "format": SUMMARY_FORMAT,
+        "version": 1,
+        "kind": kind,
+        "privacy_unit": "patient",
+        "mechanism": "sum of per-patient contributions of L2 norm <= 1 + Gaussian noise",
+        "noise_multiplier": float(noise_multiplier),
+    }
+
+
+def dp_temperature_summary(
+    patients: Sequence[tuple[np.ndarray, np.ndarray]],
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> dict:
+    """Round 1 of a site: noisy sum of :func:`patient_nll_curve` over its patients
+    (``(logits, labels)`` of each patient's labelled windows)."""
+    used = [(z, y) for z, y in patients if len(y)]
+    require_patients(len(used))
+    total = np.sum([patient_nll_curve(z, y) for z, y in used], axis=0)
+    return {
+        **_header("temperature", noise_multiplier),
+        "temperatures": list(TEMPERATURE_GRID),
+        "noisy_sums": _gaussian(total, noise_multiplier, rng),
+    }
+
+
+def dp_conformal_summary(
+    patient_scores: Sequence[np.ndarray],
+    temperature: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> dict:
+    """Round 2 of a site: noisy sum of :func:`patient_score_histogram` over its patients
+    (each patient's scores at the merged ``temperature``)."""
+    used = [s for s in patient_scores if len(s)]
+    require_patients(len(used))
+    total = np.sum([patient_score_histogram(s) for s in used], axis=0)
+    return {
+        **_header("conformal", noise_multiplier),
+        "temperature": float(temperature),
+        "edges": list(SCORE_EDGES),
+        "noisy_counts": _gaussian(total, noise_multiplier, rng),
+    }
+
+
+_GRID_FIELDS = {
+    "temperature": ("temperatures", TEMPERATURE_GRID, "noisy_sums"),
+    "conformal": ("edges", SCORE_EDGES, "noisy_counts"),
+}
+
+
+def summary_problem(doc: object, kind: str) -> str | None:
+    """Why ``doc`` is not a DP calibration summary of ``kind`` (None if it is one)."""
+    grid_key, grid, values_key = _GRID_FIELDS[kind]
+    if not isinstance(doc, dict) or doc.get("format") != SUMMARY_FORMAT:
+        return f"not a {SUMMARY_FORMAT} summary"
+    if doc.get("kind") != kind:
+        return f"a {doc.get('kind')!r} summary, expected {kind!r}"
+    if doc.get(grid_key) != list(grid):
+        return f"field '{grid_key}' is not the public grid of this version"
+    values = doc.get(values_key)
+    n_values = len(grid) - (kind == "conformal")
+    if not (
+        isinstance(values, list)
+        and len(values) == n_values
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    ):
+        return f"field '{values_key}' must hold {n_values} finite numbers"
+    if kind == "conformal" and not (
+        isinstance(doc.get("temperature"), int | float) and doc["temperature"] > 0
+    ):
+        return "field 'temperature' must be a positive number"
+    return None
+
+
+def _values(summaries: Sequence[dict], kind: str) -> np.ndarray:
+    values_key = _GRID_FIELDS[kind][2]
+    for i, s in enumerate(summaries):
+        problem = summary_problem(s, kind)
+        if problem:
+            raise SemioFedError(f"summary {i + 1}: {problem}")
+    return np.sum([s[values_key] for s in summaries], axis=0)
+
+
+def merge_temperature(summaries: Sequence[dict]) -> float:
+    """The consortium's temperature from the sites' DP temperature summaries (post-processing)."""
+    total = _values(summaries, "temperature")
+    x = np.log(TEMPERATURE_GRID)
+    smooth = np.polyval(np.polyfit(x, total, 3), x)
+    return TEMPERATURE_GRID[int(np.argmin(smooth))]
+
+
+def merge_conformal(
+    summaries: Sequence[dict], coverage: float = DEFAULT_COVERAGE
+) -> tuple[float, float]:
+    """Conformal threshold and noisy patient count from the sites' DP conformal summaries
+    (post-processing); 1.0 (every class) when the noisy count is too small for ``coverage``."""
+    hist = _values(summaries, "conformal")
+    temps = {float(s["temperature"]) for s in summaries}
+    if len(temps) != 1:
+        raise SemioFedError(f"conformal summaries at different temperatures: {sorted(temps)}")
+    mass = float(hist.sum())
+    level = conformal_level(max(1, round(mass)), coverage)
+    if level > 1:
+        return 1.0, mass
+    tail = np.cumsum(hist[::-1])[::-1]  # tail[b]: mass in bins b, b+1, …
+    over = np.flatnonzero(tail > (1.0 - level) * mass)
+    return SCORE_EDGES[int(over.max()) + 1], mass

@@ -1,0 +1,42 @@
+"""The site's patient-level DP-SGD trainer (:func:`.dp_training.train_local` on a small
+SemioNet) offered to ``semiofed audit attack`` through the ``semiofed.patient_trainers``
+entry point: the empirical audit then tests the mechanism that trains the site's models."""
+
+from __future__ import annotations
+
+import tempfile
+
+from semiofed.privacy.empirical.patient_canary import PatientTrainer, TrainedModel
+from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.shared.dataset import PatientWindows
+from semiofed.shared.model import ModelConfig, SemioNet
+
+from .dp_training import TrainConfig, train_local
+
+AUDIT_MODEL = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
+
+
+def semionet_trainer(
+    noise_multiplier: float, max_grad_norm: float, delta: float, epochs: int
+) -> PatientTrainer:
+    def train(patients: list[PatientWindows], private: bool, seed: int) -> TrainedModel:
+        model = SemioNet(AUDIT_MODEL)
+        cfg = TrainConfig(
+            dp=private,
+            epochs=epochs if private else 4 * epochs,
+            batch_size=16,
+            lr=2e-3 if private else 1e-2,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            delta=delta,
+            augment=False,
+            device="cpu",
+            seed=seed,
+            purpose="empirical audit (synthetic patients)",
+        )
+        with tempfile.TemporaryDirectory() as state:  # a throw-away ledger: no site ε spent
+            ledger = PrivacyLedger(state) if private else None
+            result = train_local(model, patients, cfg, ledger=ledger, progress=False)
+        return TrainedModel(model.eval(), result.epsilon_run if private else None, result.steps)
+
+    return train

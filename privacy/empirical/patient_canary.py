@@ -1,0 +1,122 @@
+"""The one-run canary audit (:mod:`.canary`) at SemioFed's own granularity: each canary is a
+*patient* (a few random windows with one random seizure type), and the model is trained by
+the site's patient-level DP-SGD trainer, not a stand-in.
+
+privacy/ may not import client/, so the trainer is injected: the client declares it in the
+``semiofed.patient_trainers`` entry-point group (``semionet`` →
+``semiofed.client.audit_trainer:semionet_trainer``, which runs ``train_local``) and
+:func:`patient_trainer` finds it there, as the ``semiofed`` command finds its subcommands.
+Every patient is synthetic (no patient data); the membership score of a canary is minus its
+mean type loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from semiofed.shared.analysis.pipeline import predict
+from semiofed.shared.dataset import PatientWindows
+from semiofed.shared.errors import SemioFedError
+from semiofed.shared.features import STREAM_NAMES, STREAM_SHAPES
+from semiofed.shared.labels import CLASSES
+from semiofed.shared.windows import WindowConfig
+
+from .canary import guess_and_bound
+
+TRAINERS_GROUP = "semiofed.patient_trainers"
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    epsilon: float | None  # the trainer's claimed patient-level ε (None without DP)
+    steps: int
+
+
+#: ``trainer(patients, private, seed)``: train a fresh model on ``patients``.
+PatientTrainer = Callable[[list[PatientWindows], bool, int], TrainedModel]
+
+
+def patient_trainer(
+    noise_multiplier: float, max_grad_norm: float, delta: float, epochs: int, name: str = "semionet"
+) -> PatientTrainer:
+    """The trainer a client package declares under :data:`TRAINERS_GROUP`."""
+    found = [ep for ep in entry_points(group=TRAINERS_GROUP) if ep.name == name]
+    if not found:
+        raise SemioFedError(f"no patient-level trainer {name!r} installed ({TRAINERS_GROUP})")
+    return found[0].load()(noise_multiplier, max_grad_norm, delta, epochs)
+
+
+def synthetic_patients(n: int, windows: int, seed: int, prefix: str) -> list[PatientWindows]:
+    """``n`` patients of random unit-variance windows, each with one random seizure type."""
+    rng = np.random.default_rng(seed)
+    cfg = WindowConfig()
+    t = round(cfg.seconds * cfg.fps)
+    out = []
+    for i in range(n):
+        x = {
+            s: rng.normal(size=(windows, t, *STREAM_SHAPES[s])).astype(np.float32)
+            for s in STREAM_NAMES
+        }
+        mask = {s: np.ones((windows, t), np.float32) for s in STREAM_NAMES}
+        out.append(
+            PatientWindows(
+                site="audit",
+                patient=f"{prefix}-{i:04d}",
+                x=x,
+                mask=mask,
+                y_detect=np.ones(windows, np.int64),
+                y_type=np.full(windows, rng.integers(1, len(CLASSES)), np.int64),
+                lateralization=np.full(windows, "unknown", "<U9"),
+                t0=np.arange(windows, dtype=np.float64),
+                recording=np.full(windows, f"{prefix}-{i:04d}", "<U64"),
+            )
+        )
+    return out
+
+
+def patient_loss(model: nn.Module, p: PatientWindows) -> float:
+    """Mean cross-entropy of the type head over the patient's windows."""
+    logits = predict(model, p.x, p.mask)["type_logits"].astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(p)), p.y_type].mean())
+
+
+def run_patient_canary_audit(
+    trainer: PatientTrainer,
+    private: bool,
+    delta: float,
+    n_train: int = 200,
+    canaries: int = 400,
+    guesses: int = 80,
+    windows: int = 2,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train once on synthetic patients plus a random half of the canary patients; bound the
+    patient-level ε from below."""
+    if guesses % 2 or guesses > canaries:
+        raise ValueError("guesses must be even and at most the number of canaries")
+    base = synthetic_patients(n_train, windows, seed, "base")
+    canary = synthetic_patients(canaries, windows, seed + 7, "canary")
+    included = np.random.default_rng(seed + 11).random(canaries) < 0.5
+    members = [c for c, inc in zip(canary, included, strict=True) if inc]
+    trained = trainer([*base, *members], private, seed)
+    score = -np.array([patient_loss(trained.model, c) for c in canary])
+    return {
+        "attack": "patient_canary_one_run",
+        "privacy_unit": "patient",
+        "private": private,
+        "claimed_epsilon": trained.epsilon,
+        "delta": delta,
+        "steps": trained.steps,
+        "n_train": n_train,
+        **guess_and_bound(score, included, guesses, delta, confidence, trained.epsilon),
+    }

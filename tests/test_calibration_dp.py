@@ -1,0 +1,134 @@
+"""`semiofed site calibrate --share/--merge-*` on a real site folder: each summary is a DP
+release charged to the site's ledger and recorded in its signed audit trail; too few
+patients, no budget or an exhausted budget release nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from semiofed.client.train_cli import save_model
+from semiofed.privacy.accounting import epsilon
+from semiofed.privacy.audit_trail import read_entries, site_trail, verify
+from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.cli import main
+from semiofed.shared.model import ModelConfig, SemioNet
+from semiofed.shared.synth import generate_consortium
+from semiofed.shared.windows import WindowConfig
+
+DELTA = 1e-5
+PATIENTS = cal.MIN_PATIENTS + 1
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two synthetic sites of 21 one-minute patients and a small (untrained) model."""
+    root = tmp_path_factory.mktemp("dpcal")
+    generate_consortium(
+        root / "data", sites=2, patients_per_site=PATIENTS, minutes_per_patient=1, seed=4, workers=1
+    )
+    torch.manual_seed(0)
+    mcfg = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
+    save_model(root / "model", SemioNet(mcfg), mcfg, WindowConfig())
+    out: dict = {"model": root / "model"}
+    for s in ("a", "b"):
+        data = root / "data" / ("site-01" if s == "a" else "site-02")
+        out[s] = (data, sorted(p.name for p in data.iterdir() if p.is_dir()))
+    return out
+
+
+def _state(tmp_path: Path, name: str, budget: float) -> Path:
+    state = tmp_path / name
+    PrivacyLedger(state).set_budget(budget, DELTA, "rdp")
+    return state
+
+
+def _base(site: dict, name: str, held: list[str] | None = None) -> list[str]:
+    data, patients = site[name]
+    argv = ["site", "calibrate", "--model", str(site["model"]), "--data", str(data)]
+    return [*argv, "--held-out", *(held or patients), "--device", "cpu"]
+
+
+def _share(
+    site: dict, name: str, state: Path, out: Path, *extra: str, held: list[str] | None = None
+) -> int:
+    argv = [*_base(site, name, held), "--state", str(state), "--summary-out", str(out)]
+    return main([*argv, *extra])
+
+
+def test_federated_dp_calibration_is_charged_recorded_and_merged(
+    site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    states = {s: _state(tmp_path, f"state-{s}", 20.0) for s in ("a", "b")}
+    for s in ("a", "b"):
+        assert _share(site, s, states[s], tmp_path / f"t-{s}.json", "--share", "temperature") == 0
+    printed = capsys.readouterr().out
+    assert "charged to" in printed and "privacy unit: patient" in printed
+    assert main(["site", "calibrate", "--merge-temperature", *(str(tmp_path / f"t-{s}.json") for s in "ab")]) == 0  # fmt: skip
+    t = capsys.readouterr().out.split("merged temperature:")[1].split()[0]
+    for s in ("a", "b"):
+        argv = ["--share", "conformal", "--temperature", t]
+        assert _share(site, s, states[s], tmp_path / f"c-{s}.json", *argv) == 0
+
+    eps_one = epsilon([(cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)], DELTA, "rdp")
+    ledger = PrivacyLedger(states["a"])
+    runs = ledger.load()["runs"]
+    assert [r["purpose"] for r in runs] == [
+        "calibration summary: temperature",
+        "calibration summary: conformal",
+    ]
+    assert all(r["privacy_unit"] == "patient" and r["status"] == "completed" for r in runs)
+    assert ledger.history() == [(cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)] * 2
+    assert ledger.spent() == pytest.approx(epsilon(ledger.history(), DELTA, "rdp"))
+    assert ledger.spent() > eps_one > 0
+
+    # what left site a is exactly what its signed trail recorded, with its ε
+    assert verify(site_trail(states["a"]).path).ok
+    released = [
+        e for e in read_entries(site_trail(states["a"]).path) if e["kind"] == "summary_released"
+    ]
+    files = [json.loads((tmp_path / f"{k}-a.json").read_text()) for k in "tc"]
+    assert [e["payload"]["summary"] for e in released] == files
+    for f in files:
+        assert f["epsilon"] == pytest.approx(eps_one) and f["delta"] == DELTA
+        assert not {"n", "nll", "quantiles", "levels"} & set(f)  # no count, no raw statistic
+
+    merged = tmp_path / "calibration.json"
+    argv = [*_base(site, "a"), "--temperature", t, "--out", str(merged), "--merge-conformal"]
+    assert main([*argv, *(str(tmp_path / f"c-{s}.json") for s in "ab")]) == 0
+    calib = json.loads(merged.read_text())
+    assert (
+        calib["temperature"] == pytest.approx(float(t))
+        and 0.0 < calib["conformal_threshold"] <= 1.0
+    )
+    assert calib["source"].startswith("federated (DP): 2 sites")
+
+
+def test_too_few_patients_no_budget_and_over_budget_release_nothing(
+    site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "t.json"
+    few = site["a"][1][: cal.MIN_PATIENTS - 1]
+    state = _state(tmp_path, "state", 20.0)
+    assert _share(site, "a", state, out, "--share", "temperature", held=few) == 2
+    assert f"needs at least {cal.MIN_PATIENTS}" in capsys.readouterr().err
+    assert PrivacyLedger(state).load()["runs"] == []
+
+    unbudgeted = tmp_path / "no-budget"
+    assert _share(site, "a", unbudgeted, out, "--share", "temperature") == 2
+    assert "no site budget" in capsys.readouterr().err
+
+    poor = _state(tmp_path, "poor", 0.5)  # one summary at σ = 3 costs ε ≈ 1.4 at δ = 1e-5
+    assert _share(site, "a", poor, out, "--share", "temperature") == 2
+    assert "privacy budget exceeded" in capsys.readouterr().err
+    assert [r["status"] for r in PrivacyLedger(poor).load()["runs"]] == ["refused"]
+    assert PrivacyLedger(poor).history() == []
+    assert not out.exists()
+    trail = site_trail(poor).path
+    assert not trail.exists() or not any(
+        e["kind"] == "summary_released" for e in read_entries(trail)
+    )
