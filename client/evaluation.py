@@ -1,29 +1,80 @@
-"""Evaluate a model on held-out patients: window metrics and SzCORE event metrics.
+"""Evaluate a detector on held-out patients: window metrics and SzCORE event metrics.
 
-Event metrics: per recording, hypothesis events come from the detection probabilities by
-:func:`~semiofed.shared.metrics.windows_to_events`; reference events are the recording's
-events.tsv when given (``ref_events``), otherwise reconstructed the same way from the
-windows' labels (exact to within one hop for events longer than half a window). The
-recording's duration is taken as the end of its last window.
+Any detector can be scored: a model (:func:`evaluate`), the motion-energy baseline or the
+reference detectors of :mod:`semiofed.shared.baseline` (:func:`evaluate_scores`), all
+through the same code, so their figures can stand side by side.
+
+Event metrics: per recording, hypothesis events come from the per-window detection scores
+by :func:`~semiofed.shared.metrics.windows_to_events` at the decision threshold, with the
+post-processing ``site analyze`` uses (detections less than 5 s apart joined, detections
+shorter than 2 s dropped). Reference events and the recording's duration come from the
+recording (:func:`recording_refs`: its events.tsv, and its frames ÷ fps). Without them the
+reference is reconstructed from the windows' labels (exact to within one hop for events
+longer than half a window) and the duration is the last window start plus one hop, which
+is within one hop of the truth (windows start every hop until the last frame).
+
+Decision threshold: :func:`choose_threshold` on validation patients (see
+:func:`~semiofed.shared.metrics.select_threshold`); ``DEFAULT_THRESHOLD`` without them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from semiofed.shared.dataset import PatientWindows, WindowDataset, collate
-from semiofed.shared.events import Event
-from semiofed.shared.metrics import score_events, window_metrics, windows_to_events
+from semiofed.shared.analysis.pipeline import AnalysisConfig
+from semiofed.shared.dataset import (
+    PatientWindows,
+    WindowDataset,
+    collate,
+    events_path,
+    patient_folders,
+)
+from semiofed.shared.events import Event, read_events
+from semiofed.shared.metrics import (
+    DEFAULT_THRESHOLD,
+    score_events,
+    select_threshold,
+    window_metrics,
+    windows_to_events,
+)
 from semiofed.shared.model import resolve_device
+from semiofed.shared.recording import SUFFIX, read_header
 from semiofed.shared.windows import WindowConfig
 
 RecordingKey = tuple[str, str, str]  # (site, patient, recording id)
 DEFAULT_WINDOW = WindowConfig()
+DETECTION = AnalysisConfig()  # merge_gap_s, min_event_s: the same events as `site analyze`
+
+
+@dataclass(frozen=True)
+class RecordingRef:
+    """What the evaluation needs to know about a recording beyond its windows."""
+
+    events: list[Event]
+    duration: float  # seconds: frames ÷ fps
+    path: Path
+
+
+def recording_refs(
+    site_dir: Path, patients: Sequence[PatientWindows], extra_dirs: Sequence[Path] = ()
+) -> dict[RecordingKey, RecordingRef]:
+    """events.tsv and duration of every recording of ``patients`` (keys as in the windows)."""
+    folders = patient_folders(Path(site_dir), extra_dirs)
+    out: dict[RecordingKey, RecordingRef] = {}
+    for pw in patients:
+        for path in sorted(p for pdir in folders[pw.patient] for p in pdir.rglob("*" + SUFFIX)):
+            header = read_header(path)
+            out[(pw.site, pw.patient, path.name[: -len(SUFFIX)])] = RecordingRef(
+                read_events(events_path(path)), header["n_frames"] / header["fps"], path
+            )
+    return out
 
 
 @torch.no_grad()
@@ -47,32 +98,69 @@ def predict(
     return {"detect_prob": np.concatenate(probs), "type_pred": np.concatenate(types)}
 
 
+def choose_threshold(
+    model: nn.Module, val_patients: list[PatientWindows], device: str = "auto"
+) -> float:
+    """The decision threshold picked on validation patients (DEFAULT_THRESHOLD without any)."""
+    if not val_patients:
+        return DEFAULT_THRESHOLD
+    prob = predict(model, val_patients, device)["detect_prob"]
+    return select_threshold(np.concatenate([p.y_detect for p in val_patients]), prob)
+
+
 def event_metrics(
     patients: list[PatientWindows],
-    detect_prob: np.ndarray,
+    detect_score: np.ndarray,
     window: WindowConfig = DEFAULT_WINDOW,
-    threshold: float = 0.5,
-    ref_events: Mapping[RecordingKey, list[Event]] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    refs: Mapping[RecordingKey, RecordingRef] | None = None,
 ) -> dict[str, Any]:
-    """SzCORE event metrics summed over every recording of ``patients``."""
+    """SzCORE event and sample metrics summed over every recording of ``patients``."""
     recordings = []
     start = 0
     for pw in patients:
-        probs = detect_prob[start : start + len(pw)]
+        scores = detect_score[start : start + len(pw)]
         start += len(pw)
         for rec in dict.fromkeys(pw.recording.tolist()):
             sel = pw.recording == rec
             t0 = pw.t0[sel]
-            hyp = windows_to_events(t0, probs[sel], window.seconds, window.hop, threshold)
-            key = (pw.site, pw.patient, rec)
-            if ref_events is not None and key in ref_events:
-                ref = ref_events[key]
+            hyp = windows_to_events(
+                t0,
+                scores[sel],
+                window.seconds,
+                window.hop,
+                threshold,
+                merge_gap_s=DETECTION.merge_gap_s,
+                min_event_s=DETECTION.min_event_s,
+            )
+            ref = refs.get((pw.site, pw.patient, rec)) if refs is not None else None
+            if ref is not None:
+                recordings.append((ref.events, hyp, ref.duration))
             else:
-                ref = windows_to_events(
-                    t0, pw.y_detect[sel].astype(float), window.seconds, window.hop, 0.5
-                )
-            recordings.append((ref, hyp, float(t0.max()) + window.seconds))
+                labels = pw.y_detect[sel].astype(float)
+                derived = windows_to_events(t0, labels, window.seconds, window.hop, 0.5)
+                recordings.append((derived, hyp, float(t0.max()) + window.hop))
     return score_events(recordings)
+
+
+def evaluate_scores(
+    patients: list[PatientWindows],
+    detect_score: np.ndarray,
+    type_pred: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    events: bool = True,
+    window: WindowConfig = DEFAULT_WINDOW,
+    refs: Mapping[RecordingKey, RecordingRef] | None = None,
+) -> dict[str, Any]:
+    """Window metrics (and, with ``events``, event metrics under ``"events"``) of any
+    detector's per-window scores and type predictions, in WindowDataset order."""
+    y_type = np.concatenate([p.y_type for p in patients])
+    y_detect = np.concatenate([p.y_detect for p in patients])
+    out: dict[str, Any] = window_metrics(y_type, type_pred, y_detect, detect_score, threshold)
+    out["patients"] = len(patients)
+    if events:
+        out["events"] = event_metrics(patients, detect_score, window, threshold, refs)
+    return out
 
 
 def evaluate(
@@ -80,18 +168,28 @@ def evaluate(
     patients: list[PatientWindows],
     device: str = "auto",
     events: bool = True,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     window: WindowConfig = DEFAULT_WINDOW,
-    ref_events: Mapping[RecordingKey, list[Event]] | None = None,
+    refs: Mapping[RecordingKey, RecordingRef] | None = None,
 ) -> dict[str, Any]:
-    """Window metrics (and, with ``events``, event metrics under ``"events"``) on ``patients``."""
+    """:func:`evaluate_scores` of ``model`` on ``patients``."""
     pred = predict(model, patients, device)
-    y_type = np.concatenate([p.y_type for p in patients])
-    y_detect = np.concatenate([p.y_detect for p in patients])
-    out: dict[str, Any] = window_metrics(
-        y_type, pred["type_pred"], y_detect, pred["detect_prob"], threshold
+    return evaluate_scores(
+        patients, pred["detect_prob"], pred["type_pred"], threshold, events, window, refs
     )
-    out["patients"] = len(patients)
-    if events:
-        out["events"] = event_metrics(patients, pred["detect_prob"], window, threshold, ref_events)
-    return out
+
+
+def summary_line(m: Mapping[str, Any]) -> str:
+    """One line of the figures every quality summary shows together: AUROC, type macro-F1,
+    and event sensitivity only beside false alarms/h and specificity."""
+    ev = m.get("events", {})
+    parts = [f"AUROC {m['auroc_seizure']:.3f}", f"type macro-F1 {m['macro_f1']:.3f}"]
+    if ev:
+        parts.append(
+            f"event sensitivity {ev['sensitivity']:.3f} at {ev['false_alarms_per_hour_unmerged']:.2f} "
+            f"false alarms/h (unmerged; SzCORE {ev['false_alarms_per_hour']:.2f}/h), "
+            f"specificity {ev['specificity']:.3f} on {ev['background_hours']:.2f} h of background"
+        )
+    else:
+        parts.append(f"window specificity {m['detect_specificity']:.3f}")
+    return ", ".join(parts) + f" (threshold {m['threshold']:.2f})"

@@ -16,12 +16,8 @@ from .analyze_cli import REVIEWED_DATA
 if TYPE_CHECKING:  # torch and opacus load only when the command runs
     import torch
 
-    from semiofed.shared.dataset import PatientWindows
-    from semiofed.shared.events import Event
     from semiofed.shared.model import ModelConfig
     from semiofed.shared.windows import WindowConfig
-
-    from .evaluation import RecordingKey
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +31,10 @@ released, and a run that would push the site's cumulative ε over its budget is 
 before any training, saying what remains and what would fit.
 
 Patients are split (by patient, never by window) into train / validation (best-epoch
-selection) / test (the metrics in metrics.json).
+selection and the decision threshold: the best window F1 on a fixed grid; without
+validation patients the threshold is the fixed 0.5) / test (the metrics in metrics.json:
+window metrics, per-class F1, confusion matrix, SzCORE event and sample scoring, false
+alarms per hour on unmerged detections, specificity on background time).
 
 Writes RUN_DIR/model.safetensors, model_config.json and metrics.json.
 
@@ -148,9 +147,9 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "--val-fraction",
         type=float,
         default=None,
-        help="patients held out for best-epoch selection (default: 0.15 with --no-dp; 0 with "
-        "DP, where the last epoch is kept, because choosing an epoch on validation patients "
-        "is not covered by ε)",
+        help="patients held out for best-epoch selection and the decision threshold (default: "
+        "0.15 with --no-dp; 0 with DP, where the last epoch and the threshold 0.5 are kept, "
+        "because choosing them on validation patients is not covered by ε)",
     )
     p.add_argument(
         "--test-fraction",
@@ -167,22 +166,6 @@ def register(cmds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-
-
-def _recording_events(
-    site_dir: Path, extra_dirs: list[Path], patients: list[PatientWindows]
-) -> dict[RecordingKey, list[Event]]:
-    """events.tsv of every recording of ``patients``, keyed like :mod:`.evaluation` wants."""
-    from semiofed.shared.dataset import events_path, patient_folders
-    from semiofed.shared.events import read_events
-    from semiofed.shared.recording import SUFFIX
-
-    folders = patient_folders(site_dir, extra_dirs)
-    out: dict[RecordingKey, list[Event]] = {}
-    for pw in patients:
-        for path in (p for pdir in folders[pw.patient] for p in pdir.rglob("*" + SUFFIX)):
-            out[(pw.site, pw.patient, path.name[: -len(SUFFIX)])] = read_events(events_path(path))
-    return out
 
 
 def save_model(
@@ -226,7 +209,7 @@ def _train(args: argparse.Namespace) -> int:
     from semiofed.shared.windows import WindowConfig
 
     from .dp_training import TrainConfig, train_local
-    from .evaluation import evaluate
+    from .evaluation import choose_threshold, evaluate, recording_refs, summary_line
 
     data, out = Path(args.data), Path(args.out)
     ledger: PrivacyLedger | None = None
@@ -282,12 +265,14 @@ def _train(args: argparse.Namespace) -> int:
     result = train_local(
         model, train, cfg, ledger, progress=not args.no_progress, val_patients=val or None
     )
+    threshold = choose_threshold(model, val, args.device)
     test_metrics = evaluate(
         model,
         test,
         device=args.device,
+        threshold=threshold,
         window=wcfg,
-        ref_events=_recording_events(data, reviewed, test),
+        refs=recording_refs(data, test, reviewed),
     )
     save_model(out, model, mcfg, wcfg)
     privacy: dict[str, Any] = {"dp": cfg.dp}
@@ -308,8 +293,8 @@ def _train(args: argparse.Namespace) -> int:
         )
         if val:
             privacy["model_selection_warning"] = (
-                f"the best epoch was chosen on {len(val)} validation patient(s): that choice is "
-                "not covered by ε"
+                f"the best epoch and the decision threshold were chosen on {len(val)} "
+                "validation patient(s): those choices are not covered by ε"
             )
         if result.privacy_unit == "window":
             privacy["warning"] = "window-level DP protects single 5-s windows, not patients"
@@ -335,12 +320,17 @@ def _train(args: argparse.Namespace) -> int:
             "history": result.history,
         },
         "validation": result.val_metrics,
+        "threshold": {
+            "value": threshold,
+            "chosen_on": f"{len(val)} validation patients (best window F1 on a fixed grid)"
+            if val
+            else "no validation patients: the fixed default",
+        },
         "test": test_metrics,
     }
     atomic_write_json(out / "metrics.json", json_safe(metrics))
     if ledger is not None:
         site_audit.record_budget(Path(args.state))
-    ev = test_metrics["events"]
     eps = (
         f"ε = {result.epsilon_total:.3f} cumulative at δ={result.delta:g} ({result.accountant}, {result.privacy_unit} level; "
         f"this run {result.epsilon_run:.3f})"
@@ -349,8 +339,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(
         f"trained {result.steps} steps on {len(train)} patients ({eps}); test on {len(test)} patients: "
-        f"macro-F1 {test_metrics['macro_f1']:.3f}, AUROC {test_metrics['auroc_seizure']:.3f}, "
-        f"event sensitivity {ev['sensitivity']:.3f}, false alarms/h {ev['false_alarms_per_hour']:.2f}\n"
+        f"{summary_line(test_metrics)}\n"
         f"wrote {out / 'model.safetensors'}, {out / 'metrics.json'}"
     )
     return 0

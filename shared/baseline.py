@@ -1,8 +1,13 @@
-"""Motion-energy threshold baseline: flag a window when the keypoints move a lot.
+"""The references every learned detector is shown beside.
 
-The naive reference every learned model must beat: per-window mean speed of all detected
-keypoints, one threshold chosen on training patients (maximising balanced accuracy),
-applied to held-out patients. Target: event of interest (any seizure or PNES) vs background.
+* Motion-energy threshold baseline: flag a window when the keypoints move a lot. Per-window
+  mean speed of all detected keypoints, one threshold chosen on training or validation
+  patients (the same F1 criterion as the models' threshold,
+  :func:`~semiofed.shared.metrics.select_threshold`), applied to held-out patients. Target:
+  event of interest (any seizure or PNES) vs background.
+* Detectors that know nothing (:func:`reference_detector`): flag everything, a coin flip
+  per window, and a random 10 % of windows. Flagged windows get a uniformly random seizure
+  type. A metric on which one of them scores like a trained model measures nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from collections.abc import Iterable
 import numpy as np
 
 from .events import Event
-from .labels import is_event_of_interest
+from .labels import CLASS_INDEX, CLASSES, is_event_of_interest
+from .metrics import select_threshold
 from .recording import STREAMS, Recording
 
 WINDOW_S = 4.0
 HOP_S = 2.0
+#: Reference detectors: name -> fraction of windows flagged.
+REFERENCE_DETECTORS = {"flag everything": 1.0, "coin flip": 0.5, "random 10 %": 0.1}
 
 
 def motion_energy(rec: Recording, fps: float | None = None) -> np.ndarray:
@@ -77,7 +85,8 @@ def macro_f1(pred: np.ndarray, label: np.ndarray) -> float:
 
 
 def fit_threshold(energy: np.ndarray, label: np.ndarray) -> float:
-    """Threshold on window energy that maximises balanced accuracy on the training windows."""
+    """Threshold on window energy with the best detection F1 on the given windows, among
+    513 quantiles of their energies."""
     energy = np.asarray(energy, dtype=np.float64)
     label = np.asarray(label, dtype=bool)
     if not label.any() or label.all():
@@ -85,8 +94,29 @@ def fit_threshold(energy: np.ndarray, label: np.ndarray) -> float:
     if not np.isfinite(energy).all():
         raise ValueError("fit_threshold: window energies must be finite (an empty window?)")
     candidates = np.unique(np.quantile(energy, np.linspace(0.0, 1.0, 513)))
-    scores = [balanced_accuracy(energy >= c, label) for c in candidates]
-    return float(candidates[int(np.argmax(scores))])
+    return select_threshold(label, energy, tuple(candidates.tolist()))
+
+
+def window_energy(rec: Recording, t0: np.ndarray, window_s: float) -> np.ndarray:
+    """Mean motion energy of ``rec`` over each window ``[t0, t0 + window_s)`` (the part
+    inside the recording; 0 for a window holding no frame), for scoring the baseline on a
+    model's own windows."""
+    energy = motion_energy(rec)
+    csum = np.concatenate([[0.0], np.cumsum(energy)])
+    a = np.clip(np.round(np.asarray(t0) * rec.fps).astype(np.int64), 0, rec.n_frames)
+    b = np.clip(np.round((np.asarray(t0) + window_s) * rec.fps).astype(np.int64), 0, rec.n_frames)
+    return np.divide(csum[b] - csum[a], b - a, out=np.zeros(len(a)), where=b > a)
+
+
+def reference_detector(
+    name: str, n_windows: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(detection scores in {0, 1}, type predictions) of a detector that knows nothing;
+    ``name`` is a key of REFERENCE_DETECTORS. Any threshold in (0, 1] gives its decisions."""
+    flagged = rng.random(n_windows) < REFERENCE_DETECTORS[name]
+    seizure_types = [i for i, c in enumerate(CLASSES) if c != "bckg"]
+    types = np.where(flagged, rng.choice(seizure_types, n_windows), CLASS_INDEX["bckg"])
+    return flagged.astype(np.float64), types.astype(np.int64)
 
 
 def predict(energy: np.ndarray, threshold: float) -> np.ndarray:

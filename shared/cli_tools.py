@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="minutes of video per patient (default 30)",
     )
+    p.add_argument(
+        "--seizure-free-fraction",
+        type=float,
+        default=None,
+        help="fraction of each site's patients with no event, monitored 3x as long (default 0.15)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: all cores)")
     p.set_defaults(func=_synth)
@@ -41,6 +47,11 @@ def _synth(args: argparse.Namespace) -> int:
         minutes_per_patient=args.minutes_per_patient,
         seed=args.seed,
         workers=args.workers or None,
+        **(
+            {}
+            if args.seizure_free_fraction is None
+            else {"seizure_free_fraction": args.seizure_free_fraction}
+        ),
     )
     print(summary.table())
     return 0

@@ -1,24 +1,40 @@
-"""Window-level and event-level metrics.
+"""Window-level and event-level metrics, and the choice of the decision threshold.
 
 Window level: macro-F1 and balanced accuracy of the seizure-type head (averaged over the
 classes present in the reference or the predictions, like scikit-learn's default),
-per-class recall, and AUROC of seizure-vs-background probabilities.
+per-class recall and F1, the confusion matrix, AUROC of seizure-vs-background scores, and
+detection sensitivity / specificity at the decision threshold.
 
-Event level: SzCORE event scoring by the ``timescoring`` package with its default
-parameters (30 s tolerance before and 60 s after an event, any overlap counts, events
-closer than 90 s merged, events longer than 5 min split). Results over several
-recordings are summed (true/false detections, reference events, hours) before the rates
-are computed, as SzCORE does. Onset latency, which ``timescoring`` does not report, is
-computed from its matched events: for every detected reference event, the onset of the
-first hypothesis event overlapping the tolerance-extended reference event minus the
-reference onset (negative = early).
+Event level, per recording, with the ``timescoring`` package (SzCORE):
+
+* **event scoring** with its default parameters (30 s tolerance before and 60 s after an
+  event, any overlap counts, events closer than 90 s merged, events longer than 5 min
+  split): sensitivity, precision, F1, false alarms per hour;
+* **false alarms per hour on unmerged detections**: the same matching, but hypothesis
+  events are not merged (only split at 5 min), so every separate detection that touches no
+  tolerance-extended reference event is one false alarm. SzCORE's merging lets a detector
+  that flags scattered windows count a whole burst as one alarm; this figure does not;
+* **sample-based scoring** (10 Hz): sensitivity, precision and F1 over time, and
+  **specificity** = the fraction of background time (outside reference events) not flagged.
+
+Results over several recordings are summed (detections, reference events, seconds) before
+the rates are computed, as SzCORE does. A recording's duration is the recording's own (its
+frames ÷ fps), never inferred from the detections. Onset latency, which ``timescoring``
+does not report, is computed from its matched events: for every detected reference event,
+the onset of the first hypothesis event overlapping the tolerance-extended reference event
+minus the reference onset (negative = early).
+
+Decision threshold: :func:`select_threshold` picks, on validation patients, the point of a
+fixed public grid that maximises a window criterion. It is deliberately one small function
+over per-threshold counts (:func:`threshold_counts`), so that a private variant (noisy
+counts, or a data-independent rule) can replace it without touching the metrics.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -26,6 +42,9 @@ from .events import Event
 from .labels import CLASSES, IGNORE_INDEX, is_event_of_interest
 
 SCORING_FS = 10  # Hz; the resolution EventScoring works at
+#: Candidate decision thresholds (public, data-independent).
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+DEFAULT_THRESHOLD = 0.5  # the rule when there are no validation patients
 
 
 def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -53,11 +72,13 @@ def window_metrics(
     keep = y_type != IGNORE_INDEX
     yt, yp = y_type[keep], type_pred[keep]
     present = sorted(set(yt.tolist()) | set(yp.tolist()))
-    f1s, recalls = [], {}
+    confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+    np.add.at(confusion, (yt, yp), 1)
+    f1s, recalls = {}, {}
     for c in present:
-        tp = int(np.sum((yt == c) & (yp == c)))
-        n_true, n_pred = int(np.sum(yt == c)), int(np.sum(yp == c))
-        f1s.append(2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0)
+        tp = int(confusion[c, c])
+        n_true, n_pred = int(confusion[c].sum()), int(confusion[:, c].sum())
+        f1s[CLASSES[c]] = 2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0
         if n_true:
             recalls[CLASSES[c]] = tp / n_true
     y_detect = np.asarray(y_detect).astype(int)
@@ -68,13 +89,50 @@ def window_metrics(
     return {
         "windows": len(y_detect),
         "type_windows": int(keep.sum()),
-        "macro_f1": float(np.mean(f1s)) if f1s else math.nan,
+        "macro_f1": float(np.mean(list(f1s.values()))) if f1s else math.nan,
         "balanced_accuracy": float(np.mean(list(recalls.values()))) if recalls else math.nan,
         "per_class_recall": recalls,
+        "per_class_f1": f1s,
+        # rows: reference class, columns: predicted class, both in CLASSES order
+        "confusion": {"classes": list(CLASSES), "counts": confusion.tolist()},
+        "threshold": float(threshold),
         "auroc_seizure": auroc(y_detect, detect_prob),
         "detect_sensitivity": sens,
         "detect_specificity": spec,
     }
+
+
+def threshold_counts(
+    y_detect: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    grid: Sequence[float] = THRESHOLD_GRID,
+) -> np.ndarray:
+    """(len(grid), 4) window counts ``[tp, fn, fp, tn]`` of the rule ``score >= t`` per ``t``."""
+    y = np.asarray(y_detect).astype(bool)
+    s = np.asarray(scores, dtype=float)
+    flagged = s[None, :] >= np.asarray(grid, dtype=float)[:, None]
+    tp, fp = (flagged & y).sum(1), (flagged & ~y).sum(1)
+    return np.stack([tp, y.sum() - tp, fp, (~y).sum() - fp], axis=1)
+
+
+def select_threshold(
+    y_detect: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    grid: Sequence[float] = THRESHOLD_GRID,
+) -> float:
+    """The grid threshold with the best detection F1 on (validation) windows.
+
+    F1 rather than balanced accuracy: seizure windows are rare, and balanced accuracy's
+    optimum sits low, where background windows raise false alarms. Ties go to the higher
+    threshold; with no seizure window at all the rule falls back to DEFAULT_THRESHOLD.
+    """
+    counts = threshold_counts(y_detect, scores, grid)
+    tp, fn, fp = counts[:, 0], counts[:, 1], counts[:, 2]
+    if not (tp + fn).any():
+        return DEFAULT_THRESHOLD
+    f1 = np.divide(2 * tp, 2 * tp + fn + fp, out=np.zeros(len(grid)), where=2 * tp + fn + fp > 0)
+    best = np.flatnonzero(f1 == f1.max())[-1]
+    return float(grid[best])
 
 
 def windows_to_events(
@@ -84,97 +142,136 @@ def windows_to_events(
     hop_s: float,
     threshold: float = 0.5,
     event_type: str = "sz",
+    merge_gap_s: float = 0.0,
+    min_event_s: float = 0.0,
 ) -> list[Event]:
     """Turn per-window probabilities into events.
 
     Each window speaks for the hop-long segment at its centre
     (``[t0 + window/2 - hop/2, t0 + window/2 + hop/2)``); consecutive segments at or above
     ``threshold`` form one event, whose confidence is its highest window probability.
+    Events less than ``merge_gap_s`` apart are then joined, and events shorter than
+    ``min_event_s`` dropped.
     """
     t0, probs = np.asarray(t0, dtype=float), np.asarray(probs, dtype=float)
     order = np.argsort(t0)
-    events: list[Event] = []
-    start = end = peak = None
+    runs: list[list[float]] = []  # [onset, offset, peak]
     for t, p in zip(t0[order], probs[order], strict=True):
+        if p < threshold:
+            continue
         seg_on = t + window_s / 2 - hop_s / 2
-        seg_off = seg_on + hop_s
-        if p >= threshold:
-            if start is not None and seg_on <= end + 1e-6:
-                end, peak = seg_off, max(peak, p)
-            else:
-                if start is not None:
-                    events.append(Event(start, end - start, event_type, None, float(peak)))
-                start, end, peak = max(0.0, seg_on), seg_off, p
-    if start is not None:
-        events.append(Event(start, end - start, event_type, None, float(peak)))
-    return events
+        if runs and seg_on - runs[-1][1] < max(merge_gap_s, 1e-6):
+            runs[-1][1], runs[-1][2] = seg_on + hop_s, max(runs[-1][2], p)
+        else:
+            runs.append([max(0.0, seg_on), seg_on + hop_s, p])
+    return [
+        Event(on, off - on, event_type, None, float(peak))
+        for on, off, peak in runs
+        if off - on >= min_event_s
+    ]
 
 
-def _intervals(events: Iterable[Event]) -> list[tuple[float, float]]:
-    return sorted((e.onset, e.offset) for e in events if is_event_of_interest(e.event_type))
+def _intervals(events: Iterable[Event], duration_s: float) -> list[tuple[float, float]]:
+    return sorted(
+        (e.onset, min(e.offset, duration_s))
+        for e in events
+        if is_event_of_interest(e.event_type) and e.onset < duration_s
+    )
 
 
 @dataclass
 class EventCounts:
+    """Counts of one or more recordings; :meth:`summary` turns them into rates."""
+
     ref_events: int = 0
     true_detections: int = 0
-    false_detections: int = 0
+    false_detections: int = 0  # SzCORE (hypothesis events merged within 90 s)
+    false_detections_unmerged: int = 0
     seconds: float = 0.0
-    latencies: list[float] | None = None
+    event_seconds: float = 0.0  # reference event time
+    flagged_event_seconds: float = 0.0  # reference event time the hypothesis flags
+    flagged_background_seconds: float = 0.0  # background time the hypothesis flags
+    recordings: int = 0
+    recordings_without_events: int = 0
+    latencies: list[float] = field(default_factory=list)
 
     def add(self, other: EventCounts) -> None:
-        self.ref_events += other.ref_events
-        self.true_detections += other.true_detections
-        self.false_detections += other.false_detections
-        self.seconds += other.seconds
-        self.latencies = (self.latencies or []) + (other.latencies or [])
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def summary(self) -> dict[str, float | int]:
         tp, fp, n = self.true_detections, self.false_detections, self.ref_events
-        lat = self.latencies or []
+        lat = self.latencies
         hours = self.seconds / 3600
+        background = self.seconds - self.event_seconds
+        flagged = self.flagged_event_seconds + self.flagged_background_seconds
+
+        def ratio(a: float, b: float) -> float:
+            return a / b if b else math.nan
+
         return {
+            "recordings": self.recordings,
+            "recordings_without_events": self.recordings_without_events,
+            "hours": hours,
+            "background_hours": background / 3600,
             "ref_events": n,
             "true_detections": tp,
             "false_detections": fp,
-            "hours": hours,
-            "sensitivity": tp / n if n else math.nan,
-            "precision": tp / (tp + fp) if tp + fp else math.nan,
+            "false_detections_unmerged": self.false_detections_unmerged,
+            "sensitivity": ratio(tp, n),
+            "precision": ratio(tp, tp + fp),
             "f1": 2 * tp / (2 * tp + fp + (n - tp)) if n + fp else math.nan,
-            "false_alarms_per_hour": fp / hours if hours else math.nan,
+            "false_alarms_per_hour": ratio(fp, hours),
+            "false_alarms_per_hour_unmerged": ratio(self.false_detections_unmerged, hours),
+            "sample_sensitivity": ratio(self.flagged_event_seconds, self.event_seconds),
+            "sample_precision": ratio(self.flagged_event_seconds, flagged),
+            "sample_f1": ratio(2 * self.flagged_event_seconds, self.event_seconds + flagged),
+            "specificity": ratio(background - self.flagged_background_seconds, background),
             "onset_latency_s": float(np.mean(lat)) if lat else math.nan,
             "onset_latency_median_s": float(np.median(lat)) if lat else math.nan,
         }
 
 
 def score_recording(ref: Iterable[Event], hyp: Iterable[Event], duration_s: float) -> EventCounts:
-    """SzCORE event scoring of one recording (non-background events of any type)."""
+    """SzCORE event and sample scoring of one recording (non-background events of any type)."""
     from timescoring.annotations import Annotation  # imported here: scipy-heavy
-    from timescoring.scoring import EventScoring
+    from timescoring.scoring import EventScoring, SampleScoring
 
     if not duration_s > 0:
         raise ValueError(f"recording duration must be > 0 s, got {duration_s}")
     n = round(duration_s * SCORING_FS)
-    ref_iv = [(a, min(b, duration_s)) for a, b in _intervals(ref) if a < duration_s]
-    hyp_iv = [(a, min(b, duration_s)) for a, b in _intervals(hyp) if a < duration_s]
+    ref_ann = Annotation(_intervals(ref, duration_s), SCORING_FS, n)
+    hyp_ann = Annotation(_intervals(hyp, duration_s), SCORING_FS, n)
     params = EventScoring.Parameters()
-    scores = EventScoring(
-        Annotation(ref_iv, SCORING_FS, n), Annotation(hyp_iv, SCORING_FS, n), params
-    )
+    scores = EventScoring(ref_ann, hyp_ann, params)
+    unmerged = EventScoring(ref_ann, hyp_ann, EventScoring.Parameters(minDurationBetweenEvents=0))
+    samples = SampleScoring(ref_ann, hyp_ann, SCORING_FS)
     latencies = []
     for r_on, r_off in scores.ref.events:
         lo, hi = r_on - params.toleranceStart, r_off + params.toleranceEnd
         onsets = [h_on for h_on, h_off in scores.hyp.events if h_off > lo and h_on < hi]
         if onsets:
             latencies.append(min(onsets) - r_on)
-    return EventCounts(int(scores.refTrue), int(scores.tp), int(scores.fp), duration_s, latencies)
+    return EventCounts(
+        ref_events=int(scores.refTrue),
+        true_detections=int(scores.tp),
+        false_detections=int(scores.fp),
+        false_detections_unmerged=int(unmerged.fp),
+        seconds=duration_s,
+        event_seconds=float(samples.refTrue) / SCORING_FS,
+        flagged_event_seconds=float(samples.tp) / SCORING_FS,
+        flagged_background_seconds=float(samples.fp) / SCORING_FS,
+        recordings=1,
+        recordings_without_events=int(scores.refTrue == 0),
+        latencies=latencies,
+    )
 
 
 def score_events(
     recordings: Iterable[tuple[Iterable[Event], Iterable[Event], float]],
 ) -> dict[str, float | int]:
-    """Event metrics summed over ``(ref, hyp, duration_s)`` recordings."""
-    total = EventCounts(latencies=[])
+    """Event and sample metrics summed over ``(ref, hyp, duration_s)`` recordings."""
+    total = EventCounts()
     for ref, hyp, duration in recordings:
         total.add(score_recording(ref, hyp, duration))
     return total.summary()

@@ -11,7 +11,15 @@ import pytest
 from semiofed.shared.cli import main
 from semiofed.shared.events import Event, write_events
 from semiofed.shared.labels import IGNORE_INDEX
-from semiofed.shared.metrics import auroc, score_events, window_metrics, windows_to_events
+from semiofed.shared.metrics import (
+    DEFAULT_THRESHOLD,
+    auroc,
+    score_events,
+    select_threshold,
+    threshold_counts,
+    window_metrics,
+    windows_to_events,
+)
 
 
 def test_window_metrics_by_hand() -> None:
@@ -41,6 +49,12 @@ def test_windows_to_events() -> None:
     assert [(e.onset, e.offset) for e in events] == [(7.0, 11.0), (17.0, 18.0)]
     assert events[0].confidence == pytest.approx(0.9) and events[0].event_type == "sz"
     assert windows_to_events(t0, np.zeros(20), 5.0, 1.0) == []
+    # the post-processing of `site analyze`: join gaps < 7 s, then drop events < 2 s
+    joined = windows_to_events(t0, probs, 5.0, 1.0, 0.5, merge_gap_s=7.0, min_event_s=2.0)
+    assert [(e.onset, e.offset) for e in joined] == [(7.0, 18.0)]
+    assert [
+        (e.onset, e.offset) for e in windows_to_events(t0, probs, 5.0, 1.0, min_event_s=2.0)
+    ] == [(7.0, 11.0)]
 
 
 def test_event_scoring_hand_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,3 +131,42 @@ def test_eval_events_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         == 2
     )
     assert "bad.tsv" in capsys.readouterr().err
+
+
+def test_unmerged_false_alarms_sample_scoring_and_specificity() -> None:
+    ref = [Event(1000, 60, "sz_foc_f2b")]
+    # three detections 20 s apart, far from the seizure: SzCORE merges them into one alarm
+    hyp = [
+        Event(2000, 10, "sz"),
+        Event(2030, 10, "sz"),
+        Event(2060, 10, "sz"),
+        Event(1010, 30, "sz"),
+    ]
+    r = score_events([(ref, hyp, 3600.0), ([], [], 3600.0)])  # + a seizure-free hour
+    assert r["recordings"] == 2 and r["recordings_without_events"] == 1
+    assert r["false_detections"] == 1 and r["false_detections_unmerged"] == 3
+    assert r["false_alarms_per_hour"] == pytest.approx(0.5)
+    assert r["false_alarms_per_hour_unmerged"] == pytest.approx(1.5)
+    assert r["sample_sensitivity"] == pytest.approx(30 / 60)
+    assert r["sample_precision"] == pytest.approx(30 / 60)
+    assert r["background_hours"] == pytest.approx((7200 - 60) / 3600)
+    assert r["specificity"] == pytest.approx(1 - 30 / (7200 - 60))
+    # flagging a whole seizure-free hour: SzCORE splits it into 5-min alarms, specificity 0
+    everything = score_events([([], [Event(0, 3600, "sz")], 3600.0)])
+    assert everything["false_alarms_per_hour_unmerged"] == pytest.approx(12.0)
+    assert everything["specificity"] == 0.0
+
+
+def test_per_class_f1_confusion_and_threshold_choice() -> None:
+    y_type = np.array([0, 0, 2, 2, 3])
+    m = window_metrics(y_type, np.array([0, 2, 2, 0, 3]), y_type > 0, np.full(5, 0.6), 0.7)
+    assert m["per_class_f1"] == pytest.approx({"bckg": 0.5, "clonic": 0.5, "f2b": 1.0})
+    counts = np.array(m["confusion"]["counts"])
+    assert counts[2, 0] == 1 and counts[0, 2] == 1 and counts.sum() == 5
+    assert m["threshold"] == 0.7 and m["detect_sensitivity"] == 0.0  # 0.6 < 0.7
+    y = np.array([0, 0, 0, 0, 1, 1])
+    prob = np.array([0.1, 0.2, 0.3, 0.42, 0.45, 0.9])
+    counts = threshold_counts(y, prob, (0.4, 0.44))
+    assert counts.tolist() == [[2, 0, 1, 3], [2, 0, 0, 4]]  # tp fn fp tn
+    assert select_threshold(y, prob) == 0.45  # F1 1.0 at 0.45; ties go to the higher one
+    assert select_threshold(np.zeros(4), prob[:4]) == DEFAULT_THRESHOLD

@@ -222,14 +222,15 @@ def fit_calibration(
 def _detected_events(
     t0: np.ndarray, prob: np.ndarray, wcfg: WindowConfig, cfg: AnalysisConfig
 ) -> list[Event]:
-    merged: list[Event] = []
-    for e in windows_to_events(t0, prob, wcfg.seconds, wcfg.hop, cfg.detect_threshold):
-        if merged and e.onset - merged[-1].offset < cfg.merge_gap_s:
-            last = merged.pop()
-            conf = max(last.confidence or 0.0, e.confidence or 0.0)
-            e = Event(last.onset, e.offset - last.onset, e.event_type, None, conf)
-        merged.append(e)
-    return [e for e in merged if e.duration >= cfg.min_event_s]
+    return windows_to_events(
+        t0,
+        prob,
+        wcfg.seconds,
+        wcfg.hop,
+        cfg.detect_threshold,
+        merge_gap_s=cfg.merge_gap_s,
+        min_event_s=cfg.min_event_s,
+    )
 
 
 def analyze_recording(

@@ -10,6 +10,11 @@ Layout (``OUT``)::
 A patient's monitoring time is split into recordings of at most ``RECORDING_MINUTES``
 (10 min; a remainder shorter than a minute joins the last one), like the clips of a
 video-EEG monitoring session. Every recording is independent: events never straddle files.
+A patient with events has at least one in its first recording; a fraction of patients
+(``seizure_free_fraction``, default 15 %, rounded down per site) is seizure-free: no event
+of interest in any recording, only background and confounders, monitored
+``SEIZURE_FREE_MINUTES_FACTOR`` (3) times as long — the long event-free stretches against
+which false alarms per hour and specificity mean something.
 events.tsv lists the seizures and PNES (SzCORE terms); a recording without any lists one
 ``bckg`` row covering it (SzCORE convention). Confounders are background and appear only in
 the truth file. Every patient is generated from its own seed derived from ``(seed, site,
@@ -23,7 +28,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +45,12 @@ from .body import SIDES, Camera, Controls, render
 from .detector import detect, face_noise
 from .profiles import (
     CONFOUNDER_RATE,
+    SEIZURE_FREE_FRACTION,
+    SEIZURE_FREE_MINUTES_FACTOR,
     PatientProfile,
     SiteProfile,
     assign_classes,
+    choose_seizure_free,
     make_patient,
     make_site,
 )
@@ -141,7 +149,7 @@ def simulate_recording(
     plans: list[tuple[str, str, int, int, int]] = []  # (kind, name, start, frames, tail)
 
     k = rng.poisson(patient.events_per_10min * seconds / 600)
-    k = max(k, 1) if first else k
+    k = 0 if patient.seizure_free else max(k, 1) if first else k
     weights = [0.75, 0.25] if len(patient.classes) == 2 else [1.0]
     for _ in range(k):
         cls = str(rng.choice(patient.classes, p=weights))
@@ -286,12 +294,15 @@ def generate_consortium(
     minutes_per_patient: float = 30.0,
     seed: int = 0,
     workers: int | None = None,
+    seizure_free_fraction: float = SEIZURE_FREE_FRACTION,
 ) -> ConsortiumSummary:
     """Write the synthetic consortium to ``out`` (see module docstring) and return its summary."""
     if sites < 1 or patients_per_site < 1:
         raise SemioFedError("--sites and --patients-per-site must be at least 1")
     if not (math.isfinite(minutes_per_patient) and minutes_per_patient >= 1.0):
         raise SemioFedError("--minutes-per-patient must be at least 1 minute")
+    if not 0.0 <= seizure_free_fraction < 1.0:
+        raise SemioFedError("--seizure-free-fraction must be in [0, 1)")
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0, 0]))
@@ -302,8 +313,25 @@ def generate_consortium(
         for si, s in enumerate(site_profiles)
         for i in range(patients_per_site)
     ]
+    # its own stream, so the other patients' parameters do not depend on the fraction
+    free = choose_seizure_free(
+        habitual, seizure_free_fraction, np.random.default_rng(np.random.SeedSequence([seed, 0, 1]))
+    )
+    patients = [
+        replace(p, seizure_free=(k // patients_per_site, k % patients_per_site) in free)
+        for k, p in enumerate(patients)
+    ]
     by_site = {s.site: s for s in site_profiles}
-    jobs = [(by_site[p.site], p, minutes_per_patient, seed, str(out_path)) for p in patients]
+    jobs = [
+        (
+            by_site[p.site],
+            p,
+            minutes_per_patient * (SEIZURE_FREE_MINUTES_FACTOR if p.seizure_free else 1.0),
+            seed,
+            str(out_path),
+        )
+        for p in patients
+    ]
     results = _run(jobs, workers)
 
     counts = {s.site: dict.fromkeys(CLASSES, 0) for s in site_profiles}

@@ -25,6 +25,10 @@ ARCHETYPES: dict[str, dict[str, float]] = {
     "neuropsychiatry": {"automatisms": 0.1, "clonic": 0.25, "f2b": 0.1, "hyperkinetic": 0.05, "pnes": 0.5},
 }  # fmt: skip
 PREVALENCE_CONCENTRATION = 30.0  # Dirichlet concentration around the archetype
+#: Patients whose monitoring records no habitual event (a common outcome of an EMU stay).
+SEIZURE_FREE_FRACTION = 0.15
+#: Seizure-free patients stay longer (monitoring is prolonged while no event is captured).
+SEIZURE_FREE_MINUTES_FACTOR = 3.0
 
 #: Confounder episodes per 10 minutes of recording (mean of a Poisson), before site scaling.
 CONFOUNDER_RATE = {
@@ -67,6 +71,7 @@ class PatientProfile:
     duration_scale: float
     amplitude: float
     seizure: dict[str, Any] = field(default_factory=dict)  # per-class generator parameters
+    seizure_free: bool = False  # no event of interest is recorded for this patient
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +121,24 @@ def assign_classes(
         donor = max(out[best], key=lambda c: (counts[c], c))
         out[best][out[best].index(donor)] = cls
     return out
+
+
+def choose_seizure_free(
+    habitual: list[list[str]], fraction: float, rng: np.random.Generator
+) -> set[tuple[int, int]]:
+    """``(site index, patient index)`` of the seizure-free patients: ``floor(fraction × n)``
+    per site, drawn among patients whose habitual class another patient of the consortium
+    still shows, so no class disappears."""
+    left = {c: sum(per.count(c) for per in habitual) for c in SEIZURE_CLASSES}
+    chosen: set[tuple[int, int]] = set()
+    for si, per in enumerate(habitual):
+        for pi in rng.permutation(len(per)).tolist():
+            if sum(1 for s, _ in chosen if s == si) >= int(fraction * len(per)):
+                break
+            if left[per[pi]] > 1:
+                left[per[pi]] -= 1
+                chosen.add((si, pi))
+    return chosen
 
 
 def make_patient(
