@@ -38,6 +38,7 @@ import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,6 +193,19 @@ def load_pretrained(digest: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     header = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, JSON header
     meta = json.loads(data[8 : 8 + header]).get("__metadata__", {})
     return load(data), meta
+
+
+def pretraining_statement(cfg: ModelConfig) -> dict[str, Any] | None:
+    """What a model card declares about the round-0 weights: their SHA-256, the frozen
+    prefixes and the public pretraining recipe; None without pretraining."""
+    if not cfg.pretrained:
+        return None
+    meta = load_pretrained(cfg.pretrained)[1]
+    return {
+        "sha256": cfg.pretrained,
+        "frozen": list(cfg.frozen),
+        "recipe": json.loads(meta.get("recipe", "{}")),
+    }
 
 
 class SemioNet(nn.Module):
