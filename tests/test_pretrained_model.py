@@ -137,3 +137,21 @@ def test_dp_fine_tuning_leaves_frozen_layers_and_beats_chance(
     assert any((a != b).any() for a, b in zip(after, before, strict=True))
     m = evaluate(model, test, device="cpu", events=False)
     assert m["auroc_seizure"] > 0.8
+
+
+def test_pretrain_command_refuses_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from semiofed.shared.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+    assert (
+        main(
+            ["server", "pretrain", "--config", str(config), "--out", str(tmp_path), "--steps", "0"]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err.strip() == "semiofed: error: --steps must be >= 1, got 0"
+    missing = tmp_path / "missing.toml"
+    assert main(["server", "pretrain", "--config", str(missing), "--out", str(tmp_path)]) == 2
+    assert str(missing) in capsys.readouterr().err
