@@ -155,3 +155,24 @@ def test_pretrain_command_refuses_bad_input(
     missing = tmp_path / "missing.toml"
     assert main(["server", "pretrain", "--config", str(missing), "--out", str(tmp_path)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_demo_round0_model_is_what_coordinator_and_sites_exchange() -> None:
+    """The coordinator's initial arrays are the pretrained trainable parameters only, in the
+    layout the sites' allowlist expects, and within SecAgg+'s clipping range."""
+    from semiofed.client.site_task import build_model
+    from semiofed.server.app import _initial_arrays
+    from semiofed.shared.run_config import load_run_config, model_config
+
+    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
+    mcfg = model_config(cfg)
+    assert mcfg.pretrained and mcfg.frozen == HEADS_ONLY and "semiology" in mcfg.streams
+    _, arrays = _initial_arrays(cfg)
+    site_model = build_model(cfg)
+    specs = param_specs(site_model)
+    assert [tuple(a.shape) for a in arrays] == [s.shape for s in specs]
+    assert not any(s.name.startswith("encoders.") for s in specs)
+    pretrained = load_pretrained(mcfg.pretrained)[0]
+    for spec, a in zip(specs, arrays, strict=True):
+        torch.testing.assert_close(torch.from_numpy(a), pretrained[spec.name], rtol=0, atol=0)
+    assert max(float(abs(a).max()) for a in arrays) < cfg["secagg"]["clipping-range"]
