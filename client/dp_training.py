@@ -55,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -66,8 +65,7 @@ from semiofed.privacy.accounting import epsilon, noise_for_target
 from semiofed.privacy.ledger import PRIVACY_UNITS, LedgerRun, PlannedRun, PrivacyLedger
 from semiofed.shared.dataset import PatientWindows, WindowDataset, collate
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.labels import IGNORE_INDEX
-from semiofed.shared.model import resolve_device
+from semiofed.shared.model import loss_per_window, resolve_device
 
 from .evaluation import evaluate
 
@@ -147,17 +145,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def loss_per_window(out: dict[str, Tensor], batch: dict[str, Tensor], type_weight: float) -> Tensor:
-    """BCE on the detection logit + ``type_weight`` · CE on the type logits (ignored labels add 0)."""
-    bce = F.binary_cross_entropy_with_logits(
-        out["detect_logit"], batch["y_detect"].to(out["detect_logit"].dtype), reduction="none"
-    )
-    ce = F.cross_entropy(
-        out["type_logits"], batch["y_type"], ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return bce + type_weight * ce
 
 
 class WindowPicker:

@@ -8,7 +8,8 @@ with the same configuration digest.
 Run directory (what ``semiofed registry publish RUN_DIR`` reads)::
 
     RUN_DIR/model.safetensors   the federated model's state_dict
-    RUN_DIR/model_config.json   ModelConfig fields
+    RUN_DIR/model_config.json   ModelConfig fields, window, architecture hash and the public
+                                pretraining of the round-0 weights (None without)
     RUN_DIR/run.json            run config, rounds, participating sites, per-site ε/δ/privacy
                                 unit over rounds, federated metrics per round, central DP
 """
@@ -68,7 +69,7 @@ def load_checkpoint(
 def write_run_dir(run_dir: Path, model: Any, model_cfg: Any, run: dict[str, Any]) -> None:
     from safetensors.torch import save_file as save_torch
 
-    from semiofed.shared.model import architecture_hash
+    from semiofed.shared.model import architecture_hash, pretraining_statement
     from semiofed.shared.windows import WindowConfig
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,7 @@ def write_run_dir(run_dir: Path, model: Any, model_cfg: Any, run: dict[str, Any]
             "model": dataclasses.asdict(model_cfg),
             "window": dataclasses.asdict(WindowConfig()),
             "architecture_hash": architecture_hash(model_cfg),
+            "pretraining": pretraining_statement(model_cfg),
         },
     )
     atomic_write_json(run_dir / "run.json", run)

@@ -1,4 +1,4 @@
-"""``semiofed server init|superlink|run|simulate`` and ``semiofed demo``."""
+"""``semiofed server init|superlink|run|simulate|pretrain`` and ``semiofed demo``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,25 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--patients-per-site", type=int, default=4)
     p.set_defaults(func=_simulate)
 
+    p = cmds.add_parser(
+        "pretrain",
+        help="train the round-0 model on public simulator data (no patient data)",
+        description=(
+            "Generate a public synthetic consortium (simulator seed no site uses), train the "
+            "[model] of CONFIG on it non-privately and write OUT/<sha256>.safetensors with the "
+            'recipe as metadata. Use it with [model] pretrained = "<sha256>" and frozen = '
+            '["encoders"]; the file must be in shared/pretrained/ (ships with the package) or '
+            "in $SEMIOFED_PRETRAINED_DIR at the coordinator and at every site."
+        ),
+    )
+    p.add_argument("--config", type=Path, required=True, help="run configuration ([model])")
+    p.add_argument("--out", type=Path, required=True, help="folder for <sha256>.safetensors")
+    p.add_argument("--sites", type=int, default=None, help="public simulated sites")
+    p.add_argument("--patients-per-site", type=int, default=None)
+    p.add_argument("--minutes-per-patient", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.set_defaults(func=_pretrain)
+
 
 def register_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -168,6 +187,31 @@ def _simulate(args: argparse.Namespace) -> int:
         args.sites, args.rounds, args.config or DEFAULT_CONFIG, args.out, args.patients_per_site
     )
     print(json.dumps(res, indent=1))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from semiofed.shared.run_config import load_run_config, model_config
+
+    from .pretrain import PretrainConfig, pretrain
+
+    given = {
+        "sites": args.sites,
+        "patients_per_site": args.patients_per_site,
+        "minutes_per_patient": args.minutes_per_patient,
+        "steps": args.steps,
+    }
+    for name, value in given.items():
+        if value is not None and value < 1:
+            raise SemioFedError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    pcfg = dataclasses.replace(
+        PretrainConfig(), **{k: v for k, v in given.items() if v is not None}
+    )
+    res = pretrain(model_config(load_run_config(args.config)), pcfg, args.out)
+    print(json.dumps(res, indent=1))
+    print(f'[model] pretrained = "{res["sha256"]}"')
     return 0
 
 

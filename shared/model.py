@@ -14,6 +14,18 @@ whole window gets a fusion weight of exactly zero. Fusion is gated: a softmax ov
 gate logits restricted to the present streams weights the stream embeddings. Two heads read
 the fused embedding: seizure-or-PNES vs background (one logit) and type (``NUM_CLASSES``).
 
+Semiology stream (``"semiology"`` in ``streams``): the fixed quantified signs of
+:mod:`.semiology_features` (no learned or data-derived normalisation) through a two-layer
+MLP; present whenever any input stream is.
+
+Pretrained and frozen parts: ``pretrained`` names (by SHA-256) a weights file of
+:data:`PRETRAINED_DIR` (or ``$SEMIOFED_PRETRAINED_DIR``) — the coordinator's round-0 model,
+pretrained on public simulator data (``semiofed server pretrain``) — loaded at construction
+after its hash is checked; parameters under the ``frozen`` name prefixes get
+``requires_grad=False``, so training, the federation (which exchanges trainable parameters
+only) and the allowlist leave them out. Both are fields of the configuration, so the
+architecture hash an officer approves covers them.
+
 Every learnable layer is ``nn.Linear``, ``nn.Conv2d``, ``nn.GroupNorm`` or ``nn.LayerNorm``,
 so Opacus computes per-sample gradients without ``ModuleValidator.fix``.
 """
@@ -22,7 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +47,15 @@ from torch import Tensor, nn
 
 from .errors import SemioFedError
 from .features import STREAM_NAMES, STREAM_SHAPES, stream_adjacency
-from .labels import NUM_CLASSES
+from .labels import IGNORE_INDEX, NUM_CLASSES
+from .semiology_features import N_FEATURES, semiology_features
 
 #: Bump whenever the forward computation changes (part of :func:`architecture_hash`).
-ARCH_VERSION = "semionet-1"
+ARCH_VERSION = "semionet-2"
+SEMIOLOGY = "semiology"
+MODEL_STREAMS: tuple[str, ...] = (*STREAM_NAMES, SEMIOLOGY)
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+PRETRAINED_ENV = "SEMIOFED_PRETRAINED_DIR"
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,10 @@ class ModelConfig:
     groups: int = 8  # GroupNorm groups
     velocity_scale: float = 10.0  # velocities are small per frame: bring them to position scale
     dropout: float = 0.1  # before the heads
-    streams: tuple[str, ...] = STREAM_NAMES
+    streams: tuple[str, ...] = STREAM_NAMES  # of MODEL_STREAMS
+    semiology_hidden: int = 64  # width of the semiology stream's MLP
+    pretrained: str = ""  # SHA-256 of the round-0 weights file (see module docstring)
+    frozen: tuple[str, ...] = ()  # parameter name prefixes not trained, e.g. "encoders"
 
 
 def _adjacency_powers(stream: str, hops: int) -> Tensor:
@@ -128,29 +152,105 @@ class StreamEncoder(nn.Module):
         return self.proj(pooled), count > 0
 
 
+class SemiologyEncoder(nn.Module):
+    """The semiology-feature stream: a batch of windows → embedding (B, D) and presence (B,)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hidden = nn.Linear(N_FEATURES, cfg.semiology_hidden)
+        self.proj = nn.Linear(cfg.semiology_hidden, cfg.embed_dim)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        feats = semiology_features(batch)
+        here = torch.stack([batch[f"m_{s}"].amax(dim=1) for s in STREAM_NAMES], 1).amax(1) > 0
+        return self.proj(F.relu(self.hidden(feats))), here
+
+
+def _pretrained_file(digest: str) -> Path:
+    dirs = [Path(d) for d in (os.environ.get(PRETRAINED_ENV), PRETRAINED_DIR) if d]
+    for folder in dirs:
+        path = folder / f"{digest}.safetensors"
+        if path.is_file():
+            return path
+    raise SemioFedError(
+        f"[model] pretrained = {digest!r}: no {digest}.safetensors in {', '.join(map(str, dirs))}"
+    )
+
+
+@lru_cache(maxsize=4)
+def _read_pretrained(digest: str) -> bytes:
+    data = _pretrained_file(digest).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise SemioFedError(f"[model] pretrained = {digest!r}: the file's SHA-256 differs")
+    return data
+
+
+def load_pretrained(digest: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """State dict and metadata (the public pretraining recipe) of a pretrained weights file."""
+    from safetensors.torch import load
+
+    data = _read_pretrained(digest)
+    header = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, JSON header
+    meta = json.loads(data[8 : 8 + header]).get("__metadata__", {})
+    return load(data), meta
+
+
+def pretraining_statement(cfg: ModelConfig) -> dict[str, Any] | None:
+    """What a model card declares about the round-0 weights: their SHA-256, the frozen
+    prefixes and the public pretraining recipe; None without pretraining."""
+    if not cfg.pretrained:
+        return None
+    meta = load_pretrained(cfg.pretrained)[1]
+    return {
+        "sha256": cfg.pretrained,
+        "frozen": list(cfg.frozen),
+        "recipe": json.loads(meta.get("recipe", "{}")),
+    }
+
+
 class SemioNet(nn.Module):
     """Multi-stream encoder, gated fusion, detection and type heads (see module docstring)."""
 
     def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()
-        unknown = set(cfg.streams) - set(STREAM_NAMES)
+        unknown = set(cfg.streams) - set(MODEL_STREAMS)
         if unknown:
             raise ValueError(f"unknown streams {sorted(unknown)}")
         self.cfg = cfg
         d = cfg.embed_dim
-        self.encoders = nn.ModuleDict({s: StreamEncoder(s, cfg) for s in cfg.streams})
+        self.encoders = nn.ModuleDict(
+            {
+                s: SemiologyEncoder(cfg) if s == SEMIOLOGY else StreamEncoder(s, cfg)
+                for s in cfg.streams
+            }
+        )
         self.gates = nn.ModuleDict({s: nn.Linear(d, 1) for s in cfg.streams})
         self.norm = nn.LayerNorm(d)
         self.hidden = nn.Linear(d, d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.detect_head = nn.Linear(d, 1)
         self.type_head = nn.Linear(d, NUM_CLASSES)
+        if cfg.pretrained:
+            self.load_state_dict(load_pretrained(cfg.pretrained)[0])
+        self._freeze(cfg.frozen)
+
+    def _freeze(self, prefixes: tuple[str, ...]) -> None:
+        names = [n for n, _ in self.named_parameters()]
+        for prefix in prefixes:
+            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+                raise ValueError(f"frozen prefix {prefix!r} matches no parameter")
+        for name, p in self.named_parameters():
+            if any(name == f or name.startswith(f + ".") for f in prefixes):
+                p.requires_grad_(False)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         embs, logits, present = [], [], []
         for s in self.cfg.streams:
-            emb, here = self.encoders[s](batch[f"x_{s}"], batch[f"m_{s}"])
+            if s == SEMIOLOGY:
+                emb, here = self.encoders[s](batch)
+            else:
+                emb, here = self.encoders[s](batch[f"x_{s}"], batch[f"m_{s}"])
             out[f"emb_{s}"] = emb
             embs.append(emb)
             logits.append(self.gates[s](emb))
@@ -168,6 +268,17 @@ class SemioNet(nn.Module):
         return out
 
 
+def loss_per_window(out: dict[str, Tensor], batch: dict[str, Tensor], type_weight: float) -> Tensor:
+    """BCE on the detection logit + ``type_weight`` · CE on the type logits (ignored labels add 0)."""
+    bce = F.binary_cross_entropy_with_logits(
+        out["detect_logit"], batch["y_detect"].to(out["detect_logit"].dtype), reduction="none"
+    )
+    ce = F.cross_entropy(
+        out["type_logits"], batch["y_type"], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return bce + type_weight * ce
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -179,6 +290,7 @@ def architecture_hash(cfg: ModelConfig) -> str:
         "config": asdict(cfg),
         "stream_shapes": {s: list(STREAM_SHAPES[s]) for s in STREAM_NAMES},
         "num_classes": NUM_CLASSES,
+        "semiology_features": N_FEATURES,
     }
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

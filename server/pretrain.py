@@ -1,0 +1,194 @@
+"""``semiofed server pretrain``: the coordinator's round-0 model, trained on PUBLIC data only.
+
+The data is the motion simulator (:mod:`semiofed.shared.synth`) run with a seed no site's
+data uses (:data:`PUBLIC_SEED`) and more simulated sites than a consortium has, so its site
+profiles (cameras, frame rates, blankets, prevalences) and patients are new: no patient's
+data is involved, and nothing of it needs a privacy budget. Training is ordinary
+(non-private) Adam with windows drawn half from background, half from events with the event
+classes balanced, mirror/rotation/time augmentation; the checkpoint kept is the best on
+public validation patients (type macro-F1, then AUROC), so hyper-parameters and the
+checkpoint are chosen on public data only.
+
+The result is one safetensors file named by its SHA-256 (``<sha256>.safetensors``) holding
+the model's state dict and, as metadata, the recipe (simulator seed, sites, patients,
+minutes, steps, model configuration). A run configuration uses it with
+``[model] pretrained = "<sha256>"`` and, to fine-tune only the heads under DP,
+``frozen = ["encoders"]``; the file must be in ``shared/pretrained/`` of the installed
+package (it ships with a release) or in ``$SEMIOFED_PRETRAINED_DIR`` at every site and at
+the coordinator. Model cards state the recipe (``pretraining_statement``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semiofed.shared.atomic import atomic_write_bytes
+from semiofed.shared.errors import SemioFedError
+
+#: Simulator seed of the public pretraining data; no consortium of sites may use it.
+PUBLIC_SEED = 104_729
+FORMAT = "semiofed-pretrained-1"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Public data and training recipe of the round-0 model."""
+
+    seed: int = PUBLIC_SEED  # simulator seed (public data)
+    sites: int = 6  # simulated sites: every archetype, new camera/site profiles
+    patients_per_site: int = 6
+    minutes_per_patient: float = 6.0
+    val_patients: int = 6  # public patients held out to pick the checkpoint
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+    eval_every: int = 200
+    train_seed: int = 0
+
+
+def _balanced_weights(patients: list[Any]) -> np.ndarray:
+    """Per-window draw probabilities: half background, half events (event classes balanced)."""
+    from semiofed.shared.labels import IGNORE_INDEX
+
+    y_det = np.concatenate([p.y_detect for p in patients])
+    y_type = np.concatenate([p.y_type for p in patients])
+    w = np.zeros(len(y_det))
+    bg = y_det == 0
+    w[bg] = 0.5 / max(1, bg.sum())
+    classes = [c for c in np.unique(y_type[~bg]) if c != IGNORE_INDEX]
+    for c in classes:
+        sel = ~bg & (y_type == c)
+        w[sel] = 0.5 / len(classes) / sel.sum()
+    return w / w.sum()
+
+
+def _scores(model: Any, patients: list[Any]) -> tuple[float, float]:
+    """(type macro-F1, AUROC) of ``model`` on ``patients``."""
+    import torch
+
+    from semiofed.shared.dataset import WindowDataset, collate
+    from semiofed.shared.metrics import window_metrics
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        WindowDataset(patients), batch_size=256, collate_fn=collate
+    )
+    probs, types = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(batch)
+            probs.append(torch.sigmoid(out["detect_logit"]).numpy())
+            types.append(out["type_logits"].argmax(1).numpy())
+    model.train()
+    m = window_metrics(
+        np.concatenate([p.y_type for p in patients]),
+        np.concatenate(types),
+        np.concatenate([p.y_detect for p in patients]),
+        np.concatenate(probs),
+    )
+    f1, auc = float(m["macro_f1"]), float(m["auroc_seizure"])
+    return (0.0 if math.isnan(f1) else f1, 0.0 if math.isnan(auc) else auc)
+
+
+def public_patients(pcfg: PretrainConfig, work: Path) -> list[Any]:
+    """Windows of the public simulated consortium (generated under ``work``)."""
+    from semiofed.shared.dataset import load_patient_windows
+    from semiofed.shared.synth.consortium import generate_consortium
+
+    data = work / "public-data"
+    generate_consortium(
+        data, pcfg.sites, pcfg.patients_per_site, pcfg.minutes_per_patient, pcfg.seed
+    )
+    patients = []
+    for i in range(1, pcfg.sites + 1):
+        patients += load_patient_windows(data / f"site-{i:02d}")
+    return patients
+
+
+def pretrain_model(model_cfg: Any, pcfg: PretrainConfig, patients: list[Any]) -> tuple[Any, dict]:
+    """Train a fresh SemioNet on public ``patients``; returns it and its training summary."""
+    import copy
+
+    import torch
+
+    from semiofed.shared.dataset import WindowDataset, collate
+    from semiofed.shared.model import SemioNet, loss_per_window
+    from semiofed.shared.splits import patient_split
+
+    cfg = dataclasses.replace(model_cfg, pretrained="", frozen=())
+    frac = pcfg.val_patients / len(patients)
+    if not 0 < frac < 1:
+        raise SemioFedError("pretraining needs more public patients than validation patients")
+    train, val, _ = patient_split(patients, frac, 0.0, seed=pcfg.train_seed)
+    torch.manual_seed(pcfg.train_seed)
+    rng = np.random.default_rng(pcfg.train_seed)
+    model = SemioNet(cfg)
+    data = WindowDataset(train, augment=True, seed=pcfg.train_seed)
+    weights = _balanced_weights(train)
+    opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr)
+    best: tuple[tuple[float, float], int, dict] | None = None
+    model.train()
+    for step in range(1, pcfg.steps + 1):
+        idx = rng.choice(len(data), size=pcfg.batch_size, p=weights)
+        batch = collate([data[int(i)] for i in idx])
+        loss = loss_per_window(model(batch), batch, 1.0).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % pcfg.eval_every == 0 or step == pcfg.steps:
+            score = _scores(model, val)
+            if best is None or score > best[0]:
+                best = (score, step, copy.deepcopy(model.state_dict()))
+    assert best is not None
+    model.load_state_dict(best[2])
+    summary = {
+        "best_step": best[1],
+        "val_macro_f1": best[0][0],
+        "val_auroc": best[0][1],
+        "train_patients": len(train),
+        "val_patients": len(val),
+    }
+    return model, summary
+
+
+def save_pretrained(model: Any, recipe: dict[str, Any], out_dir: Path) -> tuple[str, Path]:
+    """Write ``OUT/<sha256>.safetensors`` (state dict + recipe metadata); returns (sha256, path)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save(state, metadata={"format": FORMAT, "recipe": json.dumps(recipe, sort_keys=True)})
+    digest = hashlib.sha256(data).hexdigest()
+    path = Path(out_dir) / f"{digest}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return digest, path
+
+
+def pretrain(model_cfg: Any, pcfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Public data → trained round-0 model → ``OUT/<sha256>.safetensors``; returns a summary."""
+    with tempfile.TemporaryDirectory(prefix="semiofed-pretrain-") as tmp:
+        patients = public_patients(pcfg, Path(tmp))
+        model, summary = pretrain_model(model_cfg, pcfg, patients)
+    base = dataclasses.replace(model_cfg, pretrained="", frozen=())
+    recipe = {
+        "data": "public: SemioFed motion simulator (shared/synth), no patient data",
+        "simulator": {
+            "seed": pcfg.seed,
+            "sites": pcfg.sites,
+            "patients_per_site": pcfg.patients_per_site,
+            "minutes_per_patient": pcfg.minutes_per_patient,
+        },
+        "training": asdict(pcfg) | summary,
+        "model": asdict(base),
+    }
+    digest, path = save_pretrained(model, recipe, out_dir)
+    return {"sha256": digest, "path": str(path), **summary}
