@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -593,6 +594,8 @@ def _check_share(args: argparse.Namespace) -> None:
         raise SemioFedError("--share needs --summary-out FILE and --state STATE")
     if args.share == "conformal" and args.temperature is None:
         raise SemioFedError("--share conformal needs --temperature (the merged one)")
+    if not (args.noise_multiplier > 0 and math.isfinite(args.noise_multiplier)):
+        raise SemioFedError(f"--noise-multiplier must be > 0, got {args.noise_multiplier}")
     site_budget(PrivacyLedger(args.state))
 
 
