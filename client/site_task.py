@@ -8,7 +8,7 @@ process. What it returns is exactly what the release inventory allows
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,20 +32,22 @@ if TYPE_CHECKING:
 class SiteData:
     train: list[PatientWindows]
     test: list[PatientWindows]
+    val: list[PatientWindows] = field(default_factory=list)  # never trained on
 
 
 def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None) -> SiteData:
-    """The site's patients cut by patient into train / held-out test (fixed seed per run),
+    """The site's patients cut by patient into train / validation / held-out test (fixed
+    seed per run; validation patients are used by no round, only by the demo's comparison),
     with the reviewed events of ``state_dir`` (``STATE/review/data``) when there are any."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(Path(data_dir), extra_dirs=extra)
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
     tr = cfg["training"]
-    train, _val, test = patient_split(
+    train, val, test = patient_split(
         patients, tr["val-fraction"], tr["test-fraction"], seed=cfg["federation"]["seed"]
     )
-    return SiteData(train, test)
+    return SiteData(train, test, val)
 
 
 def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> SemioNet:

@@ -132,7 +132,9 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", type=Path, default=None, help="run configuration (default configs/demo.toml)"
     )
-    p.add_argument("--patients-per-site", type=int, default=6)
+    p.add_argument(
+        "--patients-per-site", type=int, default=40, help="patients per site (default 40)"
+    )
     p.add_argument("--seed", type=int, default=1, help="synthetic data seed")
     p.add_argument("--insecure", action="store_true", help="no TLS/auth (debugging only)")
     p.set_defaults(func=_demo)

@@ -16,7 +16,10 @@ Score a hypothesis events.tsv against a reference events.tsv with SzCORE's event
 event, any overlap counts, events < 90 s apart merged, events > 5 min split). Every
 non-background event (any seizure type, and pnes) counts as an event; types are not compared.
 
-Prints sensitivity, precision, F1, false alarms per hour and mean onset latency (s).
+Prints SzCORE event sensitivity, precision, F1 and false alarms per hour; false alarms per
+hour on unmerged detections (every separate detection that touches no tolerance-extended
+reference event); sample-based (10 Hz) sensitivity, precision, F1 and specificity on
+background time; mean onset latency (s).
 """
 
 

@@ -189,6 +189,7 @@ class EventCounts:
     false_detections_unmerged: int = 0
     seconds: float = 0.0
     event_seconds: float = 0.0  # reference event time
+    background_seconds: float = 0.0  # the rest (same 10 Hz samples as the two below)
     flagged_event_seconds: float = 0.0  # reference event time the hypothesis flags
     flagged_background_seconds: float = 0.0  # background time the hypothesis flags
     recordings: int = 0
@@ -203,7 +204,7 @@ class EventCounts:
         tp, fp, n = self.true_detections, self.false_detections, self.ref_events
         lat = self.latencies
         hours = self.seconds / 3600
-        background = self.seconds - self.event_seconds
+        background = self.background_seconds
         flagged = self.flagged_event_seconds + self.flagged_background_seconds
 
         def ratio(a: float, b: float) -> float:
@@ -259,6 +260,7 @@ def score_recording(ref: Iterable[Event], hyp: Iterable[Event], duration_s: floa
         false_detections_unmerged=int(unmerged.fp),
         seconds=duration_s,
         event_seconds=float(samples.refTrue) / SCORING_FS,
+        background_seconds=float(samples.numSamples - samples.refTrue) / SCORING_FS,
         flagged_event_seconds=float(samples.tp) / SCORING_FS,
         flagged_background_seconds=float(samples.fp) / SCORING_FS,
         recordings=1,
