@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -358,12 +359,16 @@ def generate_consortium(
     return summary
 
 
-def _one_blas_thread() -> None:
-    """One BLAS thread per worker process, for speed only (the bytes do not depend on it):
-    the workers already use every core, and oversubscribed BLAS threads made 2 workers
+def _worker_init() -> None:
+    """A pool worker: default signal handling (the pool ends its workers with SIGTERM; the CLI's
+    SIGTERM → KeyboardInterrupt handler, inherited through fork, would print tracebacks; Ctrl-C
+    is the parent's to handle) and one BLAS thread, for speed only (the bytes do not depend on
+    it): the workers already use every core, and oversubscribed BLAS threads made 2 workers
     barely faster than 1."""
     from threadpoolctl import threadpool_limits
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)
 
 
@@ -380,7 +385,7 @@ def _run(jobs: list, workers: int | None) -> list[dict[str, Any]]:
                 bar.update()
             return results
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers, initializer=_one_blas_thread) as pool:
+        with ctx.Pool(workers, initializer=_worker_init) as pool:
             results = []
             for res in pool.imap(_patient_job, jobs):
                 results.append(res)
