@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from semiofed.shared.labels import IGNORE_INDEX, NUM_CLASSES
 from semiofed.shared.metrics import auroc, window_metrics
@@ -79,3 +80,9 @@ def test_adding_a_patient_changes_only_its_own_side_of_the_split() -> None:
     assert all(a <= b for a, b in zip(without, with_, strict=True))
     moved = sides(patient_split, site), sides(patient_split, [*site, extra])
     assert sum(a != b for a, b in zip(*moved, strict=True)) > 1  # the permutation moves others
+
+
+def test_a_site_without_held_out_patients_sends_noise_only() -> None:
+    from semiofed.client.dp_evaluation import exact_table
+
+    assert not exact_table(torch.nn.Linear(1, 1), []).any()
