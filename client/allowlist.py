@@ -12,7 +12,8 @@ Allowed content of a reply is the release inventory of :mod:`semiofed.shared.rel
 * the SecAgg+ protocol fields of the current stage (public keys, encrypted key shares,
   node ids, key shares).
 
-Anything else raises :class:`ForbiddenContent` and the reply is not sent. Every reply that
+Anything else raises :class:`ForbiddenContent` and the reply is not sent (the ClientApp
+sends a Flower error whose reason is the code ``forbidden-content``). Every reply that
 passes is appended to ``STATE/outbox.jsonl`` (time, message type, SHA-256, byte size, the
 record keys, metric names) and, as a ``message_sent`` entry, to the site's signed audit
 trail, for the privacy officer.

@@ -26,9 +26,12 @@ from .evaluation import predict
 def exact_table(
     model: torch.nn.Module, patients: list[PatientWindows], device: str = "auto"
 ) -> np.ndarray:
-    """Σ over patients of their normalized contributions (no noise: never sent)."""
-    pred = predict(model, patients, device=device)
+    """Σ over patients of their normalized contributions (no noise: never sent); all zeros
+    for a site without held-out patients (its table is then noise only)."""
     table, start = np.zeros(TABLE_SIZE), 0
+    if not patients:
+        return table
+    pred = predict(model, patients, device=device)
     for p in patients:
         end = start + len(p)
         table += patient_vector(

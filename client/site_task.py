@@ -19,7 +19,7 @@ from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet
 from semiofed.shared.run_config import model_config
-from semiofed.shared.splits import patient_split
+from semiofed.shared.splits import stable_patient_split
 
 from .analyze_cli import REVIEWED_DATA
 from .evaluation import evaluate, predict
@@ -36,17 +36,21 @@ class SiteData:
 
 
 def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None) -> SiteData:
-    """The site's patients cut by patient into train / validation / held-out test (fixed
-    seed per run; validation patients are used by no round, only by the demo's comparison),
-    with the reviewed events of ``state_dir`` (``STATE/review/data``) when there are any."""
+    """The site's patients cut by patient into train / validation / held-out test (each
+    patient's side fixed by the seed and the patient alone:
+    :func:`~semiofed.shared.splits.stable_patient_split`; validation patients are used by no
+    round, only by the demo's comparison), with the reviewed events of ``state_dir``
+    (``STATE/review/data``) when there are any."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(Path(data_dir), extra_dirs=extra)
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
     tr = cfg["training"]
-    train, val, test = patient_split(
+    train, val, test = stable_patient_split(
         patients, tr["val-fraction"], tr["test-fraction"], seed=cfg["federation"]["seed"]
     )
+    if not train:
+        raise SemioFedError(f"{data_dir}: the split leaves no training patient")
     return SiteData(train, test, val)
 
 

@@ -57,6 +57,31 @@ def patient_split(
     return train, val, test
 
 
+def stable_patient_split(
+    patients: Sequence[P], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> tuple[list[P], list[P], list[P]]:
+    """Train / validation / test where each patient's side depends only on the patient and
+    the seed (SHA-256 of seed, site and patient id → a uniform number in [0, 1)).
+
+    Adding or removing one patient therefore changes exactly one side by that patient, which
+    is what makes the ε of mechanisms run on different sides compose into one patient-level
+    guarantee for the site (a seeded permutation, :func:`patient_split`, can move every other
+    patient). The side sizes are random (binomial), not rounded fractions; a side may be empty.
+    """
+    import hashlib
+
+    _check_unique(patients)
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
+    sides: tuple[list[P], list[P], list[P]] = ([], [], [])
+    for p in patients:
+        digest = hashlib.sha256(f"{seed}\0{p.site}\0{p.patient}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        side = 2 if u < test_fraction else 1 if u < test_fraction + val_fraction else 0
+        sides[side].append(p)
+    return sides
+
+
 def leave_patient_out_folds(
     patients: Sequence[P], n_folds: int | None = None, seed: int = 0
 ) -> Iterator[tuple[list[P], list[P]]]:

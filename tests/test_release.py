@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from semiofed.shared.labels import IGNORE_INDEX, NUM_CLASSES
 from semiofed.shared.metrics import auroc, window_metrics
@@ -58,3 +59,30 @@ def test_inventory_is_the_one_definition_both_sides_read() -> None:
     assert check_value("eval-table", encode_table([0.5] * TABLE_SIZE) + b"x") is not None
     assert check_value("eval-table", encode_table([np.nan] * TABLE_SIZE)) is not None
     assert check_value("eval-table", [0.5] * TABLE_SIZE) is not None
+
+
+def test_adding_a_patient_changes_only_its_own_side_of_the_split() -> None:
+    """The neighbouring site (one patient more) trains and evaluates on the same other
+    patients, so per-mechanism ε compose into one patient-level guarantee."""
+    from types import SimpleNamespace
+
+    from semiofed.shared.splits import patient_split, stable_patient_split
+
+    site = [SimpleNamespace(site="site-01", patient=f"sub-{i:03d}") for i in range(40)]
+    extra = SimpleNamespace(site="site-01", patient="sub-999")
+
+    def sides(split, patients):
+        return [{p.patient for p in side} for side in split(patients, 0.1, 0.25, seed=3)]
+
+    without, with_ = sides(stable_patient_split, site), sides(stable_patient_split, [*site, extra])
+    assert sum(a != b for a, b in zip(without, with_, strict=True)) == 1
+    assert set().union(*with_) - set().union(*without) == {"sub-999"}
+    assert all(a <= b for a, b in zip(without, with_, strict=True))
+    moved = sides(patient_split, site), sides(patient_split, [*site, extra])
+    assert sum(a != b for a, b in zip(*moved, strict=True)) > 1  # the permutation moves others
+
+
+def test_a_site_without_held_out_patients_sends_noise_only() -> None:
+    from semiofed.client.dp_evaluation import exact_table
+
+    assert not exact_table(torch.nn.Linear(1, 1), []).any()
