@@ -27,6 +27,7 @@ from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.recording import SUFFIX, read_header
 from semiofed.shared.synth import generate_consortium
 
+TRAIN_THREADS = 2
 SMALL = ModelConfig(
     channels=(16, 32), strides=(2, 2), motion_channels=(16,), motion_strides=(2,), embed_dim=32
 )
@@ -51,7 +52,14 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, di
     cfg = TrainConfig(
         epochs=1, dp=False, batch_size=16, lr=3e-3, augment=False, steps_per_epoch=80, device="cpu"
     )
-    train_local(model, train, cfg, progress=False)
+    # A short training's weights depend on torch's intra-op thread count (its sums split by
+    # thread): fix it, so the model under test is the same whatever OMP_NUM_THREADS says.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        train_local(model, train, cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     refs = recording_refs(site, test)
     ours = evaluate(model, test, "cpu", threshold=choose_threshold(model, val, "cpu"), refs=refs)
     n = sum(len(p) for p in test)
