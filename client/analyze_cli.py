@@ -144,7 +144,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "--state",
         type=Path,
         metavar="STATE",
-        help="site state folder holding the review queue (default: --out)",
+        help="site state folder holding the review queue (default: --out) and the feature "
+        "cache (none without --state)",
     )
     p.add_argument(
         "--patient",
@@ -206,7 +207,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "--state",
         type=Path,
         metavar="STATE",
-        help="site state folder: the privacy ledger charged and the audit trail (with --share)",
+        help="site state folder: the privacy ledger charged and the audit trail (with --share), "
+        "and the feature cache",
     )
     c.add_argument(
         "--noise-multiplier",
@@ -322,7 +324,12 @@ def run_analyze(args: argparse.Namespace) -> int:
         )
     rec, rec_path = _recording_for(args)
     cfg = AnalysisConfig(detect_threshold=args.threshold, explain=not args.no_explain)
-    report = analyze_recording(rec, model, wcfg, calib, cfg, rec_path.name, args.model.name)
+    from .feature_cache import FeatureCache
+
+    feats = FeatureCache(args.state)(rec_path, wcfg) if args.state is not None else None
+    report = analyze_recording(
+        rec, model, wcfg, calib, cfg, rec_path.name, args.model.name, frame_features=feats
+    )
     j, h = write_report(report, args.out)
     stem = rec_path.name[: -len(SUFFIX)] if rec_path.name.endswith(SUFFIX) else rec_path.stem
     flagged = [e for e in report["events"] if e["aberrant"]["flagged"]]
@@ -629,6 +636,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from semiofed.shared.analysis.pipeline import CALIBRATION_FILE, fit_calibration, load_model
     from semiofed.shared.dataset import load_patient_windows
 
+    from .feature_cache import site_features
+
     if args.merge_temperature:
         t = cal.merge_temperature(_load_summaries(args.merge_temperature, "temperature"))
         print(f"merged temperature: {t:.6g} (pass it to --temperature in round 2)")
@@ -647,7 +656,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.share:
         _check_share(args)
     model, wcfg, _ = load_model(args.model, args.device)
-    patients = load_patient_windows(args.data, wcfg)
+    patients = load_patient_windows(args.data, wcfg, features=site_features(args.state))
     by_name = {p.patient: p for p in patients}
     missing = [h for h in args.held_out if h not in by_name]
     if missing:

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from semiofed.shared.analysis.pipeline import AnalysisConfig
 from semiofed.shared.dataset import (
     PatientWindows,
     WindowDataset,
@@ -50,7 +49,6 @@ from semiofed.shared.windows import WindowConfig
 
 RecordingKey = tuple[str, str, str]  # (site, patient, recording id)
 DEFAULT_WINDOW = WindowConfig()
-DETECTION = AnalysisConfig()  # merge_gap_s, min_event_s: the same events as `site analyze`
 
 
 @dataclass(frozen=True)
@@ -116,6 +114,10 @@ def event_metrics(
     refs: Mapping[RecordingKey, RecordingRef] | None = None,
 ) -> dict[str, Any]:
     """SzCORE event and sample metrics summed over every recording of ``patients``."""
+    # imported here: the analysis stack is heavy and a federated message needs none of it
+    from semiofed.shared.analysis.pipeline import AnalysisConfig
+
+    detection = AnalysisConfig()  # merge_gap_s, min_event_s: the same events as `site analyze`
     recordings = []
     start = 0
     for pw in patients:
@@ -130,8 +132,8 @@ def event_metrics(
                 window.seconds,
                 window.hop,
                 threshold,
-                merge_gap_s=DETECTION.merge_gap_s,
-                min_event_s=DETECTION.min_event_s,
+                merge_gap_s=detection.merge_gap_s,
+                min_event_s=detection.min_event_s,
             )
             ref = refs.get((pw.site, pw.patient, rec)) if refs is not None else None
             if ref is not None:

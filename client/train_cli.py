@@ -61,7 +61,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "--state",
         metavar="DIR",
         help="site state folder: privacy_ledger.json (required with DP) and the labelled "
-        "events of `site review` (review/data), which training includes",
+        "events of `site review` (review/data), which training includes; also the feature cache",
     )
     p.add_argument(
         "--epochs",
@@ -210,6 +210,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .dp_training import TrainConfig, train_local
     from .evaluation import choose_threshold, evaluate, recording_refs, summary_line
+    from .feature_cache import site_features
 
     data, out = Path(args.data), Path(args.out)
     ledger: PrivacyLedger | None = None
@@ -235,7 +236,9 @@ def _train(args: argparse.Namespace) -> int:
         raise SemioFedError("--window-seconds, --window-hop and --window-fps must be positive")
     wcfg = WindowConfig(seconds=args.window_seconds, fps=args.window_fps, hop=args.window_hop)
     reviewed = [Path(args.state) / REVIEWED_DATA] if args.state is not None else []
-    patients = load_patient_windows(data, wcfg, extra_dirs=reviewed)
+    patients = load_patient_windows(
+        data, wcfg, extra_dirs=reviewed, features=site_features(args.state)
+    )
     if len(patients) < 3:
         raise SemioFedError(
             f"{data}: {len(patients)} usable patients; training needs at least 3 (train/val/test by patient)"

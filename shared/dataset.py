@@ -3,7 +3,10 @@
 A site folder holds one folder per patient; every ``*_keypoints.npz`` below it (any depth)
 is a recording of that patient, labelled by the ``*_events.tsv`` of the same name beside it
 (``sub-01_task-x_keypoints.npz`` → ``sub-01_task-x_events.tsv``). See :mod:`.windows` for
-the windowing and label rule, :mod:`.features` for the streams.
+the windowing and label rule, :mod:`.features` for the streams. The per-frame features of a
+recording file come from a ``features`` hook (:data:`FeaturesFn`; by default
+:func:`file_features` computes them, a site passes its feature cache,
+:class:`semiofed.client.feature_cache.FeatureCache`).
 
 Memory: windows overlap (5 s every 1 s); a patient's windows are read-only strided views
 over one per-frame buffer of all its recordings (see :mod:`.windows`), so they cost about
@@ -43,6 +46,7 @@ __all__ = [
     "WindowDataset",
     "collate",
     "events_path",
+    "file_features",
     "load_patient_windows",
     "windows_from_recording",
 ]
@@ -54,6 +58,17 @@ LATERALITY: tuple[str, ...] = ("left", "right", "bilateral", "unknown", "n/a")
 _LAT_INDEX = {name: i for i, name in enumerate(LATERALITY)}
 REC_DTYPE = "<U64"
 DEFAULT_WINDOWS = WindowConfig()
+
+#: Per-frame stream tensors, masks and first frame time of a recording
+#: (:func:`.windows.recording_features`).
+FrameFeatures = tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]
+#: Where a recording file's :data:`FrameFeatures` come from.
+FeaturesFn = Callable[[Path, WindowConfig], FrameFeatures]
+
+
+def file_features(path: Path, cfg: WindowConfig) -> FrameFeatures:
+    """The :data:`FrameFeatures` of a recording file, computed from it."""
+    return recording_features(load_recording(path), cfg)
 
 
 @dataclass
@@ -83,12 +98,12 @@ def events_path(recording_path: Path) -> Path:
     return recording_path.with_name(recording_path.name[: -len(SUFFIX)] + "_events.tsv")
 
 
-def _recording_segment(path: Path, cfg: WindowConfig) -> Segment:
+def _recording_segment(path: Path, cfg: WindowConfig, features: FeaturesFn) -> Segment:
     ev_path = events_path(path)
     if not ev_path.is_file():
         raise FormatError(path, f"no events file beside it (expected {ev_path.name})")
     events = read_events(ev_path)
-    x, mask, first_time = recording_features(load_recording(path), cfg)
+    x, mask, first_time = features(path, cfg)
     return x, mask, first_time, events
 
 
@@ -134,6 +149,7 @@ def load_patient_windows(
     cfg: WindowConfig = DEFAULT_WINDOWS,
     on_error: Callable[[Path, Exception], None] | None = None,
     extra_dirs: Sequence[Path] = (),
+    features: FeaturesFn = file_features,
 ) -> list[PatientWindows]:
     """Windows of every patient of a site folder (patients without any usable recording are left out).
 
@@ -142,7 +158,7 @@ def load_patient_windows(
     the same patient, so its windows join that patient's (one privacy unit); a folder of any
     other name is refused (:func:`patient_folders`). Each unreadable
     recording or events file is reported (``logging.warning`` and ``on_error(path, exc)``)
-    and skipped.
+    and skipped. ``features`` gives each recording's per-frame features (default: computed).
     """
     site_dir = Path(site_dir)
     out: list[PatientWindows] = []
@@ -154,7 +170,7 @@ def load_patient_windows(
         rec_ids: list[str] = []
         for path in sorted(p for pdir in pdirs for p in pdir.rglob("*" + SUFFIX)):
             try:
-                segments.append(_recording_segment(path, cfg))
+                segments.append(_recording_segment(path, cfg, features))
             except (SemioFedError, ValueError, OSError) as exc:
                 log.warning("skipping %s: %s", path, exc)
                 if on_error is not None:

@@ -28,7 +28,7 @@ from ..labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
 from ..metrics import windows_to_events
 from ..model import ModelConfig, SemioNet, resolve_device
 from ..recording import Recording
-from ..windows import WindowConfig, windows_from_recording
+from ..windows import WindowConfig, assemble_windows, windows_from_recording
 from . import calibration as cal
 from .evolution import EvolutionConfig, abnormal_masks, baseline_mask, event_evolution
 from .explain import explain_window, resting_baseline
@@ -241,9 +241,15 @@ def analyze_recording(
     cfg: AnalysisConfig = AnalysisConfig(),
     source_name: str = "<memory>",
     model_name: str = "",
+    frame_features: tuple[dict, dict, float] | None = None,
 ) -> dict:
-    """The whole analysis of one recording as a JSON-ready report dict."""
-    w = windows_from_recording(rec, [], wcfg)
+    """The whole analysis of one recording as a JSON-ready report dict; ``frame_features``
+    (``recording_features(rec, wcfg)``, e.g. from the site's feature cache) saves computing
+    them again."""
+    if frame_features is None:
+        w = windows_from_recording(rec, [], wcfg)
+    else:
+        w = assemble_windows([(*frame_features, [])], wcfg)
     out = predict(model, w["x"], w["mask"], cfg.batch_size)
     t0, prob = w["t0"], out["detect_prob"].astype(np.float64)
     centres = t0 + wcfg.seconds / 2
