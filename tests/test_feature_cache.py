@@ -18,6 +18,7 @@ from semiofed.shared.windows import WindowConfig
 from .test_dataset import make_recording
 
 PATIENTS = ("sub-01-001", "sub-01-002")
+DEFAULT = WindowConfig()
 
 
 def _write_site(root: Path) -> Path:
@@ -40,7 +41,7 @@ def _same(a: list[PatientWindows], b: list[PatientWindows]) -> None:
         np.testing.assert_array_equal(pa.y_type, pb.y_type)
 
 
-def _load(site: Path, state: Path, cfg: WindowConfig = WindowConfig()) -> tuple:
+def _load(site: Path, state: Path, cfg: WindowConfig = DEFAULT) -> tuple:
     cache = FeatureCache(state)
     return load_patient_windows(site, cfg, features=cache), cache
 
