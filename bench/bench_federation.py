@@ -1,6 +1,10 @@
 """Federation cost on the real deployment engine (loopback) and on the simulation engine.
 
-* per-round overhead = round wall time − the slowest site's local training time;
+* per-round overhead = round wall time − the slowest site's work in that round (its DP
+  training and DP evaluation, from its ledger);
+* the same rounds of a plain Flower ClientApp (:mod:`bench.plain_flower_app`: SecAgg+ over a
+  client that echoes the parameters) on the same SuperLink, SuperNodes, ServerApp and SecAgg+
+  settings, right after the SemioFed run;
 * bytes sent per site per round (from each site's outbox: every reply it sent);
 * wall time of a small local consortium run (SuperLink + 3 SuperNodes, TLS, SecAgg+);
 * simulated round time for 10, 50 and 100 virtual sites (Flower simulation engine), as far
@@ -10,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +22,7 @@ from pathlib import Path
 from bench.run import BenchContext
 
 SITES = ["site-01", "site-02", "site-03"]
+ROUNDS = 3
 SIM_SIZES = (10, 50, 100)
 SIM_BUDGET_SECONDS = 150.0
 
@@ -36,14 +42,22 @@ def _tiny(rounds: int, secagg: bool) -> dict:
     )  # fmt: skip
 
 
-def _deployment(work: Path) -> tuple[dict, float, dict[str, dict[str, int]]]:
+def _plain_app(work: Path) -> Path:
+    from semiofed.server.fab import write_app_dir
+
+    app_dir = write_app_dir(work / "plain-app", clientapp="plain_flower_app:app")
+    shutil.copy(Path(__file__).with_name("plain_flower_app.py"), app_dir / "plain_flower_app.py")
+    return app_dir
+
+
+def _deployment(work: Path) -> tuple[dict, dict, float, dict[str, dict[str, int]]]:
     from semiofed.server.certs import init_consortium
     from semiofed.server.consortium import Consortium
     from semiofed.server.demo import approve_as_officer
     from semiofed.shared.run_config import encode_payload
     from semiofed.shared.synth.consortium import generate_consortium
 
-    cfg = _tiny(2, secagg=True)
+    cfg = _tiny(ROUNDS, secagg=True)
     generate_consortium(work / "data", 3, 3, 1.0, seed=1)
     certs = init_consortium(work / "certs", SITES, force=True)
     t0 = time.perf_counter()
@@ -57,10 +71,16 @@ def _deployment(work: Path) -> tuple[dict, float, dict[str, dict[str, int]]]:
         c.wait_connected(3)
         run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(work / "run"))})
         status = c.wait_run(run_id, timeout=1200)
-    wall = time.perf_counter() - t0
-    if status.get("status") != "finished:completed":
-        raise RuntimeError(f"bench run {status.get('status')}: {status.get('status-details')}")
+        wall = time.perf_counter() - t0
+        plain_id = c.submit(
+            {"semiofed": encode_payload(cfg, out_dir=str(work / "plain"))}, _plain_app(work)
+        )
+        plain_status = c.wait_run(plain_id, timeout=1200)
+    for what, st in (("SemioFed", status), ("plain Flower", plain_status)):
+        if st.get("status") != "finished:completed":
+            raise RuntimeError(f"{what} bench run {st.get('status')}: {st.get('status-details')}")
     run = json.loads((work / "run" / "run.json").read_text())
+    plain = json.loads((work / "plain" / "run.json").read_text())
     sent: dict[str, dict[str, int]] = {}
     for s in SITES:
         per_round: dict[str, int] = defaultdict(int)
@@ -68,12 +88,13 @@ def _deployment(work: Path) -> tuple[dict, float, dict[str, dict[str, int]]]:
             e = json.loads(line)
             per_round[str(e["round"])] += int(e["bytes"])
         sent[s] = dict(per_round)
-    return run, wall, sent
+    return run, plain, wall, sent
 
 
-def _training_seconds(states: Path) -> dict[int, float]:
-    """The slowest site's DP training time per round, from the sites' own ledgers (training
-    time is not sent to the coordinator; 1-s resolution)."""
+def _site_seconds(states: Path) -> dict[int, float]:
+    """The slowest site's work per round (DP training, and the DP evaluation its train
+    message holds), from the sites' own ledgers (it is not sent to the coordinator; 1-s
+    resolution). The final model's evaluation counts for the last round."""
     from datetime import datetime
 
     from semiofed.privacy.ledger import PrivacyLedger
@@ -81,32 +102,53 @@ def _training_seconds(states: Path) -> dict[int, float]:
     def t(stamp: str) -> float:
         return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").timestamp()
 
+    def round_of(purpose: str) -> int | None:
+        if purpose.startswith("federated round "):
+            return int(purpose.rsplit(" ", 1)[1])
+        if purpose == "federated evaluation of the final model":
+            return ROUNDS
+        if purpose.startswith("federated evaluation of the round-"):  # inside the next round
+            return int(purpose.split("round-")[1].split(" ")[0]) + 1
+        return None
+
     out: dict[int, float] = {}
     for s in SITES:
+        per_round: dict[int, float] = defaultdict(float)
         for r in PrivacyLedger(states / s).load()["runs"]:
-            purpose = str(r.get("purpose", ""))
-            if purpose.startswith("federated round ") and r.get("finished"):
-                n = int(purpose.rsplit(" ", 1)[1])
-                out[n] = max(out.get(n, 0.0), t(r["finished"]) - t(r["started"]))
+            n = round_of(str(r.get("purpose", "")))
+            if n is not None and r.get("finished"):
+                per_round[n] += t(r["finished"]) - t(r["started"])
+        for n, secs in per_round.items():
+            out[n] = max(out.get(n, 0.0), secs)
     return out
 
 
 def run(ctx: BenchContext) -> str:
     work = ctx.path("federation")
-    run_rec, wall, sent = _deployment(work)
+    load = _load_average()
+    run_rec, plain, wall, sent = _deployment(work)
     lines = [
         "## Federation (Flower 1.42 deployment engine on loopback)\n",
         "3 SuperNodes (TLS + SuperNode auth), SecAgg+, patient-level DP-SGD, a tiny SemioNet, "
         "3 patients per site; ClientApps run as separate processes per message (Flower's "
-        "subprocess isolation).\n",
-        "| round | round wall (s) | slowest site training (s, its ledger) | overhead (s) |",
-        "|---|---|---|---|",
+        "subprocess isolation): per round 4 SecAgg+ stage messages per site, the last round "
+        "also an evaluate message. Beside it, the same rounds of a plain Flower ClientApp "
+        "(SecAgg+ over a client echoing the parameters: no data, no torch) on the same "
+        f"SuperLink, SuperNodes, ServerApp and SecAgg+ settings. Load average at the start: "
+        f"{load}.\n",
+        "| round | SemioFed round (s) | slowest site's DP training + evaluation (s, its ledger) "
+        "| SemioFed overhead (s) | plain Flower round (s) | overhead ÷ plain |",
+        "|---|---|---|---|---|---|",
     ]
-    training = _training_seconds(work / "state")
+    work_s = _site_seconds(work / "state")
+    plain_s = {int(r["round"]): r["seconds"] for r in plain["rounds"]}
     for r in run_rec["rounds"]:
-        slowest = training.get(int(r["round"]), 0.0)
+        n = int(r["round"])
+        over = r["seconds"] - work_s.get(n, 0.0)
+        p = plain_s.get(n)
+        cells = f"{p:.1f} | {over / p:.2f}" if p else "— | —"
         lines.append(
-            f"| {r['round']} | {r['seconds']:.1f} | {slowest:.1f} | {r['seconds'] - slowest:.1f} |"
+            f"| {n} | {r['seconds']:.1f} | {work_s.get(n, 0.0):.1f} | {over:.1f} | {cells} |"
         )
     lines += [
         "",
@@ -117,7 +159,10 @@ def run(ctx: BenchContext) -> str:
         lines.append(
             f"| {s} | " + ", ".join(f"r{k}: {v:,}" for k, v in sorted(per_round.items())) + " |"
         )
-    lines += ["", f"Local consortium wall time (start, 2 rounds, shutdown): {wall:.1f} s.\n"]
+    lines += [
+        "",
+        f"Local consortium wall time (start, {ROUNDS} SemioFed rounds, shutdown): {wall:.1f} s.\n",
+    ]
     lines += _simulation(ctx.path("simulation"))
     return "\n".join(lines)
 
@@ -146,3 +191,9 @@ def _simulation(work: Path) -> list[str]:
             continue
         lines.append(f"| {n} | {res['round_seconds'][0]:.1f} | {res['wall_seconds']:.1f} |")
     return [*lines, ""]
+
+
+def _load_average() -> str:
+    import os
+
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"

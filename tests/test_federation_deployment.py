@@ -143,6 +143,11 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     # 4 SecAgg+ stages per round (the train reply also evaluates the model received), and
     # one evaluate message for the final model
     assert len(outbox) == 2 * 4 + 1
+    # the site featurised each recording once, into its own state folder, for all messages
+    recordings = list((root / "data" / "site-01").rglob("*_keypoints.npz"))
+    assert len(list((root / "state" / "site-01" / "feature-cache").glob("*.npz"))) == len(
+        recordings
+    )
     # the privacy officer's signed trail holds the same: rounds, replies, budget, declines
     kinds = _trail_kinds(root / "state" / "site-01")
     assert kinds.count("round_joined") == 2 and kinds.count("budget_state") == 3
