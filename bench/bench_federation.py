@@ -51,6 +51,7 @@ def _plain_app(work: Path) -> Path:
 
 
 def _deployment(work: Path) -> tuple[dict, dict, float, dict[str, dict[str, int]]]:
+    from semiofed.server.app import PROGRESS_FILE
     from semiofed.server.certs import init_consortium
     from semiofed.server.consortium import Consortium
     from semiofed.server.demo import approve_as_officer
@@ -70,12 +71,12 @@ def _deployment(work: Path) -> tuple[dict, dict, float, dict[str, dict[str, int]
             c.start_supernode(s)
         c.wait_connected(3)
         run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(work / "run"))})
-        status = c.wait_run(run_id, timeout=1200)
+        status = c.wait_run(run_id, timeout=1200, progress=work / "run" / PROGRESS_FILE)
         wall = time.perf_counter() - t0
         plain_id = c.submit(
             {"semiofed": encode_payload(cfg, out_dir=str(work / "plain"))}, _plain_app(work)
         )
-        plain_status = c.wait_run(plain_id, timeout=1200)
+        plain_status = c.wait_run(plain_id, timeout=1200, progress=work / "plain" / PROGRESS_FILE)
     for what, st in (("SemioFed", status), ("plain Flower", plain_status)):
         if st.get("status") != "finished:completed":
             raise RuntimeError(f"{what} bench run {st.get('status')}: {st.get('status-details')}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -52,6 +53,11 @@ SUPEREXEC_POLL_SECONDS = "0.1"
 STARTUP_TIMEOUT = 60.0
 # Flower marks a silent SuperNode offline after HEARTBEAT_PATIENCE (2) × its 30 s heartbeat.
 OFFLINE_TIMEOUT = 90.0
+# Every `flwr` CLI call is a fresh Python process (~1.5 s of CPU): CPU the sites' ClientApps
+# need on a small machine. Waits therefore ask the SuperLink sparingly.
+CLI_POLL_SECONDS = 2.0
+RUN_STATUS_EVERY_S = 30.0  # while a run's progress file says it is not finished
+PROGRESS_POLL_SECONDS = 0.5
 
 
 def free_port() -> int:
@@ -324,7 +330,7 @@ class Consortium:
             }
             if str(node_id) not in online:
                 return
-            time.sleep(1.0)
+            time.sleep(CLI_POLL_SECONDS)
         raise SemioFedError(f"node {node_id} is still online after {timeout:.0f} s")
 
     def wait_connected(self, n: int, timeout: float = STARTUP_TIMEOUT) -> list[dict[str, Any]]:
@@ -339,7 +345,7 @@ class Consortium:
             ]
             if len(nodes) >= n:
                 return nodes
-            time.sleep(0.5)
+            time.sleep(CLI_POLL_SECONDS)
         raise SemioFedError(f"only {len(nodes)} of {n} SuperNodes connected after {timeout:.0f} s")
 
     # -- runs -------------------------------------------------------------------------------
@@ -357,15 +363,31 @@ class Consortium:
         runs = self.flwr("ls", "local", "--run-id", str(run_id))["runs"]
         return dict(runs[0]) if runs else {}
 
-    def wait_run(self, run_id: int, timeout: float, poll: float = 2.0) -> dict[str, Any]:
-        """Wait until the run finished; returns its ``flwr ls`` row."""
+    def wait_run(
+        self,
+        run_id: int,
+        timeout: float,
+        poll: float = CLI_POLL_SECONDS,
+        progress: Path | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the run finished; returns its ``flwr ls`` row.
+
+        Without ``progress`` the SuperLink is asked every ``poll`` seconds. With the run's
+        ``progress.json`` (:data:`semiofed.server.app.PROGRESS_FILE` in its out dir) it is
+        asked once that file, written since this call, says the ServerApp finished, and
+        otherwise every :data:`RUN_STATUS_EVERY_S` seconds to notice a run that failed."""
+        start_ns = time.time_ns()
         end = time.monotonic() + timeout
+        asked = -math.inf
         while time.monotonic() < end:
-            status = self.run_status(run_id)
-            if str(status.get("status", "")).startswith("finished"):
-                return status
-            self._check_alive()
-            time.sleep(poll)
+            done = progress is not None and _finished_since(progress, start_ns)
+            if progress is None or done or time.monotonic() - asked > RUN_STATUS_EVERY_S:
+                asked = time.monotonic()
+                status = self.run_status(run_id)
+                if str(status.get("status", "")).startswith("finished"):
+                    return status
+                self._check_alive()
+            time.sleep(poll if progress is None or done else PROGRESS_POLL_SECONDS)
         raise SemioFedError(f"run {run_id} did not finish within {timeout:.0f} s")
 
     def stop_run(self, run_id: int) -> None:
@@ -377,3 +399,13 @@ class Consortium:
                 f"the SuperLink exited with code {self.superlink.returncode}; "
                 f"see {self.logs / 'superlink.log'}"
             )
+
+
+def _finished_since(progress: Path, start_ns: int) -> bool:
+    """Whether ``progress`` was written at or after ``start_ns`` and says finished."""
+    try:
+        if progress.stat().st_mtime_ns < start_ns:
+            return False
+        return bool(json.loads(progress.read_text(encoding="utf-8")).get("finished"))
+    except (OSError, ValueError):
+        return False

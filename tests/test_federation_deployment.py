@@ -15,6 +15,7 @@ import pytest
 from semiofed.privacy.approval import approve
 from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.server.app import PROGRESS_FILE
 from semiofed.server.certs import init_consortium, write_supernode_keypair
 from semiofed.server.consortium import Consortium
 from semiofed.server.fab import write_app_dir
@@ -108,7 +109,7 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     c, root = consortium
     out = root / "run-main"
     run_id = c.submit({"semiofed": encode_payload(MAIN, out_dir=str(out))})
-    status = c.wait_run(run_id, timeout=900)
+    status = c.wait_run(run_id, timeout=900, progress=out / PROGRESS_FILE)
     assert status["status"] == "finished:completed", status
     run = _run_json(out)
     assert [r["round"] for r in run["rounds"]] == [1, 2]
@@ -172,7 +173,8 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
 def test_unapproved_configuration_is_declined_by_every_site(consortium):
     c, root = consortium
     out = root / "run-unapproved"
-    status = c.wait_run(c.submit({"semiofed": encode_payload(UNAPPROVED, out_dir=str(out))}), 300)
+    run_id = c.submit({"semiofed": encode_payload(UNAPPROVED, out_dir=str(out))})
+    status = c.wait_run(run_id, 300, progress=out / PROGRESS_FILE)
     assert status["status"] == "finished:completed", status
     (r,) = _run_json(out)["rounds"]
     assert not r["sites"] and set(r["declined"]) == set(SITES)
@@ -209,7 +211,7 @@ def test_exceptions_and_forbidden_keys_leave_only_a_code(consortium):
     before = {s: p.read_text() if p.exists() else "" for s, p in outboxes.items()}
     out = root / "run-rogue"
     run_id = c.submit({"semiofed": encode_payload(ONE_ROUND, out_dir=str(out))}, app_dir=app_dir)
-    status = c.wait_run(run_id, timeout=300)
+    status = c.wait_run(run_id, timeout=300, progress=out / PROGRESS_FILE)
     assert status["status"] == "finished:completed", status
     (r,) = _run_json(out)["rounds"]
     assert r["failure_reasons"] == ["site-error"] * 3 and not r["aggregated"]
@@ -278,16 +280,16 @@ def test_killed_supernode_rejoins_and_restarted_serverapp_resumes(consortium):
     _wait(site02_training, 300, "site-02 to start training in round 1")
     c.kill_supernode("site-02")  # mid-round crash of a hospital
     c.start_supernode("site-02")  # it comes back (same key, same node id)
-    progress = out / "progress.json"
+    progress = out / PROGRESS_FILE
     _wait(
         lambda: progress.exists() and len(json.loads(progress.read_text())["rounds"]) >= 2,
         600,
         "2 rounds",
     )
     c.stop_run(run_id)  # the ServerApp goes away after round 2 …
-    _wait(lambda: c.run_status(run_id)["status"].startswith("finished"), 60, "run stop")
+    c.wait_run(run_id, 60)  # the run stops
     run_id2 = c.submit(payload)  # … and a new one resumes from the checkpoint
-    status = c.wait_run(run_id2, timeout=600)
+    status = c.wait_run(run_id2, timeout=600, progress=progress)
     assert status["status"] == "finished:completed", status
     run = _run_json(out)
     assert run["resumed_after_round"] >= 2
