@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.run import BenchContext
 
 SITES = ["site-01", "site-02", "site-03"]
-ROUNDS = 3
+ROUNDS = 2
 SIM_SIZES = (10, 50, 100)
 SIM_BUDGET_SECONDS = 150.0
 
