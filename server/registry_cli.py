@@ -77,8 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from semiofed.privacy.keys import fingerprint
 
     from .registry.app import create_app
+    from .registry.publish import check_stored
 
     registry = _open_registry(args)
+    check_stored(registry)
     print(
         f"registry: database {_db_url(args)}, artifacts in {_data(args).resolve()}, "
         f"coordinator key {fingerprint(registry.coordinator_key)[:16]}…",
