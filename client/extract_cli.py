@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from semiofed.shared.cli_paths import out_folder
 from semiofed.shared.errors import SemioFedError
 
 EPILOG = """\
@@ -45,7 +46,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
         metavar="INPUT",
         help="video files, or folders (every video under them)",
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, type=out_folder, metavar="DIR", help="output folder")
     p.add_argument(
         "--workers",
         type=int,

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import SemioFedError
 
 from . import site_audit
@@ -52,13 +53,22 @@ def register(cmds: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--data", required=True, metavar="SITE_DIR", help="site folder: one sub-folder per patient"
+        "--data",
+        required=True,
+        type=folder,
+        metavar="SITE_DIR",
+        help="site folder: one sub-folder per patient",
     )
     p.add_argument(
-        "--out", required=True, metavar="RUN_DIR", help="output folder for weights and metrics"
+        "--out",
+        required=True,
+        type=out_folder,
+        metavar="RUN_DIR",
+        help="output folder for weights and metrics",
     )
     p.add_argument(
         "--state",
+        type=out_folder,
         metavar="DIR",
         help="site state folder: privacy_ledger.json (required with DP) and the labelled "
         "events of `site review` (review/data), which training includes",

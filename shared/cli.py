@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from .errors import SemioFedError
 
@@ -35,8 +36,15 @@ Tools:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes are one line naming the argument (exit 2); ``--help`` shows usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="semiofed",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SemioFedError as exc:
         print(f"semiofed: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal (disk full, permissions): name the path
+        if args.verbose:
+            raise
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"semiofed: error: {where or 'I/O'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("semiofed: interrupted", file=sys.stderr)
