@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """INFO (DEBUG with ``-v``) on stderr. The level is set on the handler too: libraries that
+    set their own loggers to DEBUG (flwr, alembic) propagate every record to it."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -66,10 +75,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     # `kill PID` (a service manager, a container stop) ends a command like Ctrl-C does, so
     # its cleanup (temporary files, processes it started) runs
     signal.signal(signal.SIGTERM, _interrupt)
