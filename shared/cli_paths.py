@@ -3,7 +3,7 @@
 Use them as argparse ``type=``: a wrong path is then a one-line error naming the argument
 and the path (exit 2), never a traceback half-way through a long command. Only
 :func:`out_folder` and :func:`out_file` are for paths a command may create; a command that
-only reads takes :func:`folder` or :func:`existing_file`, so it never creates anything.
+only reads takes :func:`folder`, so it never creates anything.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import argparse
 from pathlib import Path
 
 
-def _blocking_file(path: Path) -> Path | None:
-    """The first existing non-folder among ``path``'s parents (what makes it uncreatable)."""
+def _creatable(path: Path) -> Path:
+    """``path``, unless an existing file among its parents makes it impossible to create."""
     for parent in path.absolute().parents:
         if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{path}: cannot be created, {parent} is a file")
+            break
+    return path
 
 
 def folder(value: str) -> Path:
@@ -35,10 +37,7 @@ def out_folder(value: str) -> Path:
     path = Path(value)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path}: is a file, not a folder")
-    blocking = _blocking_file(path)
-    if blocking is not None:
-        raise argparse.ArgumentTypeError(f"{path}: cannot be created, {blocking} is a file")
-    return path
+    return _creatable(path)
 
 
 def out_file(value: str) -> Path:
@@ -46,17 +45,4 @@ def out_file(value: str) -> Path:
     path = Path(value)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path}: is a folder, not a file")
-    blocking = _blocking_file(path)
-    if blocking is not None:
-        raise argparse.ArgumentTypeError(f"{path}: cannot be created, {blocking} is a file")
-    return path
-
-
-def existing_file(value: str) -> Path:
-    """An existing file the command reads."""
-    path = Path(value)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{path}: no such file")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path}: is a folder, not a file")
-    return path
+    return _creatable(path)

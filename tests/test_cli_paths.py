@@ -19,6 +19,7 @@ CONFIG = str(ROOT / "configs" / "demo.toml")
 # argument the error must name)
 CASES = [
     ("synth --out F", "--out"),
+    ("synth --out F/below", "--out"),
     (f"audit approve {CONFIG} --state F", "--state"),
     ("audit report --state D --out D", "--out"),
     ("audit ledger --state F", "--state"),
