@@ -4,7 +4,9 @@ row can break, concurrent publishes sharing an upload, and the start-up consiste
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from threading import Barrier
 from typing import Any
@@ -202,5 +204,43 @@ def test_parallel_publishes_sharing_one_upload_all_keep_their_weights(tmp_path: 
             if code == 201:
                 got = httpx.get(f"{server.url}/api/v1/models/v{i}/weights", headers=site)
                 assert got.status_code == 200 and got.headers["X-Weights-SHA256"] == expected
+
+        # kill -9 while more publishes are in flight: the restarted registry passes its
+        # start-up check (no half version) and serves the weights of every version it lists
+        more = [
+            build_manifest(card, run / "model.safetensors", f"w{i}", n + i, key)
+            for i in range(1, 11)
+        ]
+
+        def late(i: int) -> int | None:
+            manifest, sig = more[i]
+            try:
+                with httpx.Client(base_url=server.url, headers=_headers(setup), timeout=60) as c:
+                    c.post(
+                        "/api/v1/uploads",
+                        content=(run / "model.safetensors").read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
+                    return c.post(
+                        "/api/v1/models", json={"manifest": manifest, "signature": sig}
+                    ).status_code
+            except httpx.HTTPError:
+                return None  # the server died under it
+
+        assert server.proc is not None
+        with ThreadPoolExecutor(10) as pool:
+            futures = [pool.submit(late, i) for i in range(10)]
+            next(as_completed(futures))
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+        server.proc = None
+        server.start()  # `registry serve` runs check_stored: it exits 2 on any disagreement
+        listing = httpx.get(f"{server.url}/api/v1/models", headers=site).json()["versions"]
+        assert len(listing) >= codes.count(201)
+        for v in listing:
+            got = httpx.get(f"{server.url}/api/v1/models/{v['version']}/weights", headers=site)
+            assert got.status_code == 200 and got.headers["X-Weights-SHA256"] == expected
+        with httpx.Client(base_url=server.url) as client:
+            assert _publish(setup, client, run, card, "after", 99).status_code == 201
     finally:
         server.stop()
