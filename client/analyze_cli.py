@@ -29,6 +29,7 @@ import numpy as np
 
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import FormatError, SemioFedError
 from semiofed.shared.events import Event, write_events
 from semiofed.shared.labels import (
@@ -129,11 +130,11 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         required=True,
-        type=Path,
+        type=folder,
         metavar="MODEL_DIR",
         help="folder with model.safetensors + model_config.json",
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, type=out_folder, metavar="DIR", help="output folder")
     p.add_argument(
         "--calibration",
         type=Path,

@@ -63,14 +63,19 @@ class RecordingRef:
 def recording_refs(
     site_dir: Path, patients: Sequence[PatientWindows], extra_dirs: Sequence[Path] = ()
 ) -> dict[RecordingKey, RecordingRef]:
-    """events.tsv and duration of every recording of ``patients`` (keys as in the windows)."""
+    """events.tsv and duration of every recording in ``patients``' windows (keys as there);
+    recordings the window loader skipped are skipped here too."""
     folders = patient_folders(Path(site_dir), extra_dirs)
     out: dict[RecordingKey, RecordingRef] = {}
     for pw in patients:
+        used = set(pw.recording.tolist())
         for path in sorted(p for pdir in folders[pw.patient] for p in pdir.rglob("*" + SUFFIX)):
+            if path.name[: -len(SUFFIX)] not in used:
+                continue
             header = read_header(path)
+            seconds = header["n_frames"] / header["fps"]
             out[(pw.site, pw.patient, path.name[: -len(SUFFIX)])] = RecordingRef(
-                read_events(events_path(path)), header["n_frames"] / header["fps"], path
+                read_events(events_path(path), seconds), seconds, path
             )
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from semiofed.shared.cli_paths import out_folder
 from semiofed.shared.errors import SemioFedError
 
 EPILOG = """\
@@ -13,7 +14,9 @@ outputs (in --out):
   <name>_quality.json    frames read/decoded/dropped, detection rate per stream, visibility
   <name>_preview.mp4     with --preview: skeleton on a blank background (no video pixels)
   manifest.json          every input of the run: ok / skipped / truncated / failed, error,
-                         sha256, output
+                         sha256, output, warning (e.g. nothing detected); and every folder
+                         entry not processed (status ignored) with why: a dangling link, a
+                         link loop, a FIFO, a device, a file without a video file name
 
 Re-running the same command skips videos already done (same content hash and settings) and
 redoes interrupted ones. Exit code 1 when any input failed or was truncated (the keypoints of
@@ -45,7 +48,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
         metavar="INPUT",
         help="video files, or folders (every video under them)",
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, type=out_folder, metavar="DIR", help="output folder")
     p.add_argument(
         "--workers",
         type=int,
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from .extract.backends import BackendSpec
     from .extract.pipeline import ExtractOptions, extract
     from .extract.roi import parse_roi
+    from .extract.video import NOT_A_VIDEO
 
     if args.workers < 1:
         raise SemioFedError(f"--workers must be at least 1, got {args.workers}")
@@ -125,4 +129,16 @@ def run(args: argparse.Namespace) -> int:
     )
     for entry in report.failed:
         print(f"  {entry['status']}: {entry['input']}: {entry['error']}")
+    for entry in report.entries:
+        if entry.get("warning"):
+            print(f"  warning: {entry['input']}: {entry['warning']}")
+    ignored = [e for e in report.entries if e["status"] == "ignored"]
+    others = [e for e in ignored if e["error"] == NOT_A_VIDEO]
+    for entry in ignored:
+        if entry["error"] != NOT_A_VIDEO:
+            print(f"  ignored: {entry['input']}: {entry['error']}")
+    if others:
+        print(
+            f"  ignored: {len(others)} other file(s) without a video file name (see the manifest)"
+        )
     return 1 if report.failed else 0

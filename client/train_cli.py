@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import SemioFedError
 
 from . import site_audit
@@ -52,13 +53,22 @@ def register(cmds: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--data", required=True, metavar="SITE_DIR", help="site folder: one sub-folder per patient"
+        "--data",
+        required=True,
+        type=folder,
+        metavar="SITE_DIR",
+        help="site folder: one sub-folder per patient",
     )
     p.add_argument(
-        "--out", required=True, metavar="RUN_DIR", help="output folder for weights and metrics"
+        "--out",
+        required=True,
+        type=out_folder,
+        metavar="RUN_DIR",
+        help="output folder for weights and metrics",
     )
     p.add_argument(
         "--state",
+        type=out_folder,
         metavar="DIR",
         help="site state folder: privacy_ledger.json (required with DP) and the labelled "
         "events of `site review` (review/data), which training includes; also the feature cache",
@@ -268,16 +278,21 @@ def _train(args: argparse.Namespace) -> int:
     result = train_local(
         model, train, cfg, ledger, progress=not args.no_progress, val_patients=val or None
     )
+    save_model(out, model, mcfg, wcfg)  # first: a failing evaluation never loses the training
     threshold = choose_threshold(model, val, args.device)
-    test_metrics = evaluate(
-        model,
-        test,
-        device=args.device,
-        threshold=threshold,
-        window=wcfg,
-        refs=recording_refs(data, test, reviewed),
-    )
-    save_model(out, model, mcfg, wcfg)
+    evaluation_error: SemioFedError | None = None
+    try:
+        test_metrics = evaluate(
+            model,
+            test,
+            device=args.device,
+            threshold=threshold,
+            window=wcfg,
+            refs=recording_refs(data, test, reviewed),
+        )
+    except SemioFedError as exc:
+        evaluation_error = exc
+        test_metrics = {"error": str(exc)}
     privacy: dict[str, Any] = {"dp": cfg.dp}
     if cfg.dp:
         privacy.update(
@@ -334,6 +349,10 @@ def _train(args: argparse.Namespace) -> int:
     atomic_write_json(out / "metrics.json", json_safe(metrics))
     if ledger is not None:
         site_audit.record_budget(Path(args.state))
+    if evaluation_error is not None:
+        raise SemioFedError(
+            f"model written to {out}, but its test evaluation failed: {evaluation_error}"
+        )
     eps = (
         f"ε = {result.epsilon_total:.3f} cumulative at δ={result.delta:g} ({result.accountant}, {result.privacy_unit} level; "
         f"this run {result.epsilon_run:.3f})"

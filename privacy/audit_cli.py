@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from semiofed.shared.atomic import atomic_write_json, atomic_write_text
+from semiofed.shared.cli_paths import folder, out_file, out_folder
 from semiofed.shared.errors import SemioFedError
 
 from .approval import OFFICER_KEY_FILE, approval_fields_of, approve
@@ -61,7 +62,9 @@ def register(cmds: argparse._SubParsersAction) -> None:
         metavar="RUN_CONFIG",
         help="run configuration (TOML, configs/*.toml)",
     )
-    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument(
+        "--state", type=out_folder, required=True, metavar="DIR", help="site state folder"
+    )
     p.add_argument(
         "--key",
         type=Path,
@@ -81,7 +84,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
             "of Opacus. Exit 1 when any value disagrees beyond the tolerance."
         ),
     )
-    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument("--state", type=folder, required=True, metavar="DIR", help="site state folder")
     p.add_argument(
         "--tolerance",
         type=float,
@@ -108,8 +111,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
             "(plot), budget left, approvals, messages sent, attack results, verification status."
         ),
     )
-    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
-    p.add_argument("--out", type=Path, required=True, metavar="HTML", help="output file")
+    p.add_argument("--state", type=folder, required=True, metavar="DIR", help="site state folder")
+    p.add_argument("--out", type=out_file, required=True, metavar="HTML", help="output file")
     p.add_argument(
         "--trail", type=Path, metavar="LOG", help="audit trail (default STATE/audit/trail.jsonl)"
     )
@@ -127,7 +130,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
             "default to the ledger's latest run. Results go to STATE/audits/<attack>.json."
         ),
     )
-    p.add_argument("--state", type=Path, required=True, metavar="DIR", help="site state folder")
+    p.add_argument("--state", type=folder, required=True, metavar="DIR", help="site state folder")
     p.add_argument(
         "--only",
         nargs="+",

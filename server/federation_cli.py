@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from semiofed.shared.cli_paths import out_folder
 from semiofed.shared.errors import SemioFedError
 
 from . import superlink_cli
@@ -22,7 +23,9 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
             "hospital only) and SITE.pub (registered with `flwr supernode register`)."
         ),
     )
-    p.add_argument("--out", type=Path, required=True, help="consortium certificate folder (CERTS)")
+    p.add_argument(
+        "--out", type=out_folder, required=True, help="consortium certificate folder (CERTS)"
+    )
     p.add_argument(
         "--sites", nargs="+", default=[], metavar="SITE", help="site names to create keys for"
     )
@@ -65,7 +68,9 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", type=Path, required=True, help="run configuration (configs/*.toml)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (on the SuperLink host)")
+    p.add_argument(
+        "--out", type=out_folder, required=True, help="run directory (on the SuperLink host)"
+    )
     p.add_argument(
         "--superlink",
         default="127.0.0.1:8000",
@@ -89,7 +94,7 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", type=Path, default=None, help="run configuration (default configs/demo.toml)"
     )
-    p.add_argument("--out", type=Path, default=Path("simulate-out"))
+    p.add_argument("--out", type=out_folder, default=Path("simulate-out"))
     p.add_argument("--patients-per-site", type=int, default=4)
     p.set_defaults(func=_simulate)
 
@@ -105,7 +110,7 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", type=Path, required=True, help="run configuration ([model])")
-    p.add_argument("--out", type=Path, required=True, help="folder for <sha256>.safetensors")
+    p.add_argument("--out", type=out_folder, required=True, help="folder for <sha256>.safetensors")
     p.add_argument("--sites", type=int, default=None, help="public simulated sites")
     p.add_argument("--patients-per-site", type=int, default=None)
     p.add_argument("--minutes-per-patient", type=float, default=None)
@@ -127,7 +132,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     p.add_argument(
-        "--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)"
+        "--out", type=out_folder, default=Path("demo-out"), help="output folder (default demo-out)"
     )
     p.add_argument(
         "--config", type=Path, default=None, help="run configuration (default configs/demo.toml)"

@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from semiofed.shared.cli_paths import out_folder
 from semiofed.shared.errors import SemioFedError
 
 DEFAULT_DATA = "registry-data"
@@ -20,12 +21,19 @@ def _data(args: argparse.Namespace) -> Path:
     return Path(args.data)
 
 
-def _db_url(args: argparse.Namespace) -> str:
+def _db_url(args: argparse.Namespace, create: bool = False) -> str:
+    """The database URL; only commands that set a registry up (``create``) make ``--data``."""
     from .registry.publish import default_db_url
 
     if args.db:
         return args.db
-    _data(args).mkdir(parents=True, exist_ok=True)
+    if create:
+        _data(args).mkdir(parents=True, exist_ok=True)
+    elif not _data(args).is_dir():
+        raise SemioFedError(
+            f"--data {args.data}: no such folder; set a registry up with "
+            f"`semiofed registry keygen --data {args.data}`"
+        )
     return default_db_url(_data(args))
 
 
@@ -51,10 +59,10 @@ def _open_registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return open_registry(_db_url(args), _data(args), _public_key(args))
 
 
-def _sessions(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _sessions(args: argparse.Namespace, create: bool = False):  # type: ignore[no-untyped-def]
     from .registry.db import open_database
 
-    return open_database(_db_url(args))
+    return open_database(_db_url(args, create))
 
 
 def _remote(args: argparse.Namespace) -> tuple[str, str] | None:
@@ -77,8 +85,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from semiofed.privacy.keys import fingerprint
 
     from .registry.app import create_app
+    from .registry.publish import check_stored
 
     registry = _open_registry(args)
+    check_stored(registry)
     print(
         f"registry: database {_db_url(args)}, artifacts in {_data(args).resolve()}, "
         f"coordinator key {fingerprint(registry.coordinator_key)[:16]}…",
@@ -134,7 +144,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     from .registry.auth import create_token
 
-    with _sessions(args)() as session:
+    with _sessions(args, create=True)() as session:
         row, secret = create_token(session, args.role, args.label)
     print(
         f"# {args.role} token #{row.id}{f' ({args.label})' if args.label else ''}; shown only once:"
@@ -184,6 +194,7 @@ def _storage_args(p: argparse.ArgumentParser, db: bool = True) -> None:
     p.add_argument(
         "--data",
         default=DEFAULT_DATA,
+        type=out_folder,
         metavar="DIR",
         help=f"registry data folder: artifacts, keys/, registry.db (default: {DEFAULT_DATA})",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -56,16 +57,24 @@ def simulate(
     payload = encode_payload(cfg, out_dir=str(run_dir), sim_root=str(out), sim_data_sites=n_data)
     os.environ[SIM_PAYLOAD_ENV] = payload
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's FutureWarning
     # by module reference, as a SuperNode loads it (server/ never imports client/ code)
     module, _, attr = CLIENTAPP.partition(":")
     client_app = getattr(importlib.import_module(module), attr)
 
+    # flwr prints its own console lines: not again through the root handler
+    logging.getLogger("flwr").propagate = False
     t0 = time.perf_counter()
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=sites,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            # the virtual sites' console (Ray actors: SecAgg+ DEBUG lines) is not relayed; a
+            # failing ClientApp still reaches the ServerApp's log as a failed reply
+            "init_args": {"log_to_driver": False, "logging_level": logging.WARNING},
+        },
     )
     wall = time.perf_counter() - t0
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from .errors import SemioFedError
 
@@ -35,8 +36,15 @@ Tools:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes are one line naming the argument (exit 2); ``--help`` shows usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="semiofed",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """INFO (DEBUG with ``-v``) on stderr. The level is set on the handler too: libraries that
+    set their own loggers to DEBUG (flwr, alembic) propagate every record to it."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -58,10 +75,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     # `kill PID` (a service manager, a container stop) ends a command like Ctrl-C does, so
     # its cleanup (temporary files, processes it started) runs
     signal.signal(signal.SIGTERM, _interrupt)
@@ -69,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SemioFedError as exc:
         print(f"semiofed: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal (disk full, permissions): name the path
+        if args.verbose:
+            raise
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"semiofed: error: {where or 'I/O'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("semiofed: interrupted", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_paths import out_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write a synthetic consortium: per site and patient, keypoint recordings with "
         "events.tsv and ground truth, plus a summary of counts per class per site. Deterministic for a seed.",
     )
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", required=True, type=out_folder, help="output folder (created)")
     p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
     p.add_argument(
         "--patients-per-site", type=int, default=12, help="patients per site (default 12)"

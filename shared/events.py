@@ -18,6 +18,7 @@ from .labels import LATERALIZATIONS, is_known_event_type
 
 REQUIRED_COLUMNS = ("onset", "duration", "eventType")
 OPTIONAL_COLUMNS = ("lateralization", "confidence")
+END_TOLERANCE_S = 0.1  # events written at millisecond precision from frame times
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,14 @@ def _float(path: Path, line: int, column: str, text: str) -> float:
     return value
 
 
-def read_events(path: str | Path) -> list[Event]:
-    """Read and validate an events.tsv; raises :class:`FormatError` naming the file."""
+def read_events(path: str | Path, recording_seconds: float | None = None) -> list[Event]:
+    """Read and validate an events.tsv; raises :class:`FormatError` naming the file and line.
+
+    A UTF-8 byte-order mark is accepted. With ``recording_seconds``, an event must lie
+    within the recording (up to one frame's rounding, :data:`END_TOLERANCE_S`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise FormatError(path, f"cannot read events file ({exc})") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -69,6 +73,12 @@ def read_events(path: str | Path) -> list[Event]:
         duration = _float(path, n, "duration", cells[col["duration"]])
         if onset < 0 or duration < 0:
             raise FormatError(path, f"line {n}: onset and duration must be >= 0")
+        if recording_seconds is not None and onset + duration > recording_seconds + END_TOLERANCE_S:
+            raise FormatError(
+                path,
+                f"line {n}: event {onset:g}–{onset + duration:g} s ends after the recording "
+                f"({recording_seconds:g} s)",
+            )
         etype = cells[col["eventType"]]
         if not is_known_event_type(etype):
             raise FormatError(path, f"line {n}: unknown eventType {etype!r}")

@@ -43,6 +43,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,10 +299,11 @@ def _member(
     zf: zipfile.ZipFile, path: Path, name: str, dtype: str, shape: tuple[int, ...] | None = None
 ) -> np.ndarray:
     try:
-        raw = zf.read(f"{name}.npy")
+        arr = np.lib.format.read_array(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
     except KeyError:
         raise FormatError(path, f"missing member {name!r}") from None
-    arr = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise FormatError(path, f"corrupt member {name!r} ({type(exc).__name__}: {exc})") from None
     if shape is not None and arr.shape != shape:
         raise FormatError(path, f"{name} has shape {arr.shape}, expected {shape}")
     if arr.dtype != np.dtype(dtype):

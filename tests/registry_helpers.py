@@ -50,25 +50,24 @@ def make_run_dir(
             }
         )
     )
-    run = {
-        "run_id": f"run-{seed}",
-        "started_at": "2025-01-01T10:00:00Z",
-        "finished_at": "2025-01-01T10:05:00Z",
-        "strategy": "FedAvg",
+    run = {  # the keys the ServerApp writes (server/app.py)
+        "format": "semiofed-run-1",
+        "flower_run_id": 1000 + seed,
+        "run_name": f"run-{seed}",
+        "started_unix": 1735725600.0,
+        "finished_unix": 1735725900.0,
         "data": "synthetic",
         "config": {
-            "rounds": rounds,
-            "local_epochs": 1,
-            "noise_multiplier": 1.1,
-            "max_grad_norm": 1.0,
+            "federation": {"rounds": rounds, "strategy": "fedavg"},
+            "training": {"local-epochs": 1, "noise-multiplier": 1.1, "max-grad-norm": 1.0},
         },
-        "accountant": "rdp",
+        "patient_level_dp": {"privacy_unit": "patient", "delta": 1e-5, "accountant": "rdp"},
         "rounds": [
             {
                 "round": r,
-                "metrics": {"loss": 1.0 / r + seed, "macro_f1": 0.2 * r},
+                "federated_eval": {"loss": 1.0 / r + seed, "macro-f1": 0.2 * r},
                 "sites": {
-                    s: {"epsilon": 0.5 * r * (i + 1), "delta": 1e-5, "privacy_unit": "patient"}
+                    s: {"epsilon": 0.5 * r * (i + 1), "delta": 1e-5, "privacy-unit": "patient"}
                     for i, s in enumerate(sites)
                 },
             }

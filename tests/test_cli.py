@@ -49,3 +49,29 @@ def test_console_script_installed() -> None:
     assert exe.exists(), "the `semiofed` console command is not installed in the test venv"
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
     assert "Roles:" in result.stdout
+
+
+def test_library_debug_records_stay_quiet_without_verbose(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """flwr and alembic set their loggers to DEBUG; without -v none of it reaches the console."""
+    import logging
+
+    from semiofed.shared.cli import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    root.handlers = []
+    chatty = logging.getLogger("a-library")
+    chatty.setLevel(logging.DEBUG)
+    try:
+        configure_logging(verbose=False)
+        chatty.debug("debug page")
+        chatty.info("useful line")
+        configure_logging(verbose=True)  # already configured: -v still shows DEBUG
+        chatty.debug("asked for")
+    finally:
+        root.handlers, root.level = saved
+        chatty.setLevel(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert "useful line" in err and "debug page" not in err and "asked for" in err

@@ -67,10 +67,20 @@ def test_bad_files_fail_clearly_while_good_file_finishes(
     # a video cut in the middle that still opens: its readable part is kept, but it is an error
     mjpg = make_moving_clip(tmp_path / "whole.avi", 2.0, 30.0, sway(), fourcc="MJPG").read_bytes()
     (src / "cut.avi").write_bytes(mjpg[: len(mjpg) // 2])
+    # a 16×16 black video (nothing to detect) and a dangling link among the videos
+    writer = cv2.VideoWriter(str(src / "tiny.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (16, 16))
+    for _ in range(10):
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+    writer.release()
+    (src / "gone.mp4").symlink_to(tmp_path / "missing.mp4")
     out = tmp_path / "out"
     rc = run_extract(str(src), "--out", str(out), "--no-progress")
     assert rc == 1
     entries = manifest(out)
+    assert entries["tiny.avi"]["status"] == "ok"
+    assert "nothing detected" in entries["tiny.avi"]["warning"]
+    assert entries["gone.mp4"]["status"] == "ignored"
+    assert "dangling symbolic link" in entries["gone.mp4"]["error"]
     assert entries["cut.avi"]["status"] == "truncated"
     assert "the video ended after" in entries["cut.avi"]["error"]
     assert load_recording(out / "cut_keypoints.npz").n_frames > 0
@@ -84,6 +94,8 @@ def test_bad_files_fail_clearly_while_good_file_finishes(
     console = capsys.readouterr()
     for name in ("truncated.mp4", "zero.mp4", "notes.mp4", "cut.avi"):
         assert f"{name}:" in console.err or f"{name}:" in console.out
+    assert "WARNING" in console.err and "tiny.avi" in console.err
+    assert "ignored:" in console.out and "gone.mp4" in console.out
     assert not list(out.glob("*notes*")) and not list(out.glob("*zero*"))
     # re-running skips what is done (by content: a renamed copy too) and still reports the
     # truncated video

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,4 +101,28 @@ def test_folder_expansion_skips_output_folder_and_non_videos(tmp_path: Path) -> 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x_preview.mp4").write_bytes(b"1")
     found = find_videos([tmp_path], exclude=tmp_path / "out")
-    assert [p.name for p in found] == ["x.mp4"]
+    assert [p.name for p in found.videos] == ["x.mp4"]
+    assert [(p.name, why) for p, why in found.ignored] == [("notes.txt", "not a video file name")]
+
+
+def test_folder_entries_not_processed_are_reported_with_why(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok.mp4").write_bytes(b"1")
+    (src / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (src / "loop.mp4").symlink_to(src / "loop.mp4")
+    os.mkfifo(src / "pipe.mp4")
+    (src / "zero.mp4").symlink_to("/dev/zero")
+    (src / "folder-link").symlink_to(src / "sub")
+    (src / ".hidden.mp4").write_bytes(b"1")
+    found = find_videos([src, src / "pipe.mp4"])
+    assert [p.name for p in found.videos] == ["ok.mp4"]
+    assert sorted((p.name, why) for p, why in found.ignored) == [
+        (".hidden.mp4", "hidden file"),
+        ("dangling.mp4", "dangling symbolic link (its target does not exist)"),
+        ("folder-link", "symbolic link to a folder (not followed)"),
+        ("loop.mp4", "symbolic link loop"),
+        ("pipe.mp4", "a FIFO (named pipe), not a file"),
+        ("pipe.mp4", "a FIFO (named pipe), not a file"),  # given as an input too
+        ("zero.mp4", "a device, not a file"),
+    ]

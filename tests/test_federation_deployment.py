@@ -132,6 +132,10 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     from semiofed.shared.analysis.pipeline import load_model
 
     card = build_card(out)
+    training = card["training"]
+    assert card["name"] == out.name and training["strategy"] == "fedavg"
+    assert training["run_id"] == str(run["flower_run_id"]) and training["started_at"]
+    assert training["finished_at"] and [m["round"] for m in card["metrics"]] == [1, 2]
     site01 = card["privacy"]["per_site"]["site-01"]
     assert (site01["privacy_unit"], site01["accountant"], site01["delta"]) == (
         "patient",

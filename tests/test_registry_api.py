@@ -190,11 +190,19 @@ def test_card_ledger_and_audit_contents(world: dict[str, Any]) -> None:
     assert [p["epsilon"] for p in site_c["epsilon_by_round"]] == [1.5, 3.0, 4.5]
     assert site_c["epsilon_final"] == 4.5
     assert [m["round"] for m in card["metrics"]] == [1, 2, 3] and card["metrics"][1][
-        "macro_f1"
+        "macro-f1"
     ] == 0.4
+    assert card["name"] == "run-0" and card["training"] == {
+        "run_id": "1000",
+        "started_at": "2025-01-01T10:00:00Z",
+        "finished_at": "2025-01-01T10:05:00Z",
+        "strategy": "fedavg",  # the strategy's name, not its parameter table
+        "data": "synthetic",
+        "configuration": card["training"]["configuration"],
+    }
     assert card["limitations"][0].startswith("Trained on SYNTHETIC")
     assert "Not a medical device" in card["intended_use"]
-    assert card["training"]["configuration"]["noise_multiplier"] == 1.1
+    assert card["training"]["configuration"]["training"]["noise-multiplier"] == 1.1
     ledger = tc.get("/api/v1/ledger", params={"version": "v1"}, headers=auditor).json()["entries"]
     assert len(ledger) == 9 and {e["site"] for e in ledger} == {"site-a", "site-b", "site-c"}
     audit = tc.get("/api/v1/audit", headers=auditor).json()

@@ -48,6 +48,7 @@ from .video import FrameReader, VideoError, VideoInfo, find_videos, probe
 MIN_CHUNK_S = 5.0
 MAX_CHUNK_S = 120.0
 MANIFEST = "manifest.json"
+NOTHING_DETECTED = "nothing detected in any frame (no person found): check the camera and --roi"
 PARTIAL_DIR = ".partial"
 QUALITY_SUFFIX = "_quality.json"
 PREVIEW_SUFFIX = "_preview.mp4"
@@ -340,14 +341,18 @@ class RunReport:
 class _Run:
     """State of one ``extract`` call: manifest entries, progress bars, output names."""
 
-    def __init__(self, opts: ExtractOptions, videos: list[Path]) -> None:
+    def __init__(
+        self, opts: ExtractOptions, videos: list[Path], ignored: list[tuple[Path, str]]
+    ) -> None:
         self.opts = opts
         self.manifest = opts.out / MANIFEST
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.entries = {
+        self.entries: dict[Path, dict[str, Any]] = {
             v: {"input": str(v), "status": "pending", "error": None, "sha256": None, "output": None}
             for v in videos
         }
+        for path, why in ignored:  # every folder entry not processed, with why
+            self.entries[path] = {"input": str(path), "status": "ignored", "error": why}
         self.names: set[str] = set()
         self.finished = _finished_index(opts.out, opts.settings())
         bar = {"file": sys.stderr, "disable": not opts.progress, "dynamic_ncols": True}
@@ -365,6 +370,8 @@ class _Run:
         self.entries[video].update(status=status, error=error, **extra)
         if status in ("failed", "truncated"):
             tqdm.write(f"semiofed: {status.upper()} {video}: {error}", file=sys.stderr)
+        if extra.get("warning"):
+            tqdm.write(f"semiofed: WARNING {video}: {extra['warning']}", file=sys.stderr)
         self.files.update(1)
         self.write_manifest()
 
@@ -382,7 +389,7 @@ class _Run:
                 "settings": self.opts.settings(),
                 "counts": {
                     s: sum(e["status"] == s for e in entries)
-                    for s in ("ok", "skipped", "truncated", "failed", "pending")
+                    for s in ("ok", "skipped", "truncated", "failed", "pending", "ignored")
                 },
                 "inputs": entries,
             },
@@ -396,16 +403,18 @@ def extract(inputs: list[str | Path], opts: ExtractOptions) -> RunReport:
     earlier ones; recordings are finished in input order.
     """
     opts.out.mkdir(parents=True, exist_ok=True)
-    videos = find_videos(inputs, exclude=opts.out)
+    found = find_videos(inputs, exclude=opts.out)
+    videos = found.videos
     if not videos:
-        raise SemioFedError(f"no video files found in {', '.join(map(str, inputs))}")
+        left = "".join(f"; {path}: {why}" for path, why in found.ignored[:5])
+        raise SemioFedError(f"no video files found in {', '.join(map(str, inputs))}{left}")
     if opts.backend.name == "tasks" or opts.backend.device == "gpu":
         with quiet_stderr():  # fail fast on missing or invalid model files
             backend = make_backend(opts.backend)
         backend.close()
         if backend.note:
             print(f"semiofed: note: {backend.note}", file=sys.stderr)
-    run = _Run(opts, videos)
+    run = _Run(opts, videos, found.ignored)
     run.write_manifest()
     with _Workers(opts, run.frames) as workers:
         jobs: list[Job] = []
@@ -553,6 +562,7 @@ def _finish_job(job: Job, run: _Run) -> None:
         sha256=job.sha256,
         output=str(job.output),
         detection_rate=quality["detection_rate"],
+        warning=NOTHING_DETECTED if not any(quality["detection_rate"].values()) else None,
         quality_file=str(_quality_path(job.output)),
         preview=str(preview) if preview else None,
     )

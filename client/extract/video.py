@@ -8,9 +8,11 @@ decoded) but only the sampled ones are converted to RGB and handed on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import queue
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ VIDEO_SUFFIXES = frozenset(
         ".mts",
     }
 )
+NOT_A_VIDEO = "not a video file name"
 QUEUE_FRAMES = 8  # decoded frames buffered ahead of inference
 
 # Bad files are reported by VideoError; FFmpeg's and OpenCV's own console chatter is silenced.
@@ -53,32 +56,91 @@ class VideoError(SemioFedError):
         super().__init__(f"{self.path}: {problem}")
 
 
-def find_videos(inputs: list[str | Path], exclude: Path | None = None) -> list[Path]:
-    """Expand ``inputs``: a file is taken as given, a folder means every video file under it
-    (except under ``exclude``, the output folder).
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` (followed through symbolic links) is not a regular file, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "dangling symbolic link (its target does not exist)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot read it ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a file"
+    if stat.S_ISDIR(mode):
+        return "symbolic link to a folder (not followed)"
+    return "not a regular file"
 
-    Missing paths are returned too (as given) so that the caller reports them per input.
+
+def _folder_entries(folder: Path, skip: Path | None) -> Iterator[tuple[Path, str | None]]:
+    """Every entry under ``folder`` with why it is not a video to process (None: it is one)."""
+    failures: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=failures.append):
+        here = Path(root)
+        if skip is not None and here.resolve().is_relative_to(skip):
+            dirs.clear()
+            continue
+        links = [d for d in dirs if (here / d).is_symlink()]
+        for name in sorted(links):
+            dirs.remove(name)
+            files.append(name)
+        dirs.sort()
+        for name in sorted(files):
+            path = here / name
+            why = _not_a_file(path)
+            if why is None and path.name.startswith("."):
+                why = "hidden file"
+            elif why is None and path.suffix.lower() not in VIDEO_SUFFIXES:
+                why = NOT_A_VIDEO
+            yield path, why
+    for exc in failures:
+        yield Path(exc.filename), f"cannot list this folder ({exc.strerror})"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What ``inputs`` expand to: videos to process and every entry left out, with why."""
+
+    videos: list[Path]
+    ignored: list[tuple[Path, str]]
+
+
+def find_videos(inputs: list[str | Path], exclude: Path | None = None) -> Inputs:
+    """Expand ``inputs``: a file is taken as given, a folder means every video file under it
+    (except under ``exclude``, the output folder). Every other entry of a folder, and a given
+    path that is not a regular file (a FIFO, a device, a dangling link), is in ``ignored``.
+
+    Missing paths are returned as videos (as given) so that the caller reports them per input.
     """
     skip = exclude.resolve() if exclude is not None else None
     found: list[Path] = []
+    ignored: list[tuple[Path, str]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in item.rglob("*")
-                    if p.is_file()
-                    and p.suffix.lower() in VIDEO_SUFFIXES
-                    and not p.name.startswith(".")
-                    and (skip is None or not p.resolve().is_relative_to(skip))
-                )
-            )
+            for path, why in _folder_entries(item, skip):
+                if why is None:
+                    found.append(path)
+                else:
+                    ignored.append((path, why))
+        elif item.exists() or item.is_symlink():
+            why = _not_a_file(item)
+            if why is None:
+                found.append(item)
+            else:
+                ignored.append((item, why))
         else:
             found.append(item)
     unique: dict[Path, None] = {}
     for p in found:
         unique.setdefault(p.resolve() if p.exists() else p, None)
-    return list(unique)
+    return Inputs(list(unique), ignored)
 
 
 @dataclass(frozen=True)

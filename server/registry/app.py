@@ -23,6 +23,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session
 
@@ -75,7 +77,7 @@ def get_model(
 def get_card(
     version: VersionPath, session: SessionDep, _: Annotated[Principal, Depends(ANY_ROLE)]
 ) -> dict:
-    return queries.manifest_of(queries.get_version(session, version))["card"]
+    return queries.card_dict(queries.get_version(session, version))
 
 
 @api.get("/models/{version}/manifest", response_model=SignedManifest, responses=errors(404))
@@ -206,6 +208,15 @@ def _refusal(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
+def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 answer, with undecodable request bytes shown replaced rather than a 500."""
+    assert isinstance(exc, RequestValidationError)
+    problems = jsonable_encoder(
+        exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}
+    )
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
@@ -237,6 +248,7 @@ def create_app(registry: Registry) -> FastAPI:
     app.include_router(api)
     app.include_router(web.router)
     app.add_exception_handler(SemioFedError, _refusal)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -1,19 +1,21 @@
 """Model cards built from a ServerApp run directory.
 
 A run directory holds ``model.safetensors`` (weights), ``model_config.json`` (the model
-configuration, with ``architecture_hash``) and ``run.json`` (what the run did). Weights and
-model configuration are required and checked; every field of ``run.json`` is optional and
-a card says "not reported" rather than guessing. ``run.json`` fields read::
+configuration, with ``architecture_hash``) and ``run.json`` (what the run did, as the
+ServerApp writes it: ``server/app.py``). Weights and model configuration are required and
+checked; every field of ``run.json`` is optional and a card says "not reported" rather than
+guessing. ``run.json`` fields read::
 
-    run_id, started_at, finished_at, name, strategy, data (e.g. "synthetic"),
-    config | configuration              training configuration (object)
+    flower_run_id, run_name, started_unix, finished_unix (seconds since the epoch), data,
+    config                              the run configuration (object); the strategy is its
+                                        federation.strategy
     architecture_hash                   if not in model_config.json (they must agree)
     sites                               list of site names (else taken from the rounds)
     intended_use, limitations           override the defaults below
-    accountant, privacy_unit, delta     defaults for every site
+    patient_level_dp                    accountant, privacy_unit, delta for every site
     rounds: an integer, or a list of
-      {"round": 1, "metrics": {"loss": 0.7, …},
-       "sites": {"site-a": {"epsilon": 1.2, "delta": 1e-5, "privacy_unit": "patient",
+      {"round": 1, "federated_eval": {"loss": 0.7, …},
+       "sites": {"site-a": {"epsilon": 1.2, "delta": 1e-5, "privacy-unit": "patient",
                             "accountant": "rdp", "declined": false}, …}}
       ("sites" may also be "privacy", or a list of objects with a "site" key)
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +78,17 @@ def _number(value: Any, path: Path, field: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FormatError(path, f"{field} must be a number, got {value!r}")
     return json_safe(float(value))
+
+
+def _iso_time(value: Any, path: Path, field: str) -> str | None:
+    seconds = _number(value, path, field)
+    if seconds is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise FormatError(path, f"{field} is not a time in seconds: {value!r}") from None
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def weights_summary(path: Path) -> dict[str, Any]:
@@ -136,9 +150,9 @@ def _rounds(run: dict[str, Any], path: Path) -> tuple[int, list[dict[str, Any]]]
         number = entry.get("round", i + 1)
         if isinstance(number, bool) or not isinstance(number, int):
             raise FormatError(path, f"rounds[{i}].round must be an integer")
-        metrics = entry.get("metrics") or {}
+        metrics = entry.get("federated_eval") or {}
         if not isinstance(metrics, dict):
-            raise FormatError(path, f"rounds[{i}].metrics must be an object")
+            raise FormatError(path, f"rounds[{i}].federated_eval must be an object")
         sites_key = "sites" if "sites" in entry else "privacy"
         sites = _site_entries(entry.get(sites_key), path, f"rounds[{i}].{sites_key}")
         rounds.append({"round": number, "metrics": metrics, "sites": sites})
@@ -149,7 +163,7 @@ def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> d
     # the ServerApp's run.json states them under "patient_level_dp"; its rounds carry the
     # sites' reply metrics, spelled with hyphens ("privacy-unit", "epsilon-round")
     stated = run.get("patient_level_dp") if isinstance(run.get("patient_level_dp"), dict) else {}
-    defaults = {k: run.get(k, stated.get(k)) for k in ("accountant", "privacy_unit", "delta")}
+    defaults = {k: stated.get(k) for k in ("accountant", "privacy_unit", "delta")}
     per_site: dict[str, dict[str, Any]] = {}
     for i, rnd in enumerate(rounds):
         for site, entry in rnd["sites"].items():
@@ -237,9 +251,11 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     run_path = run_dir / RUN_FILE
     run = _read_json_object(run_path)
     n_rounds, rounds = _rounds(run, run_path)
-    training = run.get("config", run.get("configuration", {}))
+    training = run.get("config", {})
     if not isinstance(training, dict):
         raise FormatError(run_path, "config must be an object")
+    federation = training.get("federation", {})
+    strategy = federation.get("strategy") if isinstance(federation, dict) else None
     limitations = run.get("limitations", list(DEFAULT_LIMITATIONS))
     if isinstance(limitations, str):
         limitations = [limitations]
@@ -250,18 +266,18 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         ]
     card = {
         "format": CARD_FORMAT,
-        "name": str(run.get("name") or config.get("name") or "semiofed-seizure-model"),
+        "name": str(run.get("run_name") or "semiofed-seizure-model"),
         "model": {
             "architecture": config,
             "architecture_hash": architecture_hash(config, run, run_dir),
             "weights": weights,
         },
         "training": {
-            "run_id": run.get("run_id"),
-            "started_at": run.get("started_at"),
-            "finished_at": run.get("finished_at"),
-            "strategy": run.get("strategy", training.get("strategy")),
-            "data": run.get("data"),
+            "run_id": None if run.get("flower_run_id") is None else str(run["flower_run_id"]),
+            "started_at": _iso_time(run.get("started_unix"), run_path, "started_unix"),
+            "finished_at": _iso_time(run.get("finished_unix"), run_path, "finished_unix"),
+            "strategy": None if strategy is None else str(strategy),
+            "data": None if run.get("data") is None else str(run["data"]),
             "configuration": training,
         },
         "rounds": n_rounds,

@@ -14,8 +14,9 @@ registry's API with a coordinator token.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,10 @@ from semiofed.privacy.keys import (
 )
 from semiofed.shared.errors import SemioFedError
 
-from .cards import CARD_FORMAT, WEIGHTS_FILE, build_card
+from .cards import WEIGHTS_FILE, build_card
 from .db import AuditEvent, ModelVersion, open_database, utcnow
-from .storage import VERSION_RE, ArtifactStore
-
-MANIFEST_FORMAT = "semiofed-model-manifest/1"
+from .manifest_schema import MANIFEST_FORMAT, Manifest, ManifestError, validate_manifest
+from .storage import ArtifactStore
 
 
 class RegistryRefusal(SemioFedError):
@@ -58,6 +58,7 @@ class Registry:
     sessions: sessionmaker
     store: ArtifactStore
     coordinator_key: Ed25519PublicKey
+    publish_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
 
 def open_registry(db_url: str, data_dir: str | Path, coordinator_pub: str | Path) -> Registry:
@@ -89,32 +90,6 @@ def build_manifest(
     return manifest, sign(key, canonical_json(manifest))
 
 
-def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise RegistryRefusal(422, f"manifest: {where}{key} missing or of the wrong type")
-    return value
-
-
-def check_manifest(manifest: dict[str, Any]) -> None:
-    """Structural checks on a manifest (422 on failure)."""
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise RegistryRefusal(422, f"manifest: format must be {MANIFEST_FORMAT!r}")
-    version = _field(manifest, "version", str, "")
-    if not VERSION_RE.match(version):
-        raise RegistryRefusal(422, f"manifest: invalid version name {version!r}")
-    if _field(manifest, "sequence", int, "") < 1:
-        raise RegistryRefusal(422, "manifest: sequence must be >= 1")
-    weights = _field(manifest, "weights", dict, "")
-    _field(weights, "sha256", str, "weights.")
-    _field(weights, "size", int, "weights.")
-    card = _field(manifest, "card", dict, "")
-    if card.get("format") != CARD_FORMAT:
-        raise RegistryRefusal(422, f"manifest: card.format must be {CARD_FORMAT!r}")
-    _field(_field(card, "model", dict, "card."), "architecture_hash", str, "card.model.")
-    _field(_field(manifest, "signer", dict, ""), "key_fingerprint", str, "signer.")
-
-
 def register_version(
     registry: Registry,
     session: Session,
@@ -123,23 +98,43 @@ def register_version(
     role: str,
     token_id: int | None,
 ) -> ModelVersion:
-    """Verify a signed manifest against staged weights and the pinned key; store the version."""
-    check_manifest(manifest)
+    """Verify a signed manifest against staged weights and the pinned key; store the version.
+
+    Every check (schema, signature, names, weights) runs before the row is added; the row, its
+    audit event and its files are one transaction. Publications are serialised by the
+    registry's lock, so concurrent ones neither race on the sequence nor on the staged files.
+    """
+    try:
+        checked_manifest = validate_manifest(manifest)
+    except ManifestError as exc:
+        raise RegistryRefusal(422, str(exc)) from None
     try:
         verify(registry.coordinator_key, canonical_json(manifest), signature)
     except SignatureError as exc:
         raise RegistryRefusal(400, f"signature rejected: {exc}") from None
-    version, sequence = manifest["version"], manifest["sequence"]
+    with registry.publish_lock:
+        return _store_version(
+            registry, session, checked_manifest, manifest, signature, role, token_id
+        )
+
+
+def _store_version(
+    registry: Registry,
+    session: Session,
+    parsed: Manifest,
+    manifest: dict[str, Any],
+    signature: str,
+    role: str,
+    token_id: int | None,
+) -> ModelVersion:
+    version, sequence = parsed.version, parsed.sequence
     if session.scalar(select(ModelVersion.id).where(ModelVersion.version == version)) is not None:
         raise RegistryRefusal(409, f"version {version!r} already exists")
     last = session.scalar(select(func.max(ModelVersion.sequence))) or 0
     if sequence <= last:
         raise RegistryRefusal(409, f"sequence {sequence} is not after the latest ({last})")
-    sha, size = manifest["weights"]["sha256"], manifest["weights"]["size"]
-    try:
-        staged = registry.store.staged(sha)
-    except SemioFedError as exc:
-        raise RegistryRefusal(422, f"manifest: weights.sha256: {exc}") from None
+    sha, size = parsed.weights.sha256, parsed.weights.size
+    staged = registry.store.staged(sha)
     if not staged.is_file():
         raise RegistryRefusal(422, f"no uploaded weights with SHA-256 {sha}; upload them first")
     if staged.stat().st_size != size or sha256_file(staged) != sha:
@@ -151,8 +146,8 @@ def register_version(
         created_at=utcnow(),
         weights_sha256=sha,
         weights_size=size,
-        architecture_hash=manifest["card"]["model"]["architecture_hash"],
-        key_fingerprint=manifest["signer"]["key_fingerprint"],
+        architecture_hash=parsed.card.model.architecture_hash,
+        key_fingerprint=parsed.signer.key_fingerprint,
         manifest_json=json.dumps(manifest, sort_keys=True),
         signature=signature,
         published_by=token_id,
@@ -168,9 +163,37 @@ def register_version(
         raise RegistryRefusal(
             409, f"version {version!r} or sequence {sequence} was just taken"
         ) from None
-    registry.store.install(version, sha, manifest, signature)
+    registry.store.install(version, sha)
     session.commit()
     return row
+
+
+def stored_problem(registry: Registry, row: ModelVersion) -> str | None:
+    """Why a stored version disagrees with its signature, schema or files; None if it does not."""
+    try:
+        manifest = json.loads(row.manifest_json)
+        parsed = validate_manifest(manifest)
+        verify(registry.coordinator_key, canonical_json(manifest), row.signature)
+    except (ValueError, SignatureError) as exc:  # JSON, ManifestError and signature errors
+        return str(exc)
+    if (parsed.version, parsed.sequence) != (row.version, row.sequence) or (
+        parsed.weights.sha256,
+        parsed.weights.size,
+    ) != (row.weights_sha256, row.weights_size):
+        return "the database row's name, sequence or weights differ from its signed manifest"
+    return registry.store.check_version(row.version, row.weights_size)
+
+
+def check_stored(registry: Registry) -> None:
+    """Start-up check: every stored version is schema-valid, signed and has its weights."""
+    with registry.sessions() as session:
+        for row in session.scalars(select(ModelVersion).order_by(ModelVersion.sequence)):
+            problem = stored_problem(registry, row)
+            if problem:
+                raise SemioFedError(
+                    f"registry database: version {row.version!r}: {problem}; "
+                    "refusing to serve a registry whose records disagree"
+                )
 
 
 def retire_version(

@@ -8,18 +8,44 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .cards import CARD_FORMAT
 from .db import AuditEvent, ModelVersion
+from .manifest_schema import Card, CardModel, CardPrivacy, ManifestError, validate_manifest
 from .publish import RegistryRefusal
 from .schemas import AuditEventOut, AuditLog, LedgerEntry, VersionDetail, VersionSummary
 
 
 def manifest_of(row: ModelVersion) -> dict[str, Any]:
-    return json.loads(row.manifest_json)
+    """The stored manifest as signed (an empty object if the stored text is not one)."""
+    try:
+        manifest = json.loads(row.manifest_json)
+    except ValueError:
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def card_of(row: ModelVersion) -> Card:
+    """The version's card, parsed; a placeholder if the stored one fails the schema (a row
+    written by hand or by an older registry): no stored row makes a read route fail."""
+    try:
+        return validate_manifest(manifest_of(row)).card
+    except ManifestError as exc:
+        return Card(
+            format=CARD_FORMAT,
+            name=f"unreadable model card ({exc})",
+            model=CardModel(architecture_hash=row.architecture_hash or "unknown"),
+            rounds=0,
+            sites=[],
+            privacy=CardPrivacy(),
+        )
+
+
+def card_dict(row: ModelVersion) -> dict[str, Any]:
+    return card_of(row).model_dump(mode="json")
 
 
 def summarize(row: ModelVersion) -> VersionSummary:
-    card = manifest_of(row)["card"]
-    per_site = card.get("privacy", {}).get("per_site", {})
+    card = card_of(row)
     return VersionSummary(
         version=row.version,
         sequence=row.sequence,
@@ -29,17 +55,17 @@ def summarize(row: ModelVersion) -> VersionSummary:
         weights_size=row.weights_size,
         architecture_hash=row.architecture_hash,
         key_fingerprint=row.key_fingerprint,
-        rounds=int(card.get("rounds") or 0),
-        sites=list(card.get("sites") or []),
-        privacy_unit=card.get("privacy", {}).get("privacy_unit"),
-        epsilon_final={site: rec.get("epsilon_final") for site, rec in per_site.items()},
+        rounds=card.rounds,
+        sites=card.sites,
+        privacy_unit=card.privacy.privacy_unit,
+        epsilon_final={site: rec.epsilon_final for site, rec in card.privacy.per_site.items()},
         retired_at=row.retired_at,
         retired_reason=row.retired_reason,
     )
 
 
 def detail(row: ModelVersion) -> VersionDetail:
-    return VersionDetail(**summarize(row).model_dump(), card=manifest_of(row)["card"])
+    return VersionDetail(**summarize(row).model_dump(), card=card_dict(row))
 
 
 def list_versions(session: Session, status: str | None = None) -> list[ModelVersion]:
@@ -60,18 +86,18 @@ def ledger(rows: list[ModelVersion]) -> list[LedgerEntry]:
     """Every site's ε per round for every version: the registry's privacy ledger."""
     entries = []
     for row in rows:
-        for site, rec in manifest_of(row)["card"].get("privacy", {}).get("per_site", {}).items():
-            for point in rec.get("epsilon_by_round", []):
+        for site, rec in card_of(row).privacy.per_site.items():
+            for point in rec.epsilon_by_round:
                 entries.append(
                     LedgerEntry(
                         version=row.version,
                         site=site,
-                        round=point["round"],
-                        epsilon=point.get("epsilon"),
-                        epsilon_round=point.get("epsilon_round"),
-                        delta=rec.get("delta"),
-                        privacy_unit=rec.get("privacy_unit"),
-                        accountant=rec.get("accountant"),
+                        round=point.round,
+                        epsilon=point.epsilon,
+                        epsilon_round=point.epsilon_round,
+                        delta=rec.delta,
+                        privacy_unit=rec.privacy_unit,
+                        accountant=rec.accountant,
                     )
                 )
     return entries

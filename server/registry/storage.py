@@ -2,11 +2,13 @@
 
 Layout under the data folder::
 
-    uploads/<sha256>.safetensors          weights received but not yet published
-    models/<version>/model.safetensors    published weights
-    models/<version>/manifest.json        the signed manifest (holds the model card)
-    models/<version>/manifest.sig         base64 Ed25519 signature of the canonical manifest
+    uploads/<sha256>.safetensors          weights received (kept: any number of versions may
+                                          publish the same upload, concurrently)
+    models/<version>/model.safetensors    published weights (a hard link to the upload, or a
+                                          copy where links are not possible)
 
+The signed manifest and its signature have one home, the database (see ``publish``);
+:meth:`ArtifactStore.check_version` is the start-up check that the files agree with it.
 Every file is written to a temporary name and renamed into place, and a version folder is
 assembled under a temporary name and renamed whole, so a crash never leaves a half version.
 """
@@ -14,18 +16,15 @@ assembled under a temporary name and renamed whole, so a crash never leaves a ha
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from semiofed.shared.atomic import atomic_write_bytes, atomic_write_text
 from semiofed.shared.errors import SemioFedError
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -118,26 +117,33 @@ class ArtifactStore:
     def weights(self, version: str) -> Path:
         return self.version_dir(version) / WEIGHTS
 
-    def install(
-        self, version: str, weights_sha256: str, manifest: dict[str, Any], signature: str
-    ) -> Path:
-        """Move staged weights and write manifest + signature into ``models/<version>/``."""
+    def install(self, version: str, weights_sha256: str) -> Path:
+        """Link the staged weights into ``models/<version>/``; the upload stays staged."""
         final = self.version_dir(version)
         if final.exists():  # orphan of an interrupted publication: the database has no such version
             shutil.rmtree(final)
         staged = self.staged(weights_sha256)
-        if not staged.exists():
-            raise SemioFedError(f"no uploaded weights with SHA-256 {weights_sha256}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.models))
         try:
-            shutil.copyfile(staged, tmp / WEIGHTS)
-            with open(tmp / WEIGHTS, "rb") as fh:
-                os.fsync(fh.fileno())
-            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            atomic_write_bytes(tmp / SIGNATURE, signature.encode() + b"\n")
+            try:
+                os.link(staged, tmp / WEIGHTS)
+            except FileNotFoundError:
+                raise SemioFedError(f"no uploaded weights with SHA-256 {weights_sha256}") from None
+            except OSError:  # a file system without hard links
+                shutil.copyfile(staged, tmp / WEIGHTS)
+                with open(tmp / WEIGHTS, "rb") as fh:
+                    os.fsync(fh.fileno())
             os.rename(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
-        staged.unlink(missing_ok=True)
         return final
+
+    def check_version(self, version: str, size: int) -> str | None:
+        """What is wrong with ``version``'s files for a database row of ``size`` bytes, or None."""
+        path = self.weights(version)
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, the database says {size}"
+        return None

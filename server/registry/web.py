@@ -93,7 +93,7 @@ def index(
         return who
     rows = queries.list_versions(session)
     latest = next((r for r in rows if r.status == "active"), None)
-    card = queries.manifest_of(latest)["card"] if latest else None
+    card = queries.card_dict(latest) if latest else None
     return templates.TemplateResponse(
         request,
         "index.html",
@@ -116,7 +116,7 @@ def version_page(
     if isinstance(who, Response):
         return who
     row = queries.get_version(session, version)
-    card = queries.manifest_of(row)["card"]
+    card = queries.card_dict(row)
     metric_names = sorted({k for m in card.get("metrics", []) for k in m if k != "round"})
     return templates.TemplateResponse(
         request,

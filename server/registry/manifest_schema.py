@@ -1,0 +1,127 @@
+"""The typed schema of a signed manifest and its model card, checked before anything is stored.
+
+Every field a read route, a web page or a site uses has a type here; unknown extra fields are
+kept (they are signed). Integers fit a signed 64-bit database column; numbers are finite.
+:func:`validate_manifest` names the first offending field (``card.privacy.per_site``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .cards import CARD_FORMAT
+from .storage import SHA256_RE, VERSION_RE
+
+MANIFEST_FORMAT = "semiofed-model-manifest/1"
+INT64_MAX = 2**63 - 1
+
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+class EpsilonPoint(_Open):
+    round: Count
+    epsilon: float | None = None
+    epsilon_round: float | None = None
+
+
+class SitePrivacy(_Open):
+    privacy_unit: str | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    epsilon_by_round: list[EpsilonPoint] = []
+    epsilon_final: float | None = None
+    declined_rounds: list[Count] = []
+
+
+class CardPrivacy(_Open):
+    privacy_unit: str | None = None
+    per_site: dict[str, SitePrivacy] = {}
+    statement: str = ""
+
+
+class WeightsSummary(_Open):
+    parameters: Count | None = None
+    tensors: Count | None = None
+    dtypes: list[str] = []
+
+
+class CardModel(_Open):
+    architecture: dict[str, Any] = {}
+    architecture_hash: str = Field(min_length=1, max_length=200)
+    weights: WeightsSummary = WeightsSummary()
+
+
+class CardTraining(_Open):
+    run_id: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    strategy: str | None = None
+    data: str | None = None
+    configuration: dict[str, Any] = {}
+
+
+class MetricRow(_Open):
+    round: Count
+
+
+class Card(_Open):
+    format: Literal[CARD_FORMAT]
+    name: str
+    model: CardModel
+    training: CardTraining = CardTraining()
+    rounds: Count
+    sites: list[str]
+    privacy: CardPrivacy
+    metrics: list[MetricRow] = []
+    intended_use: str = ""
+    limitations: list[str] = []
+
+
+class ManifestWeights(_Open):
+    file: str
+    sha256: str = Field(pattern=SHA256_RE.pattern)
+    size: Count
+
+
+class Signer(_Open):
+    algorithm: Literal["Ed25519"]
+    key_fingerprint: str = Field(min_length=1, max_length=64)
+
+
+class Manifest(_Open):
+    format: Literal[MANIFEST_FORMAT]
+    version: str = Field(pattern=VERSION_RE.pattern)
+    sequence: int = Field(ge=1, le=INT64_MAX)
+    created_at: str = Field(max_length=32)
+    weights: ManifestWeights
+    card: Card
+    signer: Signer
+
+
+class ManifestError(ValueError):
+    """A manifest that does not match the schema; the message names the field."""
+
+
+def _problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"{where}: {first['msg']}"
+
+
+def validate_manifest(manifest: Any) -> Manifest:
+    """The parsed manifest; :class:`ManifestError` naming the first bad field otherwise."""
+    try:
+        json.dumps(manifest, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ManifestError("manifest: holds NaN or Infinity (not JSON)") from None
+    try:
+        return Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise ManifestError(f"manifest: {_problem(exc)}") from None
