@@ -89,11 +89,9 @@ def calibrate(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--data-root", type=Path, required=True)
+    for name in ("--config", "--data-root", "--run-dir", "--state-root"):
+        p.add_argument(name, type=Path, required=True)
     p.add_argument("--sites", nargs="+", required=True)
-    p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--state-root", type=Path, required=True)
     args = p.parse_args(argv)
     res = calibrate(args.config, args.data_root, args.sites, args.run_dir, args.state_root)
     json.dump(res, sys.stdout)

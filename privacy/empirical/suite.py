@@ -170,8 +170,8 @@ def run_suite(
                 **meta,
                 "setup": "SemioFed's patient-level trainer (train_local, small SemioNet) on "
                 f"{settings.patient_pool} synthetic patients plus a random half of "
-                f"{settings.patient_canaries} canary patients (one noise window with its own "
-                f"type each); DP σ={settings.noise_multiplier:g}, C={settings.max_grad_norm:g}, "
+                f"{settings.patient_canaries} canary patients (one noise window, a posture "
+                f"offset and its own type each); DP σ={settings.noise_multiplier:g}, C={settings.max_grad_norm:g}, "
                 f"δ={settings.delta:g}; DP and non-DP models train {settings.patient_epochs} "
                 "epochs with one recipe (batch 4 patients, lr 0.01)",
                 "results": results,
