@@ -579,19 +579,6 @@ def _load_summaries(paths: list[Path], kind: str) -> list[dict]:
     return out
 
 
-def _labelled_outputs(model, patients: list) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each patient's (type logits, labels) over its windows with a type label."""
-    from semiofed.shared.analysis.pipeline import outputs_for
-    from semiofed.shared.labels import IGNORE_INDEX
-
-    out = []
-    for p in patients:
-        o = outputs_for(model, [p])
-        lab = o["y_type"] != IGNORE_INDEX
-        out.append((o["type_logits"][lab], o["y_type"][lab]))
-    return out
-
-
 def _check_share(args: argparse.Namespace) -> None:
     """Before any data is read: what a --share needs."""
     from semiofed.privacy.ledger import PrivacyLedger
@@ -608,21 +595,13 @@ def _check_share(args: argparse.Namespace) -> None:
 
 
 def _share(args: argparse.Namespace, model, held: list) -> int:
-    from .dp_release import release_gaussian
+    from .dp_release import labelled_outputs, share_calibration
 
-    per_patient = [(z, y) for z, y in _labelled_outputs(model, held) if len(y)]
-    cal.require_patients(len(per_patient))
-    sigma, rng = args.noise_multiplier, cal.secret_rng()
-    if args.share == "temperature":
-        compute = lambda: cal.dp_temperature_summary(per_patient, sigma, rng)  # noqa: E731
-        what = f"{len(cal.TEMPERATURE_GRID)} noisy sums of per-patient NLL curves"
-    else:
-        t = args.temperature
-        scores = [cal.scores(cal.softmax(z, t), y) for z, y in per_patient]
-        compute = lambda: cal.dp_conformal_summary(scores, t, sigma, rng)  # noqa: E731
-        what = f"{len(cal.SCORE_EDGES) - 1} noisy per-patient score-histogram bins"
-    purpose = f"calibration summary: {args.share}"
-    summary, total = release_gaussian(args.state, purpose, sigma, len(per_patient), compute)
+    per_patient = labelled_outputs(model, held)
+    sigma = args.noise_multiplier
+    summary, total, what = share_calibration(
+        args.state, args.share, per_patient, sigma, args.temperature
+    )
     atomic_write_json(args.summary_out, summary)
     print(
         f"wrote {args.summary_out}: {what} of {len(per_patient)} patients, Gaussian noise "

@@ -10,12 +10,17 @@ accountant as the site budget). Over budget: :class:`BudgetExceeded`, nothing is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from torch import nn
+
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.ledger import Budget, PlannedRun, PrivacyLedger
+from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 
 from . import site_audit
@@ -72,3 +77,50 @@ def release_gaussian(
         },
     )
     return summary, total
+
+
+def labelled_outputs(
+    model: nn.Module, patients: Sequence[PatientWindows]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(type logits, labels) of each patient's windows with a type label; patients without
+    one are left out (they contribute nothing to a calibration summary)."""
+    from semiofed.shared.analysis.pipeline import outputs_for
+    from semiofed.shared.labels import IGNORE_INDEX
+
+    out = []
+    for p in patients:
+        o = outputs_for(model, [p])
+        lab = o["y_type"] != IGNORE_INDEX
+        if lab.any():
+            out.append((o["type_logits"][lab], o["y_type"][lab]))
+    return out
+
+
+def share_calibration(
+    state_dir: Path,
+    kind: str,
+    per_patient: Sequence[tuple[np.ndarray, np.ndarray]],
+    noise_multiplier: float,
+    temperature: float | None = None,
+) -> tuple[dict[str, Any], float, str]:
+    """Release one DP calibration summary of ``kind`` (round 1 ``temperature``; round 2
+    ``conformal`` at the merged ``temperature``) of the patients' labelled outputs, charged
+    to ``state_dir``'s ledger; returns the summary, the site's cumulative ε after it and
+    what it holds (for the user)."""
+    cal.require_patients(len(per_patient))
+    rng = cal.secret_rng()
+    if kind == "temperature":
+        compute = lambda: cal.dp_temperature_summary(per_patient, noise_multiplier, rng)  # noqa: E731
+        what = f"{len(cal.TEMPERATURE_GRID)} noisy sums of per-patient NLL curves"
+    else:
+        if temperature is None:
+            raise SemioFedError("a conformal summary needs the merged temperature")
+        t = temperature
+        scores = [cal.scores(cal.softmax(z, t), y) for z, y in per_patient]
+        compute = lambda: cal.dp_conformal_summary(scores, t, noise_multiplier, rng)  # noqa: E731
+        what = f"{len(cal.SCORE_EDGES) - 1} noisy per-patient score-histogram bins"
+    purpose = f"calibration summary: {kind}"
+    summary, total = release_gaussian(
+        state_dir, purpose, noise_multiplier, len(per_patient), compute
+    )
+    return summary, total, what

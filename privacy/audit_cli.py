@@ -124,26 +124,33 @@ def register(cmds: argparse._SubParsersAction) -> None:
         help="run empirical privacy attacks (MIA, canary ε bound, gradient inversion)",
         formatter_class=RAW,
         description=(
-            "Audit the site's DP-SGD recipe empirically on synthetic keypoint windows (never\n"
-            "on patient data): membership inference (loss threshold, LiRA), a one-run canary\n"
-            "lower bound on ε, and a gradient-inversion probe (plain, DP, SecAgg+). σ, C and δ\n"
-            "default to the ledger's latest run. Results go to STATE/audits/<attack>.json."
+            "Audit the site's DP training empirically on synthetic data (never on patient\n"
+            "data). Default: a one-run canary lower bound on the patient-level ε of SemioFed's\n"
+            "own trainer (canaries are patients), beside a non-DP control. --only also offers\n"
+            "example-level attacks on Opacus' DP-SGD with an MLP: membership inference (loss\n"
+            "threshold, LiRA), one-run canaries, a gradient-inversion probe (plain, DP, SecAgg+).\n"
+            "σ, C and δ default to the ledger's latest run. Results: STATE/audits/<attack>.json."
         ),
     )
     p.add_argument("--state", type=folder, required=True, metavar="DIR", help="site state folder")
     p.add_argument(
         "--only",
         nargs="+",
-        choices=("mia", "canary", "inversion", "patient-canary"),
-        help="run only these attacks (default: mia canary inversion; patient-canary runs the "
-        "site's own patient-level trainer and only when named)",
+        choices=("patient-canary", "mia", "canary", "inversion"),
+        help="run these attacks (default: patient-canary, the site's own patient-level "
+        "trainer; mia, canary and inversion audit Opacus' example-level DP-SGD on an MLP)",
     )
     p.add_argument("--noise-multiplier", type=float, metavar="S", help="σ (default: ledger or 1.5)")
     p.add_argument(
         "--max-grad-norm", type=float, metavar="C", help="clipping norm (default: ledger or 1.0)"
     )
     p.add_argument("--delta", type=float, metavar="D", help="δ (default: ledger budget or 1e-5)")
-    p.add_argument("--epochs", type=int, metavar="N", help="DP training epochs (default 10)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="training epochs of the MLP attacks (default 10; patient-canary: 40)",
+    )
     p.add_argument("--quick", action="store_true", help="smaller pools and fewer shadow models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -335,7 +335,7 @@ def _attacks_section(state: Path) -> str:
                     rows,
                 )
             )
-        elif path.stem == "canary":
+        elif path.stem in ("canary", "patient-canary"):
             rows = [
                 [
                     ("DP" if r["private"] else "no DP"),
@@ -348,7 +348,8 @@ def _attacks_section(state: Path) -> str:
                 for r in data["results"]
             ]
             out.append(
-                "<h3>One-run canary audit (Steinke, Nasr, Jagielski 2023)</h3>"
+                f"<h3>One-run canary audit (Steinke, Nasr, Jagielski 2023)"
+                f"{': patient-level trainer' if path.stem == 'patient-canary' else ''}</h3>"
                 + _table(
                     [
                         "model",

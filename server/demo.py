@@ -4,7 +4,9 @@ Generates the synthetic consortium, creates the consortium CA and SuperNode keys
 site's (simulated) privacy officer approve the demo configuration, starts one SuperLink and
 one SuperNode per site on 127.0.0.1 with TLS and SuperNode authentication, federates with
 patient-level DP and SecAgg+, prints per round the aggregated metrics and each site's
-cumulative ε, then ends with one table, per site and overall, on held-out patients: the
+cumulative ε, then calibrates the final model through each site's DP summaries
+(:mod:`.demo_privacy`) and prints each site's cumulative ε over training, evaluation and
+calibration from its ledger, then ends with one table, per site and overall, on held-out patients: the
 federated DP model, a centralized non-private model, each site's local-only model, the
 motion-energy baseline and detectors that know nothing (flag everything, coin flip, random
 10 %) — AUROC, type macro-F1, event sensitivity beside false alarms per hour (unmerged) and
@@ -29,6 +31,7 @@ from typing import Any
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.run_config import approval_fields, encode_payload, load_run_config
 
+from . import demo_privacy
 from .app import PROGRESS_FILE
 from .certs import init_consortium
 from .consortium import Consortium
@@ -151,13 +154,16 @@ def run_demo(
         )
         run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(run_dir), run_name="demo")})
         status = follow_run(c, run_id, run_dir, names, timeout)
+    cmp_cfg = out / "demo_config.toml"
+    _write_toml(cfg, cmp_cfg)
+    priv = cfg["privacy"]
+    calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
+    demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
     print(
         "[4/4] on held-out patients: federated DP vs centralized (non-private), local-only, "
         "motion energy and detectors that know nothing",
         flush=True,
     )
-    cmp_cfg = out / "demo_config.toml"
-    _write_toml(cfg, cmp_cfg)
     res = subprocess.run(
         [sys.executable, "-m", "semiofed.client.baselines", "--config", str(cmp_cfg),
          "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir)],
@@ -167,18 +173,17 @@ def run_demo(
         raise SemioFedError(f"baseline comparison failed: {res.stderr.strip()[-2000:]}")
     comparison = json.loads(res.stdout)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    print_comparison(comparison, site_epsilon(run), cfg["privacy"]["delta"])
+    eps = demo_privacy.cumulative_epsilon(out / "state", names, priv["delta"], priv["accountant"])
+    print_comparison(comparison, eps, priv["delta"])
     wall = time.perf_counter() - t_start
     print(f"\nrun directory: {run_dir}  (publish with `semiofed registry publish {run_dir}`)")
     print(f"demo wall time: {wall:.0f} s; Flower run {run_id}: {status.get('status')}")
-    return {"run": run, "comparison": comparison, "wall_seconds": wall, "status": status}
-
-
-def site_epsilon(run: dict[str, Any]) -> dict[str, float | None]:
-    """Each site's cumulative ε after the run (its last reported round)."""
     return {
-        site: (rounds[-1].get("epsilon") if rounds else None)
-        for site, rounds in run.get("site_privacy", {}).items()
+        "run": run,
+        "comparison": comparison,
+        "calibration": calibration,
+        "wall_seconds": wall,
+        "status": status,
     }
 
 

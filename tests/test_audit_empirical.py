@@ -73,9 +73,11 @@ def test_gradient_inversion_probe() -> None:
     assert r["secagg"]["relative_error_median"] > 0.1
 
 
-def test_patient_canary_audit_runs_the_sites_own_patient_level_trainer() -> None:
+def test_patient_canary_audit_of_the_sites_own_trainer_has_power_and_dp_respects_it() -> None:
     """The trainer is injected through the entry point (privacy/ does not import client/) and
-    is SemioFed's train_local: patient-level DP-SGD whose claimed ε is the accountant's."""
+    is SemioFed's train_local. Without DP it memorises the canary patients: the one-run audit
+    then proves ε > 0 at 95 % (a weak canary fails here). With patient-level DP-SGD
+    the bound stays below the accountant's ε, which is the ledger's formula."""
     from importlib.metadata import entry_points
 
     from semiofed.privacy.accounting import epsilon
@@ -87,9 +89,12 @@ def test_patient_canary_audit_runs_the_sites_own_patient_level_trainer() -> None
 
     (ep,) = [e for e in entry_points(group=TRAINERS_GROUP) if e.name == "semionet"]
     assert ep.value == "semiofed.client.audit_trainer:semionet_trainer"
-    trainer = patient_trainer(1.0, 1.0, 1e-5, 1)
-    r = run_patient_canary_audit(trainer, True, 1e-5, n_train=60, canaries=100, guesses=20)
-    q = 16 / (60 + r["canaries_included"])  # expected 16 sampled patients of the training set
-    assert r["privacy_unit"] == "patient" and r["steps"] > 0
-    assert r["claimed_epsilon"] == pytest.approx(epsilon([(1.0, q, r["steps"])], 1e-5, "rdp"))
-    assert r["epsilon_lower_bound"] <= r["claimed_epsilon"]
+    plain = run_patient_canary_audit(patient_trainer(2.0, 1.0, 1e-5, 40), False, 1e-5)
+    assert plain["privacy_unit"] == "patient" and plain["claimed_epsilon"] is None
+    assert plain["epsilon_lower_bound"] > 0.0 and plain["correct"] >= 21
+    dp = run_patient_canary_audit(patient_trainer(2.0, 1.0, 1e-5, 3), True, 1e-5)  # cheaper
+    q = 4 / (10 + dp["canaries_included"])  # expected 4 sampled patients of the training set
+    assert dp["steps"] == 3 * int(1 / q)
+    assert dp["claimed_epsilon"] == pytest.approx(epsilon([(2.0, q, dp["steps"])], 1e-5, "rdp"))
+    assert dp["epsilon_lower_bound"] <= dp["claimed_epsilon"] and dp["bound_below_claim"]
+    assert dp["correct"] < plain["correct"]

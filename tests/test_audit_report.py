@@ -78,6 +78,7 @@ def _site_state(state: Path) -> None:
                 inversion_trials=3,
                 delta=1e-3,
             ),
+            attacks=("mia", "canary", "inversion"),
             progress=False,
         )
 

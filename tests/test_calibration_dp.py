@@ -132,3 +132,66 @@ def test_too_few_patients_no_budget_and_over_budget_release_nothing(
     assert not trail.exists() or not any(
         e["kind"] == "summary_released" for e in read_entries(trail)
     )
+
+
+def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_ledgers(
+    site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`semiofed demo`'s close: both calibration rounds at every site with its own state, in
+    a subprocess (server/ runs the client module), then one ε line per site from its ledger
+    — composed with what the site released before (here one DP-SGD round)."""
+    import tomli_w
+    from safetensors.torch import save_file
+
+    from semiofed.privacy.ledger import PlannedRun
+    from semiofed.server.demo import DEFAULT_CONFIG
+    from semiofed.server.demo_privacy import (
+        cumulative_epsilon,
+        print_site_epsilon,
+        run_calibration,
+    )
+    from semiofed.shared.run_config import load_run_config
+
+    cfg = load_run_config(DEFAULT_CONFIG)
+    cfg["model"] = {"channels": [8], "strides": [2], "motion-channels": [8], "motion-strides": [2]}
+    (tmp_path / "demo.toml").write_text(tomli_w.dumps(cfg), encoding="utf-8")
+    torch.manual_seed(0)
+    mcfg = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
+    (tmp_path / "run").mkdir()
+    save_file(SemioNet(mcfg).state_dict(), str(tmp_path / "run" / "model.safetensors"))
+    sites, root = ["site-01", "site-02"], site["a"][0].parent
+    training = (1.0, 0.2, 10)
+    for s in sites:
+        ledger = PrivacyLedger(tmp_path / "state" / s)
+        ledger.set_budget(20.0, DELTA, "rdp")
+        planned = PlannedRun("patient", training[1], training[0], 1.0, training[2], DELTA, "rdp", 20, "federated round 1")  # fmt: skip
+        with ledger.begin_run(planned) as run:
+            for _ in range(training[2]):
+                run.count_step()
+            run.finish()
+
+    calib = run_calibration(
+        tmp_path / "demo.toml", root, sites, tmp_path / "run", tmp_path / "state"
+    )
+    for s in sites:
+        # 21 patients, about 40 % held out: fewer than 20, so all patients are used (and said)
+        r = calib["sites"][s]
+        assert r["held_out_patients"] < cal.MIN_PATIENTS <= r["patients"]
+        assert r["patients_used"] == "all (training included)"
+        assert [x["kind"] for x in r["summaries"]] == list(cal.SUMMARY_KINDS)
+        trail = site_trail(tmp_path / "state" / s).path
+        assert verify(trail, require_head=False).ok
+        assert sum(e["kind"] == "summary_released" for e in read_entries(trail)) == 2
+    sigma = (cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)
+    expected = epsilon([training, sigma, sigma], DELTA, "rdp")
+    eps = cumulative_epsilon(tmp_path / "state", sites, DELTA, "rdp")
+    assert eps == {s: pytest.approx(expected) for s in sites}
+    assert calib["sites"]["site-01"]["summaries"][-1]["epsilon_total_after"] == pytest.approx(
+        expected
+    )
+    capsys.readouterr()
+    print_site_epsilon(tmp_path / "state", sites, DELTA, "rdp")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("  site-01: cumulative ε = ")
+    assert f"{expected:.2f} at δ = 1e-05 (rdp accountant" in lines[0]
+    assert "1 training rounds + 0 evaluations + 2 calibration summaries" in lines[0]

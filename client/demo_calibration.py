@@ -1,0 +1,102 @@
+"""Federated DP calibration of the demo's final model, run as
+``python -m semiofed.client.demo_calibration`` by ``semiofed demo`` after the federated run.
+
+Each site does what ``semiofed site calibrate --share`` does, with its own state folder
+(``STATE_ROOT/<site>``: the ledger the ClientApp charged, the signed audit trail): round 1,
+a DP temperature summary; the coordinator merges them (post-processing); round 2, a DP
+conformal summary at the merged temperature, merged into the consortium's threshold. Every
+summary is charged to the site's ledger and recorded in its trail before it exists
+(:func:`.dp_release.release_gaussian`).
+
+Calibration patients: a site's patients the model was not trained on (validation and test
+sides of the run's split) when at least :data:`~semiofed.shared.analysis.calibration.MIN_PATIENTS`
+of them have labelled windows; otherwise all of its patients with labelled windows,
+training patients included (the DP guarantee is the same — each patient is one clipped
+contribution — but the split-conformal coverage guarantee then does not hold). Prints one
+JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.run_config import load_run_config
+
+from . import site_task
+from .dp_release import labelled_outputs, share_calibration
+
+
+def calibrate(
+    config: Path,
+    data_root: Path,
+    sites: list[str],
+    run_dir: Path,
+    state_root: Path,
+    noise_multiplier: float = cal.DEFAULT_NOISE_MULTIPLIER,
+    coverage: float = cal.DEFAULT_COVERAGE,
+) -> dict[str, Any]:
+    """Both rounds for every site; the merged temperature and threshold and, per site, the
+    patients used and the ε of each of its summaries."""
+    from safetensors.torch import load_file
+
+    cfg = load_run_config(config)
+    model = site_task.build_model(cfg)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    outputs, report = {}, {}
+    for s in sites:
+        data = site_task.load_site(data_root / s, cfg)
+        held = labelled_outputs(model, data.val + data.test)
+        use_all = len(held) < cal.MIN_PATIENTS
+        outputs[s] = labelled_outputs(model, data.train) + held if use_all else held
+        report[s] = {
+            "held_out_patients": len(held),
+            "patients": len(outputs[s]),
+            "patients_used": "all (training included)" if use_all else "held-out",
+            "summaries": [],
+        }
+    temperature: float | None = None
+    merged: dict[str, Any] = {}
+    for kind in cal.SUMMARY_KINDS:
+        summaries = []
+        for s in sites:
+            summary, total, _ = share_calibration(
+                state_root / s, kind, outputs[s], noise_multiplier, temperature
+            )
+            summaries.append(summary)
+            report[s]["summaries"].append(
+                {"kind": kind, "epsilon": summary["epsilon"], "epsilon_total_after": total}
+            )
+        if kind == "temperature":
+            temperature = cal.merge_temperature(summaries)
+            merged["temperature"] = temperature
+        else:
+            threshold, mass = cal.merge_conformal(summaries, coverage)
+            merged.update(conformal_threshold=threshold, noisy_patients=mass, coverage=coverage)
+    return {
+        **merged,
+        "noise_multiplier": noise_multiplier,
+        "delta": summaries[0]["delta"],
+        "accountant": summaries[0]["accountant"],
+        "sites": report,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    for name in ("--config", "--data-root", "--run-dir", "--state-root"):
+        p.add_argument(name, type=Path, required=True)
+    p.add_argument("--sites", nargs="+", required=True)
+    args = p.parse_args(argv)
+    res = calibrate(args.config, args.data_root, args.sites, args.run_dir, args.state_root)
+    json.dump(res, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
