@@ -139,16 +139,20 @@ def make_moving_clip(
         raise RuntimeError(f"OpenCV cannot write {path}")
     rng = np.random.default_rng(0)
     grain = [rng.normal(0.0, noise, (size[1], size[0], 1)).astype(np.int16) for _ in range(8)]
-    last: tuple[tuple[float, float, float, float], np.ndarray] | None = None
+    last: tuple[float, float, float, float] | None = None
+    frames: dict[int, np.ndarray] = {}  # the current picture with each noise pattern
     try:
         for i in range(round(seconds * fps)):
             params = motion(i / fps)
-            if last is None or last[0] != params:  # still stretches reuse the rendered frame
-                last = params, _render(params, size, PERSON_SCALE, background)
-            frame = last[1]
-            if noise > 0:
-                frame = np.clip(frame + grain[i % len(grain)], 0, 255).astype(np.uint8)
-            writer.write(frame)
+            if params != last:  # still stretches reuse the rendered frames
+                last, frames = params, {}
+                clean = _render(params, size, PERSON_SCALE, background)
+            k = i % len(grain)
+            if k not in frames:
+                frames[k] = (
+                    np.clip(clean + grain[k], 0, 255).astype(np.uint8) if noise > 0 else clean
+                )
+            writer.write(frames[k])
     finally:
         writer.release()
     return path

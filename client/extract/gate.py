@@ -36,7 +36,7 @@ DIFF_S = 0.2  # frames are compared with the one this long before
 OPEN_FRACTION = 0.002  # changed pixels that open the gate (≈ a 25×25 px patch at 640×480)
 CLOSE_FRACTION = 0.001  # below this the frame counts as still
 LOOKBACK_S = 1.0  # decoded frames kept for analysis when the gate opens
-HOLD_S = 1.5  # still time before the gate closes
+HOLD_S = 1.0  # still time before the gate closes
 
 Item = TypeVar("Item")
 
