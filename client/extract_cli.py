@@ -9,8 +9,10 @@ from semiofed.shared.errors import SemioFedError
 
 EPILOG = """\
 outputs (in --out):
-  <name>_keypoints.npz   keypoints of body, face and hands (SemioFed recording format v1)
-  <name>_quality.json    frames read/decoded/dropped, detection rate per stream, visibility
+  <name>_keypoints.npz   keypoints of body, face and hands (SemioFed recording format; v2
+                         marks the frames the motion gate did not analyse, v1 with --gate off)
+  <name>_quality.json    frames read/decoded/dropped/analysed, detection rate per stream,
+                         visibility, the gate's frame counts
   <name>_preview.mp4     with --preview: skeleton on a blank background (no video pixels)
   manifest.json          every input of the run: ok / skipped / truncated / failed, error,
                          sha256, output
