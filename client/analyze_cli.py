@@ -430,6 +430,7 @@ def crop_recording(rec: Recording, start_s: float, stop_s: float) -> Recording:
         filled=rec.filled[sl],
         motion=None if rec.motion is None else rec.motion[sl],
         motion_regions=list(rec.motion_regions),
+        analysed=rec.analysed[sl],
         meta={**rec.meta, "cropped_from_s": round(float(rec.timestamps[idx[0]]), 3)},
     )
 

@@ -10,8 +10,10 @@ from semiofed.shared.errors import SemioFedError
 
 EPILOG = """\
 outputs (in --out):
-  <name>_keypoints.npz   keypoints of body, face and hands (SemioFed recording format v1)
-  <name>_quality.json    frames read/decoded/dropped, detection rate per stream, visibility
+  <name>_keypoints.npz   keypoints of body, face and hands (SemioFed recording format; v2
+                         marks the frames the motion gate did not analyse, v1 with --gate off)
+  <name>_quality.json    frames read/decoded/dropped/analysed, detection rate per stream,
+                         visibility, the gate's frame counts
   <name>_preview.mp4     with --preview: skeleton on a blank background (no video pixels)
   manifest.json          every input of the run: ok / skipped / truncated / failed, error,
                          sha256, output, warning (e.g. nothing detected); and every folder
@@ -30,7 +32,7 @@ examples:
 
 
 def register(cmds: argparse._SubParsersAction) -> None:
-    from .extract.settings import BACKENDS, DEFAULT_FPS, DEVICES, default_workers
+    from .extract.settings import BACKENDS, DEFAULT_FPS, DEVICES, KEEPALIVE_FPS, default_workers
 
     p = cmds.add_parser(
         "extract",
@@ -95,12 +97,27 @@ def register(cmds: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also compute optical-flow motion energy per body region",
     )
+    p.add_argument(
+        "--gate",
+        choices=("on", "off"),
+        default="on",
+        help="on: motion gate, still stretches analysed at --keepalive-fps only and bridged "
+        "(default); off: analyse every sampled frame",
+    )
+    p.add_argument(
+        "--keepalive-fps",
+        type=float,
+        default=KEEPALIVE_FPS,
+        metavar="F",
+        help="frames analysed per second while the gate is closed (default: %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .extract.backends import BackendSpec
+    from .extract.gate import GateSettings
     from .extract.pipeline import ExtractOptions, extract
     from .extract.roi import parse_roi
     from .extract.video import NOT_A_VIDEO
@@ -109,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         raise SemioFedError(f"--workers must be at least 1, got {args.workers}")
     if not args.fps > 0:
         raise SemioFedError(f"--fps must be positive, got {args.fps}")
+    if not 0 < args.keepalive_fps <= args.fps:
+        raise SemioFedError(
+            f"--keepalive-fps must be positive and at most --fps, got {args.keepalive_fps}"
+        )
     if args.model_dir is not None and args.backend != "tasks":
         raise SemioFedError("--model-dir is only used by --backend tasks")
     opts = ExtractOptions(
@@ -120,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         preview=args.preview,
         motion=args.motion,
         progress=not args.no_progress,
+        gate=GateSettings(keepalive_fps=args.keepalive_fps) if args.gate == "on" else None,
     )
     report = extract(args.inputs, opts)
     print(

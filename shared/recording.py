@@ -1,4 +1,4 @@
-"""The SemioFed keypoint recording format (version 1).
+"""The SemioFed keypoint recording format (version 2; version 1 is read too).
 
 One recording is one ``*_keypoints.npz`` file (a ZIP of NumPy arrays, deflate-compressed)
 in the MediaPipe Holistic layout, written atomically. Members (S = ``pose``, ``face``,
@@ -15,9 +15,11 @@ member              dtype       shape                 meaning
 ``pose_vis``        uint8       (T, 33)               visibility × 255
 ``mask``            uint8       (T, 4)                bit 0: stream detected; bit 1: gap-filled
 ``motion``          float16     (T, R)                optional optical-flow energy per region
+``analysed``        uint8       (T,)                  optional (version 2): how the frame was
+                                                      analysed, see below
 ==================  ==========  ====================  =========================================
 
-Header keys: ``format`` (``"semiofed-keypoints"``), ``version`` (1), ``fps``,
+Header keys: ``format`` (``"semiofed-keypoints"``), ``version`` (1 or 2), ``fps``,
 ``n_frames``, ``quant_step``, ``coding`` (``"delta-zigzag-4bit"``), ``source_sha256``,
 ``extractor`` (``{"name", "version"}``), ``streams`` (order of the mask columns),
 ``motion_regions`` and free-form ``meta``.
@@ -36,6 +38,14 @@ timestamp, so equal recordings give byte-identical files.
 
 Frames where a stream was not detected decode to NaN; the ``mask`` says which frames were
 detected and which were filled by interpolation (flagged, never passed off as detections).
+
+``analysed`` (version 2) records the motion gate of ``site extract``: 2 (``FULL_RATE``) = the
+landmark model ran on the frame at the full analysis rate, 1 (``KEEPALIVE``) = it ran at the
+low keep-alive rate of a still stretch, 0 (``NOT_ANALYSED``) = it did not run (the patient was
+still): the frame's values are interpolated between the analysed frames around it and flagged
+gap-filled, never detected. A recording whose every frame is analysed at full rate has no
+``analysed`` member and is written as version 1, byte-identical to what version 1 wrote, so
+older readers still read it; a version-1 file reads as every frame at full rate.
 """
 
 from __future__ import annotations
@@ -55,7 +65,8 @@ from .errors import FormatError
 from .skeleton import N_FACE, N_HAND, N_POSE
 
 FORMAT_NAME = "semiofed-keypoints"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 SUFFIX = "_keypoints.npz"
 STREAMS: tuple[str, ...] = ("pose", "face", "left_hand", "right_hand")
 STREAM_POINTS: dict[str, int] = {
@@ -71,6 +82,7 @@ PER_BYTE = 2  # codes per byte
 ESCAPE_CODE = 15
 CODE_BLOCK = 160_000  # values per coding block (keeps the working set in cache)
 DETECTED, FILLED = 1, 2
+NOT_ANALYSED, KEEPALIVE, FULL_RATE = 0, 1, 2  # codes of the ``analysed`` member
 
 
 @dataclass
@@ -91,10 +103,13 @@ class Recording:
     motion: np.ndarray | None = None  # (T, R) float32
     motion_regions: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    analysed: np.ndarray | None = None  # (T,) uint8 codes; default: every frame FULL_RATE
 
     def __post_init__(self) -> None:
         if self.filled is None:
             self.filled = np.zeros_like(self.present, dtype=bool)
+        if self.analysed is None:
+            self.analysed = np.full(self.present.shape[0], FULL_RATE, dtype=np.uint8)
 
     @property
     def n_frames(self) -> int:
@@ -147,6 +162,13 @@ class Recording:
                     raise FormatError(
                         path, f"{name} has NaN or infinite values in frames marked present"
                     )
+        if self.analysed is None or self.analysed.shape != (t,):
+            shape = None if self.analysed is None else self.analysed.shape
+            raise FormatError(path, f"analysed has shape {shape}, expected {(t,)}")
+        if not np.isin(self.analysed, (NOT_ANALYSED, KEEPALIVE, FULL_RATE)).all():
+            raise FormatError(path, "analysed has codes other than 0, 1, 2")
+        if self.present[self.analysed == NOT_ANALYSED].any():
+            raise FormatError(path, "frames marked not analysed are marked detected")
         if self.motion is not None and (self.motion.ndim != 2 or self.motion.shape[0] != t):
             raise FormatError(path, f"motion has shape {self.motion.shape}, expected ({t}, R)")
         if self.motion is not None and self.motion.shape[1] != len(self.motion_regions):
@@ -257,9 +279,10 @@ def save_recording(
     path = Path(path)
     rec.validate(path)
     valid = rec.present | rec.filled
+    gated = bool((rec.analysed != FULL_RATE).any())
     header = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if gated else 1,
         "fps": float(rec.fps),
         "n_frames": rec.n_frames,
         "quant_step": quant_step,
@@ -282,6 +305,8 @@ def save_recording(
         arrays[name], arrays[f"{name}_escapes"] = _encode(rec.stream(name), valid[:, i], quant_step)
     if rec.motion is not None:
         arrays["motion"] = rec.motion.astype(np.float16)
+    if gated:
+        arrays["analysed"] = rec.analysed.astype(np.uint8)
     with (
         atomic_path(path) as tmp,
         zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=compress_level) as zf,
@@ -338,10 +363,11 @@ def _header(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
         raise FormatError(path, "header is not valid JSON") from None
     if header.get("format") != FORMAT_NAME:
         raise FormatError(path, f"not a {FORMAT_NAME} file (format={header.get('format')!r})")
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") not in READ_VERSIONS:
         raise FormatError(
             path,
-            f"unknown format version {header.get('version')!r} (this SemioFed reads version {FORMAT_VERSION})",
+            f"unknown format version {header.get('version')!r} (this SemioFed reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})",
         )
     return header
 
@@ -388,6 +414,9 @@ def load_recording(path: str | Path) -> Recording:
             motion = None
             if "motion.npy" in zf.namelist():
                 motion = _member(zf, path, "motion", "float16").astype(np.float32)
+            analysed = None
+            if "analysed.npy" in zf.namelist():
+                analysed = _member(zf, path, "analysed", "uint8", (n,))
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, FormatError):
                 raise
@@ -409,6 +438,7 @@ def load_recording(path: str | Path) -> Recording:
         motion=motion,
         motion_regions=list(header.get("motion_regions", [])),
         meta=dict(header.get("meta", {})),
+        analysed=analysed,
     )
     rec.validate(path)
     return rec

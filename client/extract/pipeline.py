@@ -7,6 +7,10 @@ interrupted run resumes a long video at chunk granularity. When all chunks of a 
 in, the parent smooths, fills short gaps, writes the recording and its quality summary
 atomically and updates ``DIR/manifest.json``. A video whose recording already exists with
 the same content hash and settings (under any name in DIR) is skipped.
+
+With the motion gate (:mod:`.gate`, on by default) a chunk's still stretches are analysed at
+the keep-alive rate only; the recording keeps every sampled frame, marks how each was analysed
+and bridges the frames that were not.
 """
 
 from __future__ import annotations
@@ -34,12 +38,22 @@ from tqdm import tqdm
 from semiofed.privacy.keys import sha256_file
 from semiofed.shared.atomic import atomic_path, atomic_write_json
 from semiofed.shared.errors import FormatError, SemioFedError
-from semiofed.shared.recording import STREAMS, SUFFIX, Recording, read_header, save_recording
+from semiofed.shared.recording import (
+    FULL_RATE,
+    KEEPALIVE,
+    NOT_ANALYSED,
+    STREAMS,
+    SUFFIX,
+    Recording,
+    read_header,
+    save_recording,
+)
 from semiofed.shared.skeleton import N_FACE, N_HAND, N_POSE
 
 from . import smoothing
-from .backends import BackendSpec, make_backend, quiet_stderr
+from .backends import BackendSpec, Landmarks, make_backend, quiet_stderr
 from .flow import UNITS, MotionMeter
+from .gate import ActivityMeter, Gate, GateSettings
 from .preview import write_preview
 from .roi import Roi, RoiTracker, crop, to_frame_coords
 from .settings import DEFAULT_FPS, default_workers
@@ -66,9 +80,11 @@ class ExtractOptions:
     preview: bool = False
     motion: bool = False
     progress: bool = True
+    gate: GateSettings | None = field(default_factory=GateSettings)  # None: analyse every frame
 
     def settings(self) -> dict[str, Any]:
         """What determines a recording's content; a change means the video is redone."""
+        gate = {"gate": self.gate.as_dict()} if self.gate is not None else {}
         return {
             "backend": self.backend.name,
             "fps": self.fps,
@@ -79,6 +95,7 @@ class ExtractOptions:
                 "beta": smoothing.BETA,
                 "max_gap_s": smoothing.MAX_GAP_S,
             },
+            **gate,
         }
 
 
@@ -93,6 +110,7 @@ class ChunkTask:
     roi: Roi | None
     motion: bool
     partial: Path
+    gate: GateSettings | None = None
 
 
 @dataclass
@@ -149,31 +167,55 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     progress = _WORKER.get("progress")
     tracker: RoiTracker | None = None
     meter = MotionMeter() if task.motion else None
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("index", *STREAMS, "present", "motion")}
+    rows: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("index", *STREAMS, "present", "motion", "analysed")
+    }
+    held = Landmarks(None, None, None, None)  # the last analysed frame's landmarks
     pending = 0
-    with FrameReader(task.video, task.start, task.stop, task.src_fps, task.target_fps) as reader:
-        for index, rgb in reader:
-            h, w = rgb.shape[:2]
-            if tracker is None:
-                tracker = RoiTracker(w, h, task.roi)
-            t = index / task.src_fps
+
+    def emit(index: int, rgb: np.ndarray, code: int) -> None:
+        """Record one sampled frame, running the landmark model on it unless NOT_ANALYSED."""
+        nonlocal held, pending
+        assert tracker is not None
+        h, w = rgb.shape[:2]
+        t = index / task.src_fps
+        lm = Landmarks(None, None, None, None)
+        if code != NOT_ANALYSED:
             roi = tracker.current
             lm = backend.process(np.ascontiguousarray(crop(rgb, roi)), round(t * 1000))
             lm = to_frame_coords(lm, roi, w, h)
             if tracker.update(lm):
                 backend.reset()
-            rows["index"].append(np.int64(index))
-            for name, arr, n, c in zip(
-                STREAMS, lm, (N_POSE, N_FACE, N_HAND, N_HAND), (4, 3, 3, 3), strict=True
-            ):
-                rows[name].append(arr if arr is not None else np.full((n, c), np.nan, np.float32))
-            rows["present"].append(np.array([a is not None for a in lm]))
-            if meter is not None:
-                rows["motion"].append(meter.update(rgb, t, lm))
-            pending += 1
-            if progress is not None and pending >= PROGRESS_EVERY:
-                progress.put(pending)
-                pending = 0
+            held = lm
+        rows["index"].append(np.int64(index))
+        for name, arr, n, c in zip(
+            STREAMS, lm, (N_POSE, N_FACE, N_HAND, N_HAND), (4, 3, 3, 3), strict=True
+        ):
+            rows[name].append(arr if arr is not None else np.full((n, c), np.nan, np.float32))
+        rows["present"].append(np.array([a is not None for a in lm]))
+        rows["analysed"].append(np.uint8(code))
+        if meter is not None:  # every sampled frame; regions of the last analysed landmarks
+            rows["motion"].append(meter.update(rgb, t, held))
+        pending += 1
+        if progress is not None and pending >= PROGRESS_EVERY:
+            progress.put(pending)
+            pending = 0
+
+    fps = min(task.src_fps, task.target_fps)
+    gate = Gate[tuple[int, np.ndarray]](fps, task.gate) if task.gate is not None else None
+    activity = ActivityMeter(fps, task.gate) if task.gate is not None else None
+    with FrameReader(task.video, task.start, task.stop, task.src_fps, task.target_fps) as reader:
+        for index, rgb in reader:
+            if tracker is None:
+                tracker = RoiTracker(rgb.shape[1], rgb.shape[0], task.roi)
+            if gate is None or activity is None:
+                emit(index, rgb, FULL_RATE)
+                continue
+            score = activity.score(crop(rgb, tracker.fixed))
+            for (i, frame), code in gate.push(index / task.src_fps, score, (index, rgb)):
+                emit(i, frame, code)
+        for (i, frame), code in gate.finish() if gate is not None else []:
+            emit(i, frame, code)
     if progress is not None and pending:
         progress.put(pending)
     stats = {
@@ -262,11 +304,16 @@ def _assemble(job: Job, opts: ExtractOptions, wall: float) -> tuple[Recording, d
     cat = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
     times = cat["index"] / job.info.fps
     present = cat["present"].astype(bool)
+    analysed = cat.get("analysed", np.full(len(times), FULL_RATE, np.uint8))
+    ran = analysed != NOT_ANALYSED
     filled = np.zeros_like(present)
     streams = {}
     for s, name in enumerate(STREAMS):
-        values = smoothing.smooth_stream(cat[name], present[:, s], times)
-        streams[name], filled[:, s] = smoothing.fill_gaps(values, present[:, s], times)
+        values = cat[name].copy()
+        values[ran] = smoothing.smooth_stream(cat[name][ran], present[ran, s], times[ran])
+        values, bridged = smoothing.bridge_unanalysed(values, present[:, s], ran, times)
+        streams[name], gaps = smoothing.fill_gaps(values, present[:, s] | bridged, times)
+        filled[:, s] = bridged | gaps
     extractor = stats[0]["extractor"]
     settings = opts.settings()
     rec = Recording(
@@ -283,6 +330,7 @@ def _assemble(job: Job, opts: ExtractOptions, wall: float) -> tuple[Recording, d
         filled=filled,
         motion=cat.get("motion"),
         motion_regions=list(MotionMeter.regions) if opts.motion else [],
+        analysed=analysed,
         meta={
             "source_name": job.video.name,
             "source_fps": job.info.fps,
@@ -296,6 +344,11 @@ def _assemble(job: Job, opts: ExtractOptions, wall: float) -> tuple[Recording, d
     read = sum(s["read"] for s in stats)
     lost = max(0, job.info.frames - read)
     vis = rec.pose[present[:, 0], :, 3]
+    gate = {
+        "full_rate_frames": int((analysed == FULL_RATE).sum()),
+        "keepalive_frames": int((analysed == KEEPALIVE).sum()),
+        "not_analysed_frames": int((~ran).sum()),
+    }
     quality = {
         "source": str(job.video),
         "source_sha256": job.sha256,
@@ -303,10 +356,13 @@ def _assemble(job: Job, opts: ExtractOptions, wall: float) -> tuple[Recording, d
         "frames_read": read,
         "frames_decoded": decoded,
         "frames_dropped": sum(s["dropped"] for s in stats) + lost,
-        "frames_analysed": rec.n_frames,
+        "frames_analysed": int(ran.sum()),
         "analysis_fps": rec.fps,
+        **({"gate": gate} if opts.gate is not None else {}),
         "duration_s": round(job.info.duration, 3),
-        "detection_rate": {n: round(float(present[:, s].mean()), 4) for s, n in enumerate(STREAMS)},
+        "detection_rate": {  # of the analysed frames
+            n: round(float(present[ran, s].mean()), 4) for s, n in enumerate(STREAMS)
+        },
         "filled_rate": {n: round(float(filled[:, s].mean()), 4) for s, n in enumerate(STREAMS)},
         "mean_pose_visibility": round(float(vis.mean()), 4) if vis.size else None,
         "roi": [s["roi"] for s in stats],
@@ -467,6 +523,7 @@ def _plan(video: Path, run: _Run) -> Job | None:
             opts.roi,
             opts.motion,
             partial / f"chunk_{a:09d}_{b if b is not None else 'end'}.npz",
+            opts.gate,
         )
         for a, b in plan_chunks(info, opts.workers)
     ]

@@ -11,6 +11,8 @@ DEVICES = ("auto", "cpu", "gpu")
 #: two cores reach at most ~2.8× real time at 15 fps; ``--fps 10`` or ``8`` trade temporal
 #: resolution for speed (bench_extract measures all three).
 DEFAULT_FPS = 15.0
+#: Analysed frames per second while the motion gate is closed (the patient is still).
+KEEPALIVE_FPS = 1.0
 
 
 def default_workers() -> int:

@@ -4,7 +4,8 @@ Smoothing is a One-Euro filter (Casiez et al., CHI 2012), run forwards over each
 detected frames: strong at rest, where landmark jitter dominates, and nearly transparent
 during fast movement, so clonic jerks are not flattened. Gaps of up to ``MAX_GAP_S``
 between two detections are filled by linear interpolation and flagged in ``filled``;
-filled frames are never marked present.
+filled frames are never marked present. Frames the motion gate did not analyse are bridged
+the same way between the analysed frames around them (:func:`bridge_unanalysed`).
 """
 
 from __future__ import annotations
@@ -66,10 +67,33 @@ def fill_gaps(
     for start, stop in runs(~present):
         if start == 0 or stop == len(present):
             continue  # not between two detections: nothing to interpolate from
-        before, after = start - 1, stop
-        if times[after] - times[before] > max_gap_s + 1e-9:
+        if times[stop] - times[start - 1] > max_gap_s + 1e-9:
             continue
-        w = ((times[start:stop] - times[before]) / (times[after] - times[before]))[:, None, None]
-        out[start:stop] = (1 - w) * values[before] + w * values[after]
+        _interpolate(out, values, times, start, stop)
         filled[start:stop] = True
     return out, filled
+
+
+def bridge_unanalysed(
+    values: np.ndarray, present: np.ndarray, analysed: np.ndarray, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate each run of frames the motion gate did not analyse (``analysed`` False:
+    the patient was still) between the analysed frames around it, when both detected the
+    stream, however long the run. Returns the values and the mask of bridged frames."""
+    out = values.copy()
+    bridged = np.zeros_like(present)
+    for start, stop in runs(~analysed):
+        if start == 0 or stop == len(present) or not (present[start - 1] and present[stop]):
+            continue
+        _interpolate(out, values, times, start, stop)
+        bridged[start:stop] = True
+    return out, bridged
+
+
+def _interpolate(
+    out: np.ndarray, values: np.ndarray, times: np.ndarray, start: int, stop: int
+) -> None:
+    """Linear interpolation of frames ``[start, stop)`` between frames ``start - 1`` and ``stop``."""
+    before, after = start - 1, stop
+    w = ((times[start:stop] - times[before]) / (times[after] - times[before]))[:, None, None]
+    out[start:stop] = (1 - w) * values[before] + w * values[after]
