@@ -135,6 +135,23 @@ def select_threshold(
     return float(grid[best])
 
 
+def smooth_scores(
+    t0: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray, windows: int
+) -> np.ndarray:
+    """Centred moving average of one recording's window scores over ``windows`` consecutive
+    windows in time order (shrinking at the ends); ``windows = 1`` returns the scores."""
+    s = np.asarray(scores, dtype=float)
+    if windows <= 1 or len(s) == 0:
+        return s.copy()
+    order = np.argsort(np.asarray(t0, dtype=float), kind="stable")
+    kernel = np.ones(windows)
+    total = np.convolve(s[order], kernel, mode="same")
+    count = np.convolve(np.ones(len(s)), kernel, mode="same")
+    out = np.empty_like(s)
+    out[order] = total / count
+    return out
+
+
 def windows_to_events(
     t0: Sequence[float] | np.ndarray,
     probs: Sequence[float] | np.ndarray,
@@ -273,7 +290,14 @@ def score_events(
     recordings: Iterable[tuple[Iterable[Event], Iterable[Event], float]],
 ) -> dict[str, float | int]:
     """Event and sample metrics summed over ``(ref, hyp, duration_s)`` recordings."""
+    return event_counts(recordings).summary()
+
+
+def event_counts(
+    recordings: Iterable[tuple[Iterable[Event], Iterable[Event], float]],
+) -> EventCounts:
+    """The summed :class:`EventCounts` of ``(ref, hyp, duration_s)`` recordings."""
     total = EventCounts()
     for ref, hyp, duration in recordings:
         total.add(score_recording(ref, hyp, duration))
-    return total.summary()
+    return total
