@@ -38,7 +38,7 @@ from semiofed.shared.atomic import json_safe
 from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
-from semiofed.shared.metrics import EventCounts
+from semiofed.shared.metrics import EventCounts, paired_bootstrap, window_metrics
 from semiofed.shared.public_data import tuning_patients
 from semiofed.shared.recording import load_recording
 from semiofed.shared.run_config import load_run_config
@@ -184,6 +184,26 @@ def _row(m: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _paired_difference(test: list[PatientWindows], a: Scored, b: Scored) -> dict[str, list[float]]:
+    """95 % intervals of detector a's AUROC and type macro-F1 minus b's over bootstrap
+    resamples of the test patients (both scored on the same resample)."""
+    y_det, y_type = _labels(test, "y_detect"), _labels(test, "y_type")
+    offsets = np.cumsum([0] + [len(p) for p in test])
+    groups = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(test))]
+
+    def metric(det: Scored, i: np.ndarray) -> tuple[float, float]:
+        m = window_metrics(y_type[i], det[1][i], y_det[i], det[0][i])
+        return m["auroc_seizure"], m["macro_f1"]
+
+    def diff(k: int) -> Any:
+        return lambda i: metric(a, i)[k] - metric(b, i)[k]
+
+    return {
+        "auroc": list(paired_bootstrap(groups, diff(0))),
+        "macro_f1": list(paired_bootstrap(groups, diff(1))),
+    }
+
+
 def score_table(
     data: dict[str, site_task.SiteData],
     data_root: Path,
@@ -216,15 +236,18 @@ def score_table(
     for s, d in data.items():
         refs = recording_refs(data_root / s, d.test + d.val)
         rows = {}
-        for name, (score, types, thr, rule) in _site_scores(
-            d, models[s], refs, points, rng, device
-        ).items():
+        scored = _site_scores(d, models[s], refs, points, rng, device)
+        for name, (score, types, thr, rule) in scored.items():
             m = evaluate_scores(d.test, score, types, thr, events=False)
             c = recording_counts(d.test, score, DEFAULT_WINDOW, thr, refs, rule)
             rows[name] = _row(m, c.summary()) | {"event_rule": asdict(rule)}
             counts.setdefault(name, EventCounts()).add(c)
             pooled.setdefault(name, []).append((score - thr + 0.5, types))
         out["sites"][s] = rows
+        if "federated" in rows and "local-only" in rows:
+            out.setdefault("federated_minus_local", {})[s] = _paired_difference(
+                d.test, *(scored[k] for k in ("federated", "local-only"))
+            )
     test = [p for d in data.values() for p in d.test]
     out["overall"] = {
         name: _row(

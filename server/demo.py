@@ -230,11 +230,20 @@ def print_comparison(
     for site, rows in comparison["sites"].items():
         fed, loc = rows["federated"], rows["local-only"]
         won = _gt(fed["auroc"], loc["auroc"]) and _gt(fed["macro_f1"], loc["macro_f1"])
+        ci = comparison.get("federated_minus_local", {}).get(site, {})
         beat.append(
-            f"{site} {'yes' if won else 'no'} (AUROC {_fmt(fed['auroc'])} vs {_fmt(loc['auroc'])}, "
-            f"type-F1 {_fmt(fed['macro_f1'])} vs {_fmt(loc['macro_f1'])})"
+            f"{site} {'yes' if won else 'no'} (AUROC {_fmt(fed['auroc'])} vs {_fmt(loc['auroc'])}"
+            f"{_interval(ci.get('auroc'))}, type-F1 {_fmt(fed['macro_f1'])} vs "
+            f"{_fmt(loc['macro_f1'])}{_interval(ci.get('macro_f1'))})"
         )
-    print("  federation beat local-only (higher AUROC and type macro-F1): " + "; ".join(beat))
+    print(
+        "  federation beat local-only (higher AUROC and type macro-F1; [95 % interval of "
+        "federated − local-only over bootstrap resamples of the test patients]): " + "; ".join(beat)
+    )
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
 
 
 def _gt(a: float | None, b: float | None) -> bool:

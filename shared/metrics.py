@@ -33,7 +33,7 @@ counts, or a data-independent rule) can replace it without touching the metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -100,6 +100,29 @@ def window_metrics(
         "detect_sensitivity": sens,
         "detect_specificity": spec,
     }
+
+
+def paired_bootstrap(
+    groups: Sequence[np.ndarray],
+    statistic: Callable[[np.ndarray], float],
+    resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` over resamples of whole groups
+    (patients) drawn with replacement; ``groups`` are index arrays, one per patient.
+    Resamples where the statistic is NaN are left out."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pick = rng.integers(len(groups), size=len(groups))
+        v = statistic(np.concatenate([groups[i] for i in pick]))
+        if math.isfinite(v):
+            values.append(v)
+    if not values:
+        return math.nan, math.nan
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def threshold_counts(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from semiofed.shared.labels import IGNORE_INDEX
 from semiofed.shared.metrics import (
     DEFAULT_THRESHOLD,
     auroc,
+    paired_bootstrap,
     score_events,
     select_threshold,
     smooth_scores,
@@ -187,3 +189,14 @@ def test_smoothing_removes_isolated_spikes_and_keeps_a_sustained_event() -> None
     kept = windows_to_events(t0, smooth, 5.0, 1.0, 0.5)
     assert len(raw) == 3 and len(kept) == 1 and kept[0].onset == pytest.approx(42.0)
     np.testing.assert_array_equal(smooth_scores(t0, probs, 1), probs)
+
+
+def test_paired_bootstrap_resamples_whole_patients() -> None:
+    """The interval of a difference that is the same in every patient is that value; a
+    statistic that depends on which patients are drawn gets an interval around it."""
+    groups = [np.arange(3 * i, 3 * i + 3) for i in range(10)]
+    x = np.repeat(np.arange(10.0), 3)
+    assert paired_bootstrap(groups, lambda i: 0.25) == (0.25, 0.25)
+    lo, hi = paired_bootstrap(groups, lambda i: float(x[i].mean()), resamples=300)
+    assert lo < 4.5 < hi and hi - lo < 5
+    assert np.isnan(paired_bootstrap(groups, lambda i: math.nan)[0])
