@@ -18,7 +18,7 @@ federated model that is post-processing of the DP release with public data: it c
 and uses no patient. The motion-energy threshold is fitted on the site's validation
 patients; the detectors that know nothing use 0.5. The overall row pools every site's test
 patients, each scored at its site's operating point.
-Prints one JSON document on stdout.
+Prints one JSON document on stdout and keeps it as RUN_DIR/comparison.json.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from semiofed.shared import baseline
-from semiofed.shared.atomic import json_safe
+from semiofed.shared.atomic import atomic_write_bytes, json_safe
 from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
@@ -65,6 +65,7 @@ from .evaluation import (
 PLAIN_BATCH = 32
 PLAIN_EPOCHS = 8
 PASSES_PER_EPOCH = 0.25
+COMPARISON_FILE = "comparison.json"
 REFERENCE_SEED = 12345  # the coin of the detectors that know nothing
 #: The site's own non-private fine-tune of the federated model (never leaves the site).
 FINE_TUNED = "fed + local tune"
@@ -309,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     res = compare(
         args.config, args.data_root, args.sites, args.run_dir, args.tuning_dir, args.device
     )
-    json.dump(json_safe(res), sys.stdout)
+    doc = json.dumps(json_safe(res))
+    atomic_write_bytes(args.run_dir / COMPARISON_FILE, doc.encode())
+    sys.stdout.write(doc)
     return 0
 
 
