@@ -131,7 +131,7 @@ def select_event_rule(
     best: tuple[tuple[float, ...], float, EventRule] | None = None
     for rule in RULE_GRID:
         for t in EVENT_THRESHOLDS:
-            ev = event_metrics(patients, detect_score, window, t, refs, rule)
+            ev = recording_counts(patients, detect_score, window, t, refs, rule).summary()
             sens = ev["sensitivity"] if math.isfinite(ev["sensitivity"]) else 0.0
             fa = ev["false_alarms_per_hour_unmerged"]
             ok = fa <= MAX_FALSE_ALARMS_PER_HOUR
@@ -152,20 +152,6 @@ def choose_threshold(
     return select_threshold(np.concatenate([p.y_detect for p in val_patients]), prob)
 
 
-def event_metrics(
-    patients: list[PatientWindows],
-    detect_score: np.ndarray,
-    window: WindowConfig = DEFAULT_WINDOW,
-    threshold: float = DEFAULT_THRESHOLD,
-    refs: Mapping[RecordingKey, RecordingRef] | None = None,
-    rule: EventRule | None = None,
-) -> dict[str, Any]:
-    """SzCORE event and sample metrics summed over every recording of ``patients``, the
-    hypothesis events made by ``rule`` (default: no smoothing, ``site analyze``'s minimum
-    duration) at ``threshold``."""
-    return recording_counts(patients, detect_score, window, threshold, refs, rule).summary()
-
-
 def recording_counts(
     patients: list[PatientWindows],
     detect_score: np.ndarray,
@@ -174,7 +160,10 @@ def recording_counts(
     refs: Mapping[RecordingKey, RecordingRef] | None = None,
     rule: EventRule | None = None,
 ) -> EventCounts:
-    """The summed event counts behind :func:`event_metrics` (they add up across sites)."""
+    """SzCORE event and sample counts summed over every recording of ``patients`` (their
+    ``summary()`` gives the rates; counts add up across sites), the hypothesis events made
+    by ``rule`` (default: no smoothing, ``site analyze``'s minimum duration) at
+    ``threshold``."""
     rule = rule or EventRule()
     recordings = []
     start = 0
@@ -221,7 +210,9 @@ def evaluate_scores(
     out: dict[str, Any] = window_metrics(y_type, type_pred, y_detect, detect_score, threshold)
     out["patients"] = len(patients)
     if events:
-        out["events"] = event_metrics(patients, detect_score, window, threshold, refs, rule)
+        out["events"] = recording_counts(
+            patients, detect_score, window, threshold, refs, rule
+        ).summary()
         out["event_rule"] = asdict(rule or EventRule())
     return out
 

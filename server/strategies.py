@@ -108,11 +108,50 @@ def make_strategy(
     return rec, rec
 
 
-class ServerMomentum(Strategy):
+class DelegatingStrategy(Strategy):
+    """Forwards every call to ``inner``; subclasses override what they change."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> Any:
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[Any],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        return self.inner.evaluate(server_round, parameters)
+
+
+class ServerMomentum(DelegatingStrategy):
     """Server-side SGD with momentum on ``inner``'s aggregate (module docstring)."""
 
     def __init__(self, inner: Strategy, learning_rate: float, momentum: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.learning_rate = learning_rate
         self.momentum = momentum
         self.current: list[np.ndarray] | None = None  # the global model sent this round
@@ -120,9 +159,6 @@ class ServerMomentum(Strategy):
 
     def __repr__(self) -> str:
         return f"ServerMomentum({self.inner!r}, lr={self.learning_rate}, momentum={self.momentum})"
-
-    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
         self.current = parameters_to_ndarrays(parameters)
@@ -143,24 +179,6 @@ class ServerMomentum(Strategy):
         self.velocity = step
         new = [w + self.learning_rate * v for w, v in zip(self.current, step, strict=True)]
         return ndarrays_to_parameters(new), metrics
-
-    def configure_evaluate(
-        self, server_round: int, parameters: Parameters, client_manager: Any
-    ) -> Any:
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: list[Any],
-    ) -> tuple[float | None, dict[str, Scalar]]:
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(
-        self, server_round: int, parameters: Parameters
-    ) -> tuple[float, dict[str, Scalar]] | None:
-        return self.inner.evaluate(server_round, parameters)
 
 
 def server_step(
@@ -195,11 +213,11 @@ def _failure_reason(failure: Any) -> str:
     return str(reason)[:200] if reason is not None else type(failure).__name__
 
 
-class RecordingStrategy(Strategy):
+class RecordingStrategy(DelegatingStrategy):
     """Delegates to ``inner``; drops declined replies; keeps the per-round record."""
 
     def __init__(self, inner: Strategy, cfg: dict[str, Any]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.min_nodes = cfg["federation"]["min-nodes"]
         self.last_round = cfg["federation"]["rounds"]
         self.eval_sigma = cfg["privacy"]["eval-noise-multiplier"]
@@ -220,9 +238,6 @@ class RecordingStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
-
-    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
         pairs = self.inner.configure_fit(server_round, parameters, client_manager)
@@ -310,4 +325,4 @@ class RecordingStrategy(Strategy):
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
-        return None
+        return None  # no central evaluation (the sites evaluate)
