@@ -216,7 +216,7 @@ def print_comparison(
         f"  (held-out test patients; every learned detector's threshold and event rule chosen on "
         f"{comparison['tuning_patients']} PUBLIC simulator patients (no patient data: for the "
         f"federated model post-processing of the DP release, no ε), federated: threshold "
-        f"{fed['threshold']:.2f}, scores averaged over {rule['smooth_windows']} windows, "
+        f"{fed['threshold']:.2f}, window scores averaged over {rule['smooth_windows']} window(s), "
         f"detections ≥ {rule['min_event_s']:g} s; motion energy's threshold fitted on validation "
         f"patients; FA/h = false alarms per hour on unmerged detections, spec = specificity on "
         f"{overall['background_hours']:.1f} h of background, {overall['ref_events']} events; "
