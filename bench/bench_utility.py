@@ -5,8 +5,8 @@ else). On each site's held-out test patients, scored by :mod:`semiofed.client.ev
 through the demo's comparison (:func:`semiofed.client.baselines.score_table`): centralized
 non-private, centralized patient-level DP at ε ≤ 4 (δ = 1e-5, RDP), each site's local-only
 model, the motion-energy baseline and the detectors that know nothing. The model and
-training settings are the demo configuration's; thresholds are chosen on each site's
-validation patients.
+training settings are the demo configuration's; operating points as in the demo's
+comparison (public tuning patients).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.run import BenchContext
 from semiofed.client import site_task
-from semiofed.client.baselines import fit_plain, score_table
+from semiofed.client.baselines import PLAIN_EPOCHS, fit_plain, load_tuning, score_table
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.shared.run_config import load_run_config
 from semiofed.shared.synth.consortium import generate_consortium
@@ -41,7 +41,7 @@ def run(ctx: BenchContext) -> str:
     sites = [f"site-{i:02d}" for i in range(1, SITES + 1)]
     data = {s: site_task.load_site(out / s, cfg) for s in sites}
     pooled = [p for s in sites for p in data[s].train]
-    central = fit_plain(cfg, pooled, "cpu")
+    central = fit_plain(cfg, pooled, [p for s in sites for p in data[s].val], "cpu")
     dp_model = site_task.build_model(cfg)
     dp = train_local(
         dp_model,
@@ -53,11 +53,11 @@ def run(ctx: BenchContext) -> str:
         s: {
             f"centralized DP ε={dp.epsilon_run:.2f}": dp_model,
             "centralized": central,
-            "local-only": fit_plain(cfg, data[s].train, "cpu"),
+            "local-only": fit_plain(cfg, data[s].train, data[s].val, "cpu"),
         }
         for s in sites
     }
-    table = score_table(data, out, models, "cpu")
+    table = score_table(data, out, models, load_tuning(ctx.path("public-tuning")), "cpu")
     rows = []
     for site, per in {**table["sites"], "overall": table["overall"]}.items():
         for name, m in per.items():
@@ -77,12 +77,14 @@ def run(ctx: BenchContext) -> str:
             f"(× 3 min), seed {SEED}, generated in {t_synth:.0f} s. Split by patient per site: "
             f"{n['train']} train / {n['val']} validation / {n['test']} test patients; test: "
             f"{overall['ref_events']} events, {overall['background_hours']:.2f} h of background. "
-            f"Model: the demo configuration's SemioNet. Non-private: {table['plain_steps']} steps "
-            f"of {table['plain_batch']} windows. DP: patient level, {DP['epochs']} epochs, "
+            f"Model: the demo configuration's SemioNet. Non-private: {PLAIN_EPOCHS} evaluations "
+            f"a quarter pass apart over the training windows, batches of {table['plain_batch']}, "
+            "the state best on the validation patients kept. DP: patient level, {DP['epochs']} epochs, "
             f"expected {DP['batch_size']} patients per step, {DP['windows_per_patient']} windows "
             f"per patient, ε = {dp.epsilon_run:.2f} at δ = {DELTA:g} (RDP, σ = "
-            f"{dp.noise_multiplier:.2f}, {dp.steps} steps). Thresholds chosen on each site's "
-            "validation patients; FA/h on unmerged detections beside SzCORE's (merged); "
+            f"{dp.noise_multiplier:.2f}, {dp.steps} steps). Every learned detector's threshold and "
+            f"event rule chosen on {table['tuning_patients']} public simulator patients "
+            "(`select_event_rule`); motion energy's threshold on validation patients; FA/h on unmerged detections beside SzCORE's (merged); "
             "specificity on background time; min class F1 over the classes present.",
             "",
             "| site | detector | AUROC | type macro-F1 | min class F1 | event sensitivity | "

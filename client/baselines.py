@@ -3,32 +3,43 @@
 On the synthetic consortium only (where pooling is allowed because no real patient exists),
 computed locally by the demo with every site's data on this machine — not by the
 federation: the federated model of RUN_DIR, a centralized non-private model trained on
-every site's training patients pooled, each site's local-only (non-private) model, the
-motion-energy baseline and the detectors that know nothing (flag everything, coin flip,
-random 10 %), all scored by :mod:`.evaluation` on each site's held-out test patients — the
-same by-patient split the ClientApp uses. Each site picks each detector's decision
-threshold on its own validation patients (patients no round trains on; for the federated
-model that choice is outside the sites' ε: it is this analysis, not a release). The
-overall row pools every site's test patients, each scored at its site's threshold.
-Prints one JSON document on stdout.
+every site's training patients pooled, each site's local-only (non-private) model, each
+site's non-private fine-tune of the federated model (``fed + local tune``: a product
+option, the tuned model never leaves the site), the motion-energy baseline and the
+detectors that know nothing (flag everything, coin flip, random 10 %), all scored by
+:mod:`.evaluation` on each site's held-out test patients — the same by-patient split the
+ClientApp uses. The non-private references are trained with steps scaled to their data and
+early-stopped on their validation patients (:func:`fit_plain`).
+
+Operating point: every learned detector's decision threshold and event rule (smoothing,
+minimum duration: :func:`~.evaluation.select_event_rule`) are chosen on PUBLIC tuning
+patients (:mod:`semiofed.shared.public_data`), the same procedure for each. For the
+federated model that is post-processing of the DP release with public data: it costs no ε
+and uses no patient. The motion-energy threshold is fitted on the site's validation
+patients; the detectors that know nothing use 0.5. The overall row pools every site's test
+patients, each scored at its site's operating point.
+Prints one JSON document on stdout and keeps it as RUN_DIR/comparison.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semiofed.shared import baseline
-from semiofed.shared.atomic import json_safe
+from semiofed.shared.atomic import atomic_write_bytes, json_safe
 from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
-from semiofed.shared.metrics import select_threshold
+from semiofed.shared.metrics import EventCounts, paired_bootstrap, window_metrics
+from semiofed.shared.public_data import tuning_patients
 from semiofed.shared.recording import load_recording
 from semiofed.shared.run_config import load_run_config
 
@@ -36,33 +47,57 @@ from . import site_task
 from .dp_training import TrainConfig, train_local
 from .evaluation import (
     DEFAULT_WINDOW,
+    EventRule,
     RecordingRef,
     evaluate_scores,
     predict,
+    recording_counts,
     recording_refs,
+    select_event_rule,
 )
 
-#: Windows per step and steps of the non-private references (the run's batch-size counts
-#: patients per DP step; plain SGD over windows uses ordinary mini-batches).
+#: Windows per step of the non-private references (the run's batch-size counts patients per
+#: DP step; plain training over windows uses ordinary mini-batches). A reference is trained as
+#: a competent site would: its steps scale with its data (PLAIN_EPOCHS evaluations, one every
+#: quarter pass over its training windows) and the state kept is the best on its validation
+#: patients (type macro-F1, then AUROC), so the pooled model is not cut short by a step count
+#: sized for one site.
 PLAIN_BATCH = 32
-PLAIN_STEPS = 150
+PLAIN_EPOCHS = 8
+PASSES_PER_EPOCH = 0.25
+COMPARISON_FILE = "comparison.json"
 REFERENCE_SEED = 12345  # the coin of the detectors that know nothing
+#: The site's own non-private fine-tune of the federated model (never leaves the site).
+FINE_TUNED = "fed + local tune"
 
 
-def fit_plain(cfg: dict[str, Any], patients: list[PatientWindows], device: str) -> Any:
-    model = site_task.build_model(cfg)
+def plain_steps_per_epoch(patients: list[PatientWindows]) -> int:
+    windows = sum(len(p) for p in patients)
+    return max(1, math.ceil(windows * PASSES_PER_EPOCH / PLAIN_BATCH))
+
+
+def fit_plain(
+    cfg: dict[str, Any],
+    patients: list[PatientWindows],
+    val: list[PatientWindows],
+    device: str,
+    init: list[np.ndarray] | None = None,
+) -> Any:
+    """A non-private reference trained on ``patients``, early-stopped on ``val`` (from the
+    round-0 model, or from ``init``: the trainable arrays of another model)."""
+    model = site_task.build_model(cfg, init)
     tcfg = TrainConfig(
-        epochs=1,
+        epochs=PLAIN_EPOCHS,
         dp=False,
         batch_size=PLAIN_BATCH,
-        steps_per_epoch=PLAIN_STEPS,
+        steps_per_epoch=plain_steps_per_epoch(patients),
         lr=cfg["training"]["learning-rate"],
         augment=False,
         device=device,
         seed=cfg["federation"]["seed"],
         purpose="demo baseline",
     )
-    train_local(model, patients, tcfg, ledger=None, progress=False)
+    train_local(model, patients, tcfg, ledger=None, progress=False, val_patients=val)
     return model
 
 
@@ -83,35 +118,59 @@ def _labels(patients: list[PatientWindows], key: str) -> np.ndarray:
     return np.concatenate([getattr(p, key) for p in patients])
 
 
+Scored = tuple[np.ndarray, np.ndarray, float, EventRule]  # test scores, types, threshold, rule
+
+
+@dataclass
+class Tuning:
+    """Public tuning patients (:func:`~semiofed.shared.public_data.tuning_patients`) and
+    their recordings: where every learned detector's operating point is chosen."""
+
+    patients: list[PatientWindows]
+    refs: dict[Any, RecordingRef]
+
+    def operating_point(self, model: Any, device: str) -> tuple[float, EventRule]:
+        score = predict(model, self.patients, device)["detect_prob"]
+        return select_event_rule(self.patients, score, self.refs)
+
+
+def load_tuning(data: Path) -> Tuning:
+    patients = tuning_patients(data)
+    refs: dict[Any, RecordingRef] = {}
+    for site in dict.fromkeys(p.site for p in patients):
+        refs.update(recording_refs(data / site, [p for p in patients if p.site == site]))
+    return Tuning(patients, refs)
+
+
 def _site_scores(
     data: site_task.SiteData,
     models: dict[str, Any],
     refs: dict[Any, RecordingRef],
+    points: dict[int, tuple[float, EventRule]],
     rng: np.random.Generator,
     device: str,
-) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """Per detector: (test scores, test type predictions, threshold chosen on validation)."""
-    out: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-    y_val = _labels(data.val, "y_detect")
+) -> dict[str, Scored]:
+    """Per detector: test scores, test type predictions and its operating point (learned
+    models: ``points[id(model)]``; motion energy: threshold fitted on validation patients)."""
+    out: dict[str, Scored] = {}
     for name, model in models.items():
         test = predict(model, data.test, device)
-        val_prob = predict(model, data.val, device)["detect_prob"]
-        out[name] = (test["detect_prob"], test["type_pred"], select_threshold(y_val, val_prob))
+        out[name] = (test["detect_prob"], test["type_pred"], *points[id(model)])
+    y_val = _labels(data.val, "y_detect")
     y_train, t_train = _labels(data.train, "y_detect"), _labels(data.train, "y_type")
     seizure = t_train[(y_train == 1) & (t_train != IGNORE_INDEX)]
     majority = int(np.bincount(seizure).argmax()) if len(seizure) else CLASS_INDEX["bckg"]
     thr = baseline.fit_threshold(_energy(data.val, refs), y_val.astype(bool))
     energy = _energy(data.test, refs)
     types = np.where(baseline.predict(energy, thr), majority, CLASS_INDEX["bckg"])
-    out["motion energy"] = (energy, types, thr)
+    out["motion energy"] = (energy, types, thr, EventRule())
     n = sum(len(p) for p in data.test)
     for name in baseline.REFERENCE_DETECTORS:
-        out[name] = (*baseline.reference_detector(name, n, rng), 0.5)
+        out[name] = (*baseline.reference_detector(name, n, rng), 0.5, EventRule())
     return out
 
 
-def _row(m: dict[str, Any]) -> dict[str, Any]:
-    ev = m["events"]
+def _row(m: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     return {
         "auroc": m["auroc_seizure"],
         "macro_f1": m["macro_f1"],
@@ -126,37 +185,70 @@ def _row(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _paired_difference(test: list[PatientWindows], a: Scored, b: Scored) -> dict[str, list[float]]:
+    """95 % intervals of detector a's AUROC and type macro-F1 minus b's over bootstrap
+    resamples of the test patients (both scored on the same resample)."""
+    y_det, y_type = _labels(test, "y_detect"), _labels(test, "y_type")
+    offsets = np.cumsum([0] + [len(p) for p in test])
+    groups = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(test))]
+
+    def metric(det: Scored, i: np.ndarray) -> tuple[float, float]:
+        m = window_metrics(y_type[i], det[1][i], y_det[i], det[0][i])
+        return m["auroc_seizure"], m["macro_f1"]
+
+    def diff(k: int) -> Any:
+        return lambda i: metric(a, i)[k] - metric(b, i)[k]
+
+    return {
+        "auroc": list(paired_bootstrap(groups, diff(0))),
+        "macro_f1": list(paired_bootstrap(groups, diff(1))),
+    }
+
+
 def score_table(
     data: dict[str, site_task.SiteData],
     data_root: Path,
     models: dict[str, dict[str, Any]],
+    tuning: Tuning,
     device: str,
 ) -> dict[str, Any]:
     """Every detector's figures per site (``models[site]``: name -> model, then the
-    motion-energy baseline and the detectors that know nothing) and overall."""
+    motion-energy baseline and the detectors that know nothing) and overall (window metrics
+    of the pooled test windows, each site's scores shifted so that its threshold is 0.5;
+    event counts summed over the sites)."""
     for s, d in data.items():
         if not d.val:
             raise SemioFedError(f"{s}: no validation patient (training.val-fraction is 0)")
     rng = np.random.default_rng(REFERENCE_SEED)
+    points: dict[int, tuple[float, EventRule]] = {}
+    for model in {id(m): m for ms in models.values() for m in ms.values()}.values():
+        points[id(model)] = tuning.operating_point(model, device)
     out: dict[str, Any] = {
-        "plain_steps": PLAIN_STEPS,
         "plain_batch": PLAIN_BATCH,
+        "plain_epochs": PLAIN_EPOCHS,
+        "tuning_patients": len(tuning.patients),
         "patients": {
             s: {k: len(getattr(d, k)) for k in ("train", "val", "test")} for s, d in data.items()
         },
         "sites": {},
     }
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    all_refs: dict[Any, RecordingRef] = {}
+    counts: dict[str, EventCounts] = {}
     for s, d in data.items():
         refs = recording_refs(data_root / s, d.test + d.val)
-        all_refs.update(refs)
         rows = {}
-        for name, (score, types, thr) in _site_scores(d, models[s], refs, rng, device).items():
-            rows[name] = _row(evaluate_scores(d.test, score, types, thr, refs=refs))
-            # pooled at the site's own threshold: shift so that 0.5 is every site's threshold
+        scored = _site_scores(d, models[s], refs, points, rng, device)
+        for name, (score, types, thr, rule) in scored.items():
+            m = evaluate_scores(d.test, score, types, thr, events=False)
+            c = recording_counts(d.test, score, DEFAULT_WINDOW, thr, refs, rule)
+            rows[name] = _row(m, c.summary()) | {"event_rule": asdict(rule)}
+            counts.setdefault(name, EventCounts()).add(c)
             pooled.setdefault(name, []).append((score - thr + 0.5, types))
         out["sites"][s] = rows
+        if "federated" in rows and "local-only" in rows:
+            out.setdefault("federated_minus_local", {})[s] = _paired_difference(
+                d.test, *(scored[k] for k in ("federated", "local-only"))
+            )
     test = [p for d in data.values() for p in d.test]
     out["overall"] = {
         name: _row(
@@ -165,8 +257,9 @@ def score_table(
                 np.concatenate([a for a, _ in parts]),
                 np.concatenate([b for _, b in parts]),
                 0.5,
-                refs=all_refs,
-            )
+                events=False,
+            ),
+            counts[name].summary(),
         )
         for name, parts in pooled.items()
     }
@@ -174,7 +267,12 @@ def score_table(
 
 
 def compare(
-    config: Path, data_root: Path, sites: list[str], run_dir: Path, device: str
+    config: Path,
+    data_root: Path,
+    sites: list[str],
+    run_dir: Path,
+    tuning_dir: Path,
+    device: str,
 ) -> dict[str, Any]:
     """The demo's table: the federated model of ``run_dir`` beside the references."""
     from safetensors.torch import load_file
@@ -183,16 +281,19 @@ def compare(
     data = {s: site_task.load_site(data_root / s, cfg) for s in sites}
     federated = site_task.build_model(cfg)
     federated.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    central = fit_plain(cfg, [p for s in sites for p in data[s].train], device)
+    pooled = [p for s in sites for p in data[s].train]
+    central = fit_plain(cfg, pooled, [p for s in sites for p in data[s].val], device)
+    arrays = site_task.get_arrays(federated)
     models = {
         s: {
             "federated": federated,
             "centralized": central,
-            "local-only": fit_plain(cfg, data[s].train, device),
+            "local-only": fit_plain(cfg, data[s].train, data[s].val, device),
+            FINE_TUNED: fit_plain(cfg, data[s].train, data[s].val, device, init=arrays),
         }
         for s in sites
     }
-    return score_table(data, data_root, models, device)
+    return score_table(data, data_root, models, load_tuning(tuning_dir), device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,10 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--sites", nargs="+", required=True)
     p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument(
+        "--tuning-dir", type=Path, required=True, help="public tuning data (made if absent)"
+    )
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    res = compare(args.config, args.data_root, args.sites, args.run_dir, args.device)
-    json.dump(json_safe(res), sys.stdout)
+    res = compare(
+        args.config, args.data_root, args.sites, args.run_dir, args.tuning_dir, args.device
+    )
+    doc = json.dumps(json_safe(res))
+    atomic_write_bytes(args.run_dir / COMPARISON_FILE, doc.encode())
+    sys.stdout.write(doc)
     return 0
 
 

@@ -19,8 +19,9 @@ Decision threshold: :func:`choose_threshold` on validation patients (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,12 @@ from semiofed.shared.dataset import (
 from semiofed.shared.events import Event, read_events
 from semiofed.shared.metrics import (
     DEFAULT_THRESHOLD,
-    score_events,
+    MERGE_GAP_S,
+    MIN_EVENT_S,
+    EventCounts,
+    event_counts,
     select_threshold,
+    smooth_scores,
     window_metrics,
     windows_to_events,
 )
@@ -101,6 +106,47 @@ def predict(
     return {"detect_prob": np.concatenate(probs), "type_pred": np.concatenate(types)}
 
 
+@dataclass(frozen=True)
+class EventRule:
+    """How window scores become detections (beside the threshold): a centred moving average
+    over ``smooth_windows`` consecutive windows, then detections shorter than
+    ``min_event_s`` dropped (detections less than ``MERGE_GAP_S`` apart are joined
+    first, as in ``site analyze``)."""
+
+    smooth_windows: int = 1
+    min_event_s: float = MIN_EVENT_S
+
+
+#: Candidate event rules and thresholds (public, data-independent).
+RULE_GRID: tuple[EventRule, ...] = (EventRule(), EventRule(5, 8.0), EventRule(9, 8.0))
+EVENT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(8, 20))
+MAX_FALSE_ALARMS_PER_HOUR = 2.0  # the operating point the rule selection aims at
+
+
+def select_event_rule(
+    patients: list[PatientWindows],
+    detect_score: np.ndarray,
+    refs: Mapping[RecordingKey, RecordingRef] | None = None,
+    window: WindowConfig = DEFAULT_WINDOW,
+) -> tuple[float, EventRule]:
+    """The (threshold, rule) of the public grids with the highest event sensitivity at
+    ≤ ``MAX_FALSE_ALARMS_PER_HOUR`` (unmerged) on ``patients`` (validation or public data),
+    ties to fewer false alarms; when no candidate gets there, the fewest false alarms per
+    hour, ties to higher sensitivity."""
+    best: tuple[tuple[float, ...], float, EventRule] | None = None
+    for rule in RULE_GRID:
+        for t in EVENT_THRESHOLDS:
+            ev = recording_counts(patients, detect_score, window, t, refs, rule).summary()
+            sens = ev["sensitivity"] if math.isfinite(ev["sensitivity"]) else 0.0
+            fa = ev["false_alarms_per_hour_unmerged"]
+            ok = fa <= MAX_FALSE_ALARMS_PER_HOUR
+            key = (1.0, sens, -fa) if ok else (0.0, -fa, sens)
+            if best is None or key > best[0]:
+                best = (key, t, rule)
+    assert best is not None
+    return best[1], best[2]
+
+
 def choose_threshold(
     model: nn.Module, val_patients: list[PatientWindows], device: str = "auto"
 ) -> float:
@@ -111,18 +157,19 @@ def choose_threshold(
     return select_threshold(np.concatenate([p.y_detect for p in val_patients]), prob)
 
 
-def event_metrics(
+def recording_counts(
     patients: list[PatientWindows],
     detect_score: np.ndarray,
     window: WindowConfig = DEFAULT_WINDOW,
     threshold: float = DEFAULT_THRESHOLD,
     refs: Mapping[RecordingKey, RecordingRef] | None = None,
-) -> dict[str, Any]:
-    """SzCORE event and sample metrics summed over every recording of ``patients``."""
-    # imported here: the analysis stack is heavy and a federated message needs none of it
-    from semiofed.shared.analysis.pipeline import AnalysisConfig
-
-    detection = AnalysisConfig()  # merge_gap_s, min_event_s: the same events as `site analyze`
+    rule: EventRule | None = None,
+) -> EventCounts:
+    """SzCORE event and sample counts summed over every recording of ``patients`` (their
+    ``summary()`` gives the rates; counts add up across sites), the hypothesis events made
+    by ``rule`` (default: no smoothing, ``site analyze``'s minimum duration) at
+    ``threshold``."""
+    rule = rule or EventRule()
     recordings = []
     start = 0
     for pw in patients:
@@ -133,12 +180,12 @@ def event_metrics(
             t0 = pw.t0[sel]
             hyp = windows_to_events(
                 t0,
-                scores[sel],
+                smooth_scores(t0, scores[sel], rule.smooth_windows),
                 window.seconds,
                 window.hop,
                 threshold,
-                merge_gap_s=detection.merge_gap_s,
-                min_event_s=detection.min_event_s,
+                merge_gap_s=MERGE_GAP_S,
+                min_event_s=rule.min_event_s,
             )
             ref = refs.get((pw.site, pw.patient, rec)) if refs is not None else None
             if ref is not None:
@@ -147,7 +194,7 @@ def event_metrics(
                 labels = pw.y_detect[sel].astype(float)
                 derived = windows_to_events(t0, labels, window.seconds, window.hop, 0.5)
                 recordings.append((derived, hyp, float(t0.max()) + window.hop))
-    return score_events(recordings)
+    return event_counts(recordings)
 
 
 def evaluate_scores(
@@ -158,15 +205,20 @@ def evaluate_scores(
     events: bool = True,
     window: WindowConfig = DEFAULT_WINDOW,
     refs: Mapping[RecordingKey, RecordingRef] | None = None,
+    rule: EventRule | None = None,
 ) -> dict[str, Any]:
-    """Window metrics (and, with ``events``, event metrics under ``"events"``) of any
-    detector's per-window scores and type predictions, in WindowDataset order."""
+    """Window metrics (and, with ``events``, event metrics under ``"events"``, events made by
+    ``rule``) of any detector's per-window scores and type predictions, in WindowDataset
+    order."""
     y_type = np.concatenate([p.y_type for p in patients])
     y_detect = np.concatenate([p.y_detect for p in patients])
     out: dict[str, Any] = window_metrics(y_type, type_pred, y_detect, detect_score, threshold)
     out["patients"] = len(patients)
     if events:
-        out["events"] = event_metrics(patients, detect_score, window, threshold, refs)
+        out["events"] = recording_counts(
+            patients, detect_score, window, threshold, refs, rule
+        ).summary()
+        out["event_rule"] = asdict(rule or EventRule())
     return out
 
 

@@ -38,6 +38,7 @@ from .consortium import Consortium
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 STATUS_EVERY_S = 30.0
+NON_PRIVATE = ("centralized", "local-only", "fed + local tune")
 
 
 def approve_as_officer(cfg: dict[str, Any], state_dir: Path, officer_dir: Path, site: str) -> None:
@@ -166,7 +167,8 @@ def run_demo(
     )
     res = subprocess.run(
         [sys.executable, "-m", "semiofed.client.baselines", "--config", str(cmp_cfg),
-         "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir)],
+         "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir),
+         "--tuning-dir", str(out / "public-tuning")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if res.returncode != 0:
@@ -189,7 +191,7 @@ def run_demo(
 
 def _eps_cell(name: str, site: str, eps: dict[str, float | None]) -> str:
     if name != "federated":
-        return "non-private" if name in ("centralized", "local-only") else "—"
+        return "non-private" if name in NON_PRIVATE else "—"
     values = list(eps.values()) if site == "overall" else [eps.get(site)]
     known = [v for v in values if v is not None]
     return f"{max(known):.2f}" if known and len(known) == len(values) else "?"
@@ -213,22 +215,40 @@ def print_comparison(
                 f"{_fmt(m['specificity'], '6.3f')} {_eps_cell(name, site, eps):>11}"
             )
     overall = comparison["overall"]["federated"]
+    fed = comparison["sites"][next(iter(comparison["sites"]))]["federated"]
+    rule = fed["event_rule"]
     print(
-        f"  (held-out test patients; each detector's threshold chosen on the site's validation "
+        f"  (held-out test patients; every learned detector's threshold and event rule chosen on "
+        f"{comparison['tuning_patients']} PUBLIC simulator patients (no patient data: for the "
+        f"federated model post-processing of the DP release, no ε), federated: threshold "
+        f"{fed['threshold']:.2f}, window scores averaged over {rule['smooth_windows']} window(s), "
+        f"detections ≥ {rule['min_event_s']:g} s; motion energy's threshold fitted on validation "
         f"patients; FA/h = false alarms per hour on unmerged detections, spec = specificity on "
         f"{overall['background_hours']:.1f} h of background, {overall['ref_events']} events; "
-        f"ε = cumulative patient-level ε at δ = {delta:g}; centralized pools all sites and every "
-        "row is computed locally by the demo: synthetic data only)"
+        f"ε = cumulative patient-level ε at δ = {delta:g}; centralized pools all sites; "
+        "references trained non-privately, steps scaled to their data, early-stopped on their "
+        "validation patients; fed + local tune = each site's non-private fine-tune of the "
+        "federated model, never sent; every row is computed locally by the demo: synthetic "
+        "data only)"
     )
     beat = []
     for site, rows in comparison["sites"].items():
         fed, loc = rows["federated"], rows["local-only"]
         won = _gt(fed["auroc"], loc["auroc"]) and _gt(fed["macro_f1"], loc["macro_f1"])
+        ci = comparison.get("federated_minus_local", {}).get(site, {})
         beat.append(
-            f"{site} {'yes' if won else 'no'} (AUROC {_fmt(fed['auroc'])} vs {_fmt(loc['auroc'])}, "
-            f"type-F1 {_fmt(fed['macro_f1'])} vs {_fmt(loc['macro_f1'])})"
+            f"{site} {'yes' if won else 'no'} (AUROC {_fmt(fed['auroc'])} vs {_fmt(loc['auroc'])}"
+            f"{_interval(ci.get('auroc'))}, type-F1 {_fmt(fed['macro_f1'])} vs "
+            f"{_fmt(loc['macro_f1'])}{_interval(ci.get('macro_f1'))})"
         )
-    print("  federation beat local-only (higher AUROC and type macro-F1): " + "; ".join(beat))
+    print(
+        "  federation beat local-only (higher AUROC and type macro-F1; [95 % interval of "
+        "federated − local-only over bootstrap resamples of the test patients]): " + "; ".join(beat)
+    )
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
 
 
 def _gt(a: float | None, b: float | None) -> bool:

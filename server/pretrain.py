@@ -33,9 +33,8 @@ import numpy as np
 
 from semiofed.shared.atomic import atomic_write_bytes
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.public_data import PUBLIC_SEED
 
-#: Simulator seed of the public pretraining data; no consortium of sites may use it.
-PUBLIC_SEED = 104_729
 FORMAT = "semiofed-pretrained-1"
 
 
@@ -101,17 +100,15 @@ def _scores(model: Any, patients: list[Any]) -> tuple[float, float]:
 
 def public_patients(pcfg: PretrainConfig, work: Path) -> list[Any]:
     """Windows of the public simulated consortium (generated under ``work``)."""
-    from semiofed.shared.dataset import load_patient_windows
-    from semiofed.shared.synth.consortium import generate_consortium
+    from semiofed.shared.public_data import public_patients as generate
 
-    data = work / "public-data"
-    generate_consortium(
-        data, pcfg.sites, pcfg.patients_per_site, pcfg.minutes_per_patient, pcfg.seed
+    return generate(
+        work / "public-data",
+        pcfg.sites,
+        pcfg.patients_per_site,
+        pcfg.minutes_per_patient,
+        pcfg.seed,
     )
-    patients = []
-    for i in range(1, pcfg.sites + 1):
-        patients += load_patient_windows(data / f"site-{i:02d}")
-    return patients
 
 
 def pretrain_model(model_cfg: Any, pcfg: PretrainConfig, patients: list[Any]) -> tuple[Any, dict]:

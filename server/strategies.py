@@ -15,6 +15,13 @@ unweighted mean of the sites' updates. Declined replies (``num_examples == 0``) 
 out before aggregation and recorded with their reason code. Federated evaluation is the
 sum of the sites' noisy evaluation tables, turned into metrics here (post-processing).
 
+Server optimizer (``[strategy] server-learning-rate`` η, ``server-momentum`` β; any
+strategy): :class:`ServerMomentum` treats the aggregate's change of the global model as a
+pseudo-gradient and applies SGD with heavy-ball momentum to it, ``v ← β·v + Δ``,
+``w ← w + η·v`` (FedAvgM, Hsu et al. 2019; the DP-FL recipe of McMahan et al. 2018). It acts
+only on the aggregate, after any noise, so it is post-processing of what the sites released:
+no ε. The velocity is server state that is not checkpointed: a resumed run restarts it at 0.
+
 Central DP: every site is asked every round (``fraction-train = 1``, enforced by the run
 configuration), each clips its update to the approved norm C (the ClientApp checks the
 norm the server asks for), the server averages the m kept updates without weights and adds
@@ -29,7 +36,14 @@ import math
 from typing import Any
 
 import numpy as np
-from flwr.common import EvaluateRes, FitRes, Parameters, Scalar
+from flwr.common import (
+    EvaluateRes,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
@@ -44,6 +58,7 @@ from flwr.server.strategy import (
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.noisy_eval import decode_table, table_metrics
 from semiofed.shared.release import DECLINE_CODES, SITE_METRICS
+from semiofed.shared.run_config import server_optimizer
 
 
 def base_strategy(cfg: dict[str, Any], num_sites: int, initial: Parameters) -> Strategy:
@@ -86,8 +101,97 @@ def make_strategy(
         inner = DifferentialPrivacyClientSideFixedClipping(
             inner, cdp["noise-multiplier"], cdp["clip-norm"], max(1, num_sites)
         )
+    if server_optimizer(cfg):
+        st = cfg["strategy"]
+        inner = ServerMomentum(inner, st["server-learning-rate"], st["server-momentum"])
     rec = RecordingStrategy(inner, cfg)
     return rec, rec
+
+
+class DelegatingStrategy(Strategy):
+    """Forwards every call to ``inner``; subclasses override what they change."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> Any:
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[Any],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        return self.inner.evaluate(server_round, parameters)
+
+
+class ServerMomentum(DelegatingStrategy):
+    """Server-side SGD with momentum on ``inner``'s aggregate (module docstring)."""
+
+    def __init__(self, inner: Strategy, learning_rate: float, momentum: float) -> None:
+        super().__init__(inner)
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.current: list[np.ndarray] | None = None  # the global model sent this round
+        self.velocity: list[np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        return f"ServerMomentum({self.inner!r}, lr={self.learning_rate}, momentum={self.momentum})"
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
+        self.current = parameters_to_ndarrays(parameters)
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        params, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if params is None or self.current is None:
+            return params, metrics
+        step = server_step(
+            self.current, parameters_to_ndarrays(params), self.velocity, self.momentum
+        )
+        self.velocity = step
+        new = [w + self.learning_rate * v for w, v in zip(self.current, step, strict=True)]
+        return ndarrays_to_parameters(new), metrics
+
+
+def server_step(
+    current: list[np.ndarray],
+    aggregate: list[np.ndarray],
+    velocity: list[np.ndarray] | None,
+    momentum: float,
+) -> list[np.ndarray]:
+    """The new velocity ``β·v + (aggregate − current)`` (``v`` = 0 before the first step)."""
+    delta = [a - w for w, a in zip(current, aggregate, strict=True)]
+    if velocity is None:
+        return delta
+    return [momentum * v + d for v, d in zip(velocity, delta, strict=True)]
 
 
 def _federated_eval(tables: list[np.ndarray], sigma: float) -> dict[str, Scalar]:
@@ -109,11 +213,11 @@ def _failure_reason(failure: Any) -> str:
     return str(reason)[:200] if reason is not None else type(failure).__name__
 
 
-class RecordingStrategy(Strategy):
+class RecordingStrategy(DelegatingStrategy):
     """Delegates to ``inner``; drops declined replies; keeps the per-round record."""
 
     def __init__(self, inner: Strategy, cfg: dict[str, Any]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.min_nodes = cfg["federation"]["min-nodes"]
         self.last_round = cfg["federation"]["rounds"]
         self.eval_sigma = cfg["privacy"]["eval-noise-multiplier"]
@@ -134,9 +238,6 @@ class RecordingStrategy(Strategy):
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.inner!r})"
-
-    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
         pairs = self.inner.configure_fit(server_round, parameters, client_manager)
@@ -176,9 +277,10 @@ class RecordingStrategy(Strategy):
                 f"{len(kept)} usable update(s) < min-nodes {self.min_nodes}: model unchanged"
             )
             return None, {}
-        if isinstance(self.inner, DifferentialPrivacyClientSideFixedClipping):
+        cdp = self.inner.inner if isinstance(self.inner, ServerMomentum) else self.inner
+        if isinstance(cdp, DifferentialPrivacyClientSideFixedClipping):
             # the unweighted mean of the kept clipped updates: noise σ·C/m with m = kept
-            self.inner.num_sampled_clients = len(kept)
+            cdp.num_sampled_clients = len(kept)
         params, metrics = self.inner.aggregate_fit(server_round, kept, failures)
         rec["aggregated"] = params is not None
         return params, metrics
@@ -223,4 +325,4 @@ class RecordingStrategy(Strategy):
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
-        return None
+        return None  # no central evaluation (the sites evaluate)

@@ -33,7 +33,7 @@ counts, or a data-independent rule) can replace it without touching the metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -44,6 +44,10 @@ from .labels import CLASSES, IGNORE_INDEX, is_event_of_interest
 SCORING_FS = 10  # Hz; the resolution EventScoring works at
 #: Candidate decision thresholds (public, data-independent).
 THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: How window detections become events, in `site analyze` and in evaluation alike: detections
+#: closer than MERGE_GAP_S are one event, events shorter than MIN_EVENT_S are dropped.
+MERGE_GAP_S = 5.0
+MIN_EVENT_S = 2.0
 DEFAULT_THRESHOLD = 0.5  # the rule when there are no validation patients
 
 
@@ -102,6 +106,29 @@ def window_metrics(
     }
 
 
+def paired_bootstrap(
+    groups: Sequence[np.ndarray],
+    statistic: Callable[[np.ndarray], float],
+    resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` over resamples of whole groups
+    (patients) drawn with replacement; ``groups`` are index arrays, one per patient.
+    Resamples where the statistic is NaN are left out."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pick = rng.integers(len(groups), size=len(groups))
+        v = statistic(np.concatenate([groups[i] for i in pick]))
+        if math.isfinite(v):
+            values.append(v)
+    if not values:
+        return math.nan, math.nan
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def threshold_counts(
     y_detect: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
@@ -133,6 +160,23 @@ def select_threshold(
     f1 = np.divide(2 * tp, 2 * tp + fn + fp, out=np.zeros(len(grid)), where=2 * tp + fn + fp > 0)
     best = np.flatnonzero(f1 == f1.max())[-1]
     return float(grid[best])
+
+
+def smooth_scores(
+    t0: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray, windows: int
+) -> np.ndarray:
+    """Centred moving average of one recording's window scores over ``windows`` consecutive
+    windows in time order (shrinking at the ends); ``windows = 1`` returns the scores."""
+    s = np.asarray(scores, dtype=float)
+    if windows <= 1 or len(s) == 0:
+        return s.copy()
+    order = np.argsort(np.asarray(t0, dtype=float), kind="stable")
+    kernel = np.ones(windows)
+    total = np.convolve(s[order], kernel, mode="same")
+    count = np.convolve(np.ones(len(s)), kernel, mode="same")
+    out = np.empty_like(s)
+    out[order] = total / count
+    return out
 
 
 def windows_to_events(
@@ -273,7 +317,14 @@ def score_events(
     recordings: Iterable[tuple[Iterable[Event], Iterable[Event], float]],
 ) -> dict[str, float | int]:
     """Event and sample metrics summed over ``(ref, hyp, duration_s)`` recordings."""
+    return event_counts(recordings).summary()
+
+
+def event_counts(
+    recordings: Iterable[tuple[Iterable[Event], Iterable[Event], float]],
+) -> EventCounts:
+    """The summed :class:`EventCounts` of ``(ref, hyp, duration_s)`` recordings."""
     total = EventCounts()
     for ref, hyp, duration in recordings:
         total.add(score_recording(ref, hyp, duration))
-    return total.summary()
+    return total

@@ -6,7 +6,9 @@ Tables (every key optional; defaults below)::
     [federation]  rounds, strategy, min-nodes, fraction-train, fraction-evaluate,
                   round-timeout, seed
     [strategy]    proximal-mu (fedprox), trim-beta (fedtrimmedavg),
-                  num-malicious (krum/multikrum), num-keep (multikrum)
+                  num-malicious (krum/multikrum), num-keep (multikrum),
+                  server-learning-rate, server-momentum (any strategy: server-side SGD with
+                  momentum on the aggregate, server/strategies.py)
     [training]    local-epochs, learning-rate, batch-size, val-fraction, test-fraction
     [model]       fields of semiofed.shared.model.ModelConfig (lists for tuples)
     [privacy]     unit ("patient"), noise-multiplier, clip-norm, delta (1e-5, as
@@ -44,7 +46,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "round-timeout": 120.0,
         "seed": 0,
     },
-    "strategy": {"proximal-mu": 0.01, "trim-beta": 0.2, "num-malicious": 0, "num-keep": 0},
+    "strategy": {
+        "proximal-mu": 0.01,
+        "trim-beta": 0.2,
+        "num-malicious": 0,
+        "num-keep": 0,
+        "server-learning-rate": 1.0,
+        "server-momentum": 0.0,
+    },
     "training": {
         "local-epochs": 1,
         "learning-rate": 0.05,
@@ -134,6 +143,8 @@ def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any
     need(0 <= strat["trim-beta"] < 0.5, "strategy.trim-beta", "must be in [0, 0.5)")
     need(strat["num-malicious"] >= 0, "strategy.num-malicious", "must be >= 0")
     need(strat["num-keep"] >= 0, "strategy.num-keep", "must be >= 0")
+    need(strat["server-learning-rate"] > 0, "strategy.server-learning-rate", "must be > 0")
+    need(0 <= strat["server-momentum"] < 1, "strategy.server-momentum", "must be in [0, 1)")
     need(tr["local-epochs"] >= 1, "training.local-epochs", "must be >= 1")
     need(tr["learning-rate"] > 0, "training.learning-rate", "must be > 0")
     need(tr["batch-size"] >= 1, "training.batch-size", "must be >= 1")
@@ -215,7 +226,15 @@ def strategy_fields(cfg: dict[str, Any]) -> dict[str, Any]:
         "krum": ("num-malicious",),
         "multikrum": ("num-malicious", "num-keep"),
     }.get(name, ())
+    if server_optimizer(cfg):
+        used += ("server-learning-rate", "server-momentum")
     return {"name": name, **{k: cfg["strategy"][k] for k in used}}
+
+
+def server_optimizer(cfg: dict[str, Any]) -> bool:
+    """Whether the server applies SGD with momentum to the aggregate (not plain averaging)."""
+    st = cfg["strategy"]
+    return st["server-learning-rate"] != 1.0 or st["server-momentum"] != 0.0
 
 
 def approval_fields(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def test_every_field_that_changes_the_computation_is_approved():
         ("training", "learning-rate", 0.5),
         ("federation", "seed", 7),
         ("privacy", "eval-noise-multiplier", 0.1),
+        ("strategy", "server-momentum", 0.9),
     ):
         changed = validate({**TINY, table: {**TINY.get(table, {}), key: value}})
         assert approval_fields(changed) != base, key
@@ -333,3 +334,44 @@ def test_central_dp_noise_is_scaled_to_the_kept_sites_unweighted_mean():
     assert agg.mean() == pytest.approx(2.0, abs=0.05)  # unweighted mean of 1 and 3
     assert agg.std() == pytest.approx(1.0 * 2.0 / 2, rel=0.05)
     assert rec.rounds[1]["declined"] == {"site-03": "over-budget"}
+
+
+def test_server_momentum_steps_the_aggregate_with_heavy_ball_momentum():
+    """FedAvgM on the (already privatised) mean: w ← w + η·v, v ← β·v + (mean − w); the
+    velocity carries over between rounds, and plain fedavg is the η = 1, β = 0 case."""
+    from semiofed.server.strategies import make_strategy
+
+    cfg = validate(
+        {**TINY, "secagg": {"enabled": False},
+         "strategy": {"server-learning-rate": 0.5, "server-momentum": 0.9}}
+    )  # fmt: skip
+    w = [np.zeros(4, np.float32)]
+    _, strategy = make_strategy(cfg, 2, ndarrays_to_parameters(w))
+
+    def round_(r: int, current: list[np.ndarray], site_values: tuple[float, float]) -> np.ndarray:
+        strategy.configure_fit(r, ndarrays_to_parameters(current), _Manager())
+        results = [
+            (_Site(str(i)), FitRes(Status(Code.OK, "ok"),
+                                   ndarrays_to_parameters([current[0] + v]), 1,
+                                   {"site-name": f"site-0{i}"}))
+            for i, v in enumerate(site_values, start=1)
+        ]  # fmt: skip
+        params, _ = strategy.aggregate_fit(r, results, [])
+        return parameters_to_ndarrays(params)[0]
+
+    w1 = round_(1, w, (1.0, 3.0))  # mean change 2: v = 2, w = 0 + 0.5·2
+    np.testing.assert_allclose(w1, 1.0)
+    w2 = round_(2, [w1], (0.0, 2.0))  # mean change 1: v = 0.9·2 + 1 = 2.8, w = 1 + 1.4
+    np.testing.assert_allclose(w2, 2.4, rtol=1e-6)
+    plain = validate({**TINY, "secagg": {"enabled": False}})
+    assert "server-momentum" not in approval_fields(plain)["strategy"]
+
+
+class _Manager:
+    """The client manager configure_fit samples from: two sites."""
+
+    def num_available(self) -> int:
+        return 2
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):
+        return [_Site("1"), _Site("2")][:num_clients]

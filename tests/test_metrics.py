@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ from semiofed.shared.labels import IGNORE_INDEX
 from semiofed.shared.metrics import (
     DEFAULT_THRESHOLD,
     auroc,
+    paired_bootstrap,
     score_events,
     select_threshold,
+    smooth_scores,
     threshold_counts,
     window_metrics,
     windows_to_events,
@@ -170,3 +173,30 @@ def test_per_class_f1_confusion_and_threshold_choice() -> None:
     assert counts.tolist() == [[2, 0, 1, 3], [2, 0, 0, 4]]  # tp fn fp tn
     assert select_threshold(y, prob) == 0.45  # F1 1.0 at 0.45; ties go to the higher one
     assert select_threshold(np.zeros(4), prob[:4]) == DEFAULT_THRESHOLD
+
+
+def test_smoothing_removes_isolated_spikes_and_keeps_a_sustained_event() -> None:
+    """A centred moving average over 5 windows: two one-window spikes (false alarms) fall
+    below the threshold, a 20-window event stays one detection; order follows t0."""
+    t0 = np.arange(100, dtype=float)
+    probs = np.zeros(100)
+    probs[[10, 70]] = 1.0
+    probs[40:60] = 0.9
+    shuffled = np.random.default_rng(0).permutation(100)
+    smooth = smooth_scores(t0[shuffled], probs[shuffled], 5)[np.argsort(shuffled)]
+    assert smooth[10] == pytest.approx(0.2) and smooth[50] == pytest.approx(0.9)
+    raw = windows_to_events(t0, probs, 5.0, 1.0, 0.5)
+    kept = windows_to_events(t0, smooth, 5.0, 1.0, 0.5)
+    assert len(raw) == 3 and len(kept) == 1 and kept[0].onset == pytest.approx(42.0)
+    np.testing.assert_array_equal(smooth_scores(t0, probs, 1), probs)
+
+
+def test_paired_bootstrap_resamples_whole_patients() -> None:
+    """The interval of a difference that is the same in every patient is that value; a
+    statistic that depends on which patients are drawn gets an interval around it."""
+    groups = [np.arange(3 * i, 3 * i + 3) for i in range(10)]
+    x = np.repeat(np.arange(10.0), 3)
+    assert paired_bootstrap(groups, lambda i: 0.25) == (0.25, 0.25)
+    lo, hi = paired_bootstrap(groups, lambda i: float(x[i].mean()), resamples=300)
+    assert lo < 4.5 < hi and hi - lo < 5
+    assert np.isnan(paired_bootstrap(groups, lambda i: math.nan)[0])

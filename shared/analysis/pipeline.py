@@ -25,7 +25,7 @@ from ..errors import FormatError, SemioFedError
 from ..events import Event
 from ..features import STREAM_NAMES
 from ..labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
-from ..metrics import windows_to_events
+from ..metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
 from ..model import ModelConfig, SemioNet, resolve_device
 from ..recording import Recording
 from ..windows import WindowConfig, assemble_windows, windows_from_recording
@@ -47,8 +47,8 @@ class AnalysisConfig:
     explain: bool = True
     ig_steps: int = 32
     batch_size: int = 64
-    min_event_s: float = 2.0  # shorter detections are dropped
-    merge_gap_s: float = 5.0  # detections closer than this are one event
+    min_event_s: float = MIN_EVENT_S  # shorter detections are dropped
+    merge_gap_s: float = MERGE_GAP_S  # detections closer than this are one event
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""Public data: the motion simulator (:mod:`semiofed.shared.synth`) run with seeds no
+consortium's data uses, so no patient is involved and nothing of it needs a privacy budget.
+
+* :data:`PUBLIC_SEED`: the coordinator's pretraining data (``semiofed server pretrain``).
+* :data:`TUNING_SEED`: public tuning data, on which hyper-parameters and a released model's
+  operating point (decision threshold, event rule) are chosen. Choosing them there is
+  post-processing of what was released: it costs no ε.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .dataset import PatientWindows, load_patient_windows
+
+#: Simulator seed of the public pretraining data; no consortium of sites may use it.
+PUBLIC_SEED = 104_729
+#: Simulator seed of the public tuning data; no consortium of sites may use it.
+TUNING_SEED = PUBLIC_SEED + 1
+TUNING_SITES = 2
+TUNING_PATIENTS_PER_SITE = 10
+TUNING_MINUTES = 3.0
+
+
+def public_patients(
+    data: Path, sites: int, patients_per_site: int, minutes: float, seed: int
+) -> list[PatientWindows]:
+    """Windows of a public simulated consortium, generated under ``data`` unless it is there."""
+    from .synth.consortium import generate_consortium
+
+    names = [f"site-{i:02d}" for i in range(1, sites + 1)]
+    if not all((data / s).is_dir() for s in names):
+        generate_consortium(data, sites, patients_per_site, minutes, seed)
+    return [p for s in names for p in load_patient_windows(data / s)]
+
+
+def tuning_patients(data: Path) -> list[PatientWindows]:
+    """The public tuning patients (``TUNING_SEED``), generated under ``data``."""
+    return public_patients(
+        data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED
+    )
