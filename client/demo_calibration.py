@@ -50,7 +50,7 @@ def calibrate(
     model.eval()
     outputs, report = {}, {}
     for s in sites:
-        data = site_task.load_site(data_root / s, cfg)
+        data = site_task.load_site(data_root / s, cfg, state_root / s)  # its feature cache
         held = labelled_outputs(model, data.val + data.test)
         use_all = len(held) < cal.MIN_PATIENTS
         outputs[s] = labelled_outputs(model, data.train) + held if use_all else held
