@@ -10,6 +10,10 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 LOCK   := configs/requirements.lock
+# Two pytest workers, whole modules each (module fixtures such as a running consortium stay
+# on one worker): the deployment tests mostly wait on Flower heartbeats and process start-up,
+# and the other worker uses those minutes. Each worker runs torch on one thread (conftest).
+PYTEST_WORKERS ?= -n 2 --dist loadscope
 
 # Pinned install: pyproject's exact pins, every transitive package constrained by the lock,
 # then mediapipe 0.10.21 on its own with --no-deps (its wheel ships the Holistic models; its
@@ -28,7 +32,7 @@ test: venv
 	sh tests/setup_browser.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
