@@ -14,15 +14,18 @@ from sqlalchemy import text
 
 from semiofed.privacy.keys import generate_keypair, load_private_key
 from semiofed.server.registry.app import create_app
+from semiofed.server.registry.auth import FailedAuthLimiter
 from semiofed.server.registry.cards import build_card
 from semiofed.server.registry.db import SCHEMA_VERSION, make_engine, migrate, open_database
 from semiofed.server.registry.publish import (
     build_manifest,
+    build_retirement,
     default_db_url,
     open_registry,
     publish_local,
-    retire_version,
+    retire_local,
 )
+from semiofed.server.registry.queries import get_version
 from semiofed.shared.cli import main
 from semiofed.shared.errors import FormatError, SemioFedError
 from tests.registry_helpers import LiveServer, RegistrySetup, make_registry, make_run_dir
@@ -45,14 +48,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     publish_local(
         make_run_dir(tmp / "run2", seed=1), setup.registry, setup.private_key, "retire-me"
     )
-    server = LiveServer(setup.data, tmp / "server.log")
+    with setup.registry.sessions() as session:
+        manifest = json.loads(get_version(session, "retire-me").manifest_json)
+    statement, signature = build_retirement(manifest, "test", load_private_key(setup.private_key))
+    # the matrix sends wrong tokens on purpose: a limit it does not reach
+    server = LiveServer(setup.data, tmp / "server.log", extra=("--max-auth-failures", "1000"))
     server.start()
     try:
         with (
-            TestClient(create_app(setup.registry)) as tc,
+            TestClient(create_app(setup.registry, FailedAuthLimiter(max_failures=1000))) as tc,
             httpx.Client(base_url=server.url, timeout=30) as live,
         ):
-            yield {"setup": setup, "run": run, "clients": {"testclient": tc, "uvicorn": live}}
+            yield {
+                "setup": setup,
+                "run": run,
+                "retirement": {"statement": statement, "signature": signature},
+                "clients": {"testclient": tc, "uvicorn": live},
+            }
     finally:
         server.stop()
 
@@ -98,7 +110,7 @@ def _request(
         )
     if endpoint == "POST /api/v1/models/retire-me/retire":
         return client.post(
-            "/api/v1/models/retire-me/retire", json={"reason": "test"}, headers=headers
+            "/api/v1/models/retire-me/retire", json=world["retirement"], headers=headers
         )
     method, path = endpoint.split(" ")
     assert method == "GET"
@@ -152,21 +164,53 @@ def test_health_needs_no_token_and_headers_are_strict(
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_browser_sign_in_moves_token_into_cookie(world: dict[str, Any]) -> None:
-    tc: TestClient = world["clients"]["testclient"]
-    tc.cookies.clear()
-    response = tc.get(
-        "/", params={"token": world["setup"].tokens["auditor"]}, follow_redirects=False
-    )
+def test_login_form_sets_a_secure_cookie(world: dict[str, Any]) -> None:
+    setup = world["setup"]
+    tc = TestClient(create_app(setup.registry), base_url="https://testserver")
+    form = tc.get("/", follow_redirects=False)
+    assert form.status_code == 401 and 'action="/login"' in form.text
+    response = tc.post("/login", data={"token": setup.tokens["auditor"]}, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/"
     cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    for attribute in ("Secure", "HttpOnly", "SameSite=strict", "Path=/"):
+        assert attribute in cookie, cookie
     page = tc.get("/")
     assert page.status_code == 200 and "v1" in page.text and "<svg" in page.text
     # the cookie authenticates reads only: state-changing requests need the header
     assert tc.post("/api/v1/models/v1/retire", json={}).status_code == 401
-    assert tc.get("/", params={"token": "sfr_wrong"}, follow_redirects=False).status_code == 401
-    tc.cookies.clear()
+    assert tc.post("/logout", follow_redirects=False).status_code == 303
+    assert tc.get("/", follow_redirects=False).status_code == 401
+    wrong = tc.post("/login", data={"token": "sfr_wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not valid" in wrong.text and not tc.cookies
+    site = tc.post("/login", data={"token": setup.tokens["site"]}, follow_redirects=False)
+    assert site.status_code == 403 and not tc.cookies
+    assert tc.post("/login", content=b"token=" + b"x" * 5000).status_code == 413
+
+
+@pytest.mark.parametrize("transport", ["testclient", "uvicorn"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/?token=TOKEN",
+        "/api/v1/models?status=active&token=TOKEN",
+        "/api/v1/models?access_token=TOKEN",
+        "/api/v1/models?api-key=TOKEN",
+        "/api/v1/models?q=TOKEN",
+        "/api/v1/models/TOKEN",
+        "/health?token=x",
+    ],
+)
+def test_a_token_in_a_url_is_refused(world: dict[str, Any], transport: str, url: str) -> None:
+    """Even with a valid header as well: the URL has already leaked the token."""
+    tokens = world["setup"].tokens
+    response = world["clients"][transport].get(
+        url.replace("TOKEN", tokens["auditor"]),
+        headers={"Authorization": f"Bearer {tokens['auditor']}"},
+    )
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "a token in the URL" in detail and "Authorization: Bearer" in detail
+    assert tokens["auditor"] not in response.text
 
 
 def test_card_ledger_and_audit_contents(world: dict[str, Any]) -> None:
@@ -289,8 +333,7 @@ def test_retired_version_is_not_served_to_sites(
 ) -> None:
     setup, tc, run = fresh
     publish_local(run, setup.registry, setup.private_key)
-    with setup.registry.sessions() as session:
-        retire_version(session, "v1", "bad calibration", "cli", None)
+    retire_local(setup.registry, "v1", "bad calibration", setup.private_key)
     site = {"Authorization": f"Bearer {setup.tokens['site']}"}
     r = tc.get("/api/v1/models/v1/weights", headers=site)
     assert r.status_code == 410 and "bad calibration" in r.json()["detail"]
@@ -299,7 +342,10 @@ def test_retired_version_is_not_served_to_sites(
     }
     assert tc.get("/api/v1/models/v1/weights", headers=_coord(setup)).status_code == 200
     assert tc.get("/api/v1/models/nope", headers=site).status_code == 404
-    assert tc.post("/api/v1/models/nope/retire", headers=_coord(setup)).status_code == 404
+    body = {"statement": {}, "signature": ""}
+    assert (
+        tc.post("/api/v1/models/nope/retire", json=body, headers=_coord(setup)).status_code == 404
+    )
 
 
 def test_run_dir_validation_names_file_and_field(tmp_path: Path) -> None:
