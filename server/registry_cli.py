@@ -16,6 +16,7 @@ from semiofed.shared.registry_http import CA_HELP, is_loopback
 
 DEFAULT_DATA = "registry-data"
 TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
+GRACEFUL_SHUTDOWN = 5  # seconds `serve` waits for open connections when stopped
 
 
 def _data(args: argparse.Namespace) -> Path:
@@ -154,6 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         ssl_certfile=args.certfile,
         ssl_keyfile=args.keyfile,
+        # a TLS client holding an idle keep-alive connection must not stall a restart
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,17 @@ from semiofed.server.registry.publish import (
     retire_local,
 )
 from semiofed.server.registry.queries import get_version
-from semiofed.shared.cli import main
+from semiofed.server.registry_cli import check_transport
+from semiofed.shared.cli import build_parser, main
 from semiofed.shared.errors import FormatError, SemioFedError
-from tests.registry_helpers import LiveServer, RegistrySetup, make_registry, make_run_dir
+from tests.registry_helpers import (
+    LiveServer,
+    RegistrySetup,
+    make_registry,
+    make_run_dir,
+    make_tls,
+    run_main,
+)
 
 ROLES = ("coordinator", "site", "auditor")
 ALL, DOWNLOAD, COORD, OVERSIGHT = (
@@ -406,8 +415,12 @@ def test_schema_migrates_forward_and_refuses_newer(tmp_path: Path) -> None:
                 "INSERT INTO tokens (token_sha256, role, label, created_at) VALUES ('x', 'site', '', 'now')"
             )
         )
-    open_database(url)  # migrates 1 -> 2, keeping the data
+        for column in ("retirement_json", "retirement_signature"):  # as schema 1 had it
+            conn.execute(text(f"ALTER TABLE model_versions DROP COLUMN {column}"))
+    open_database(url)  # migrates 1 -> 3, keeping the data
     with engine.begin() as conn:
+        columns = {r[1] for r in conn.execute(text("PRAGMA table_info(model_versions)"))}
+        assert {"retirement_json", "retirement_signature"} <= columns
         assert (
             conn.execute(text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION
         )
@@ -471,3 +484,61 @@ def test_cli_direct_mode_tokens_publish_retire(
     assert main(["registry", "retire", "v1", "--reason", "test", "--data", data]) == 0
     assert main(["registry", "retire", "v9", "--data", data]) == 2
     assert "no version 'v9'" in capsys.readouterr().err
+
+
+def test_failed_authentications_are_rate_limited_per_address(tmp_path: Path) -> None:
+    setup = make_registry(tmp_path / "data")
+    now = [1000.0]
+    app = create_app(
+        setup.registry, FailedAuthLimiter(max_failures=3, window=60, clock=lambda: now[0])
+    )
+    attacker = TestClient(app, base_url="https://testserver", client=("203.0.113.5", 50000))
+    other = TestClient(app, client=("198.51.100.7", 50000))
+    auditor = {"Authorization": f"Bearer {setup.tokens['auditor']}"}
+    for guess in ("sfr_a", "sfr_b", "sfr_c"):
+        r = attacker.get("/api/v1/models", headers={"Authorization": f"Bearer {guess}"})
+        assert r.status_code == 401
+    blocked = attacker.get("/api/v1/models", headers=auditor)  # now even a right token
+    assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"
+    assert "too many failed authentications from 203.0.113.5" in blocked.json()["detail"]
+    login = attacker.post("/login", data={"token": setup.tokens["auditor"]})
+    assert login.status_code == 429 and not attacker.cookies
+    assert other.get("/api/v1/models", headers=auditor).status_code == 200  # others unaffected
+    now[0] += 59
+    assert attacker.get("/api/v1/models", headers=auditor).headers["retry-after"] == "1"
+    now[0] += 1  # the window has passed
+    assert attacker.get("/api/v1/models", headers=auditor).status_code == 200
+
+
+def test_failed_authentication_memory_is_bounded() -> None:
+    limiter = FailedAuthLimiter(max_failures=1, window=60, max_clients=2, clock=lambda: 0.0)
+    for client in ("a", "b", "c"):
+        limiter.failed(client)
+    assert [limiter.retry_after(c) for c in ("a", "b", "c")] == [0, 60, 60]  # "a" forgotten
+
+
+def _serve_args(**overrides: Any) -> argparse.Namespace:
+    args = build_parser().parse_args(["registry", "serve"])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def test_serve_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert check_transport(_serve_args(host=host)) == "http"
+    assert check_transport(_serve_args(host="0.0.0.0", insecure_http=True)) == "http"
+    tls = make_tls(tmp_path / "certs")
+    pair = {"certfile": str(tls.superlink_cert), "keyfile": str(tls.superlink_key)}
+    assert check_transport(_serve_args(host="0.0.0.0", **pair)) == "https"
+    code, _, err = run_main("registry", "serve", "--host", "0.0.0.0", "--data", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--host 0.0.0.0: refusing plain HTTP on a non-loopback address" in err
+    bad = [
+        ({"certfile": pair["certfile"]}, "go together"),
+        ({**pair, "certfile": str(tmp_path / "no.crt")}, "no.crt: no such file"),
+        ({**pair, "keyfile": str(tls.ca_key)}, "not a matching PEM certificate"),
+    ]
+    for overrides, message in bad:
+        with pytest.raises(SemioFedError, match=message):
+            check_transport(_serve_args(host="0.0.0.0", **overrides))
