@@ -342,6 +342,29 @@ def test_retired_version_is_not_served_to_sites(
 ) -> None:
     setup, tc, run = fresh
     publish_local(run, setup.registry, setup.private_key)
+    publish_local(make_run_dir(run.parent / "run2", seed=2), setup.registry, setup.private_key)
+    with setup.registry.sessions() as session:
+        manifest = json.loads(get_version(session, "v1").manifest_json)
+    # the registry stores only a retirement the pinned coordinator key signed, for this version
+    other = generate_keypair(run.parent / "other.pem")
+    for key, version, refusal in (
+        (other, "v1", "signature rejected"),
+        (load_private_key(setup.private_key), "v2", "the retirement is for version 'v1'"),
+    ):
+        statement, signature = build_retirement(manifest, "forged", key)
+        r = tc.post(
+            f"/api/v1/models/{version}/retire",
+            json={"statement": statement, "signature": signature},
+            headers=_coord(setup),
+        )
+        assert r.status_code == 400 and refusal in r.json()["detail"], r.text
+    assert (
+        tc.get("/api/v1/models", params={"status": "active"}, headers=_coord(setup)).json()[
+            "versions"
+        ][-1]["version"]
+        == "v1"
+    )
+    retire_local(setup.registry, "v2", "superseded", setup.private_key)
     retire_local(setup.registry, "v1", "bad calibration", setup.private_key)
     site = {"Authorization": f"Bearer {setup.tokens['site']}"}
     r = tc.get("/api/v1/models/v1/weights", headers=site)

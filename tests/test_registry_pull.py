@@ -225,3 +225,16 @@ def test_every_received_model_is_in_the_site_audit_trail(
     ]
     assert "signed manifest says" in received[1]["error"]
     assert verify_trail(trail, load_public_key(site_public_key_path(state))).ok
+
+
+def test_a_retirement_without_signature_is_refused_until_signed(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    setup, _ = reg
+    _edit_row(setup, "v2", status="retired", retired_reason="by hand")  # as schema 2 stored it
+    with pytest.raises(SemioFedError, match=r"v2.*retired without a signed retirement"):
+        check_stored(setup.registry)
+    retire_local(setup.registry, "v2", "recalled", setup.private_key)
+    check_stored(setup.registry)
+    with pytest.raises(RetiredVersion, match="recalled"):
+        _pull(reg, tmp_path / "state", "v2")

@@ -244,7 +244,7 @@ def stored_retirement_problem(registry: Registry, row: ModelVersion) -> str | No
         if row.status == "retired":
             return (
                 "retired without a signed retirement "
-                f"(sign it with `semiofed registry retire {row.version}`)"
+                f"(sign it: `semiofed registry retire {row.version} --reason …`)"
             )
         return None
     if row.status != "retired":
