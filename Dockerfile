@@ -27,5 +27,18 @@ RUN pip install --upgrade pip setuptools==84.2.1 -c configs/requirements.lock \
     && pip install --no-deps mediapipe==0.10.21 \
     && semiofed --help > /dev/null
 
+# Every service runs as the unprivileged user semiofed (uid/gid 10001); the installed code
+# stays root's, so the services cannot change it. The mount points of the named volumes are
+# its own (Docker creates an empty volume with the mount point's owner and mode): /state
+# (a site's ledger, approvals, trail) and /officer (the privacy officer's key, mounted only
+# into the officer-* services, never into a SuperNode) are 0700.
+RUN groupadd --system --gid 10001 semiofed \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/semiofed \
+        --shell /usr/sbin/nologin semiofed \
+    && mkdir -p /state /officer /runs /registry \
+    && chown semiofed:semiofed /state /officer /runs /registry \
+    && chmod 0700 /state /officer
+USER 10001:10001
+
 ENTRYPOINT ["semiofed"]
 CMD ["--help"]

@@ -2,14 +2,18 @@
 
 Verification fails closed, in this order: the manifest must carry a signature; the
 signature must verify against the coordinator public key the site pinned (``--coordinator-key``);
-the signed manifest must name the requested version; the downloaded weights must have the
-signed size and SHA-256. Only then is the version installed, atomically::
+the signed manifest must name the requested version; a version the registry marks retired is
+refused, and its retirement must verify against the same key (else the registry's claim is
+reported as unverified); the downloaded weights must have the signed size and SHA-256. Only
+then is the version installed, atomically::
 
     STATE/models/<version>/model.safetensors, manifest.json, manifest.sig, model_card.json
     STATE/models/current -> <version>
 
 Without ``--version`` the newest active version is pulled, and a version older than the
-installed one (a rollback) is refused.
+installed one (a rollback) is refused. The registry is reached over HTTPS, its certificate
+verified against ``--ca`` (``semiofed.shared.registry_http``); the token goes in the
+``Authorization`` header only.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from semiofed.privacy.keys import (
 )
 from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.registry_http import CA_HELP, registry_client
+from semiofed.shared.retirement import retirement_problem
 
 from . import site_audit
 
@@ -54,6 +60,10 @@ WEIGHTS, MANIFEST, SIGNATURE, CARD, CURRENT = (
 
 class VerificationError(SignatureError):
     """A downloaded model failed verification; nothing was installed."""
+
+
+class RetiredVersion(SemioFedError):
+    """The coordinator retired the version (its signed retirement verified); not installed."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,28 @@ def _check_manifest(manifest: Any, version: str) -> tuple[str, int, int]:
     if not isinstance(manifest.get("card"), dict):
         raise VerificationError(f"{version}: manifest has no model card")
     return sha, size, sequence
+
+
+def _refuse_retired(pinned: Any, retirement: Any, version: str, sequence: int, sha: str) -> None:
+    """Raise: :class:`RetiredVersion` for a retirement signed by the pinned key for exactly
+    this version, :class:`VerificationError` for any other retirement the registry sends."""
+    statement = retirement.get("statement") if isinstance(retirement, dict) else None
+    signature = retirement.get("signature") if isinstance(retirement, dict) else None
+    try:
+        verify(pinned, canonical_json(statement), signature if isinstance(signature, str) else "")
+        problem = retirement_problem(statement, version, sequence, sha)
+    except SignatureError as exc:
+        problem = str(exc)
+    if problem:
+        raise VerificationError(
+            f"{version}: the registry marks it retired, but its retirement is not the pinned "
+            f"coordinator's ({problem}); refusing to install it"
+        )
+    assert isinstance(statement, dict)
+    raise RetiredVersion(
+        f"{version}: retired by the coordinator at {statement['retired_at']} (signed retirement "
+        f"verified): {statement['reason'] or 'no reason given'}; refusing to install it"
+    )
 
 
 def _download(client: Any, version: str, dest: Path, size: int, headers: dict[str, str]) -> str:
@@ -219,6 +251,8 @@ def _pull_verified(
             f"{version}: {exc} (pinned coordinator key {fingerprint(pinned)[:16]}…); refusing to install it"
         ) from None
     sha, size, sequence = _check_manifest(manifest, version)
+    if signed.get("retirement") is not None:
+        _refuse_retired(pinned, signed["retirement"], version, sequence, sha)
 
     state = Path(state)
     models = models_dir(state)
@@ -264,7 +298,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not token:
         raise SemioFedError(f"a site token is required: --token TOKEN or ${TOKEN_ENV}")
     try:
-        with httpx.Client(base_url=args.url.rstrip("/"), timeout=args.timeout) as client:
+        with registry_client(args.url, args.ca, args.timeout) as client:
             model = pull(client, token, args.coordinator_key, args.state, args.version)
     except httpx.HTTPError as exc:
         raise SemioFedError(f"{args.url}: registry unreachable ({exc})") from None
@@ -295,9 +329,13 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "signed model is refused and nothing is installed.",
     )
     p.add_argument(
-        "--url", required=True, help="registry address, e.g. https://registry.example.org"
+        "--url",
+        required=True,
+        help="registry address, e.g. https://registry.example.org:8700 (http:// only to a "
+        "loopback host)",
     )
     p.add_argument("--token", help=f"site token from the coordinator (default: ${TOKEN_ENV})")
+    p.add_argument("--ca", metavar="CA.crt", help=CA_HELP)
     p.add_argument(
         "--coordinator-key",
         required=True,

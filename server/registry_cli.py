@@ -12,9 +12,11 @@ from pathlib import Path
 
 from semiofed.shared.cli_paths import out_folder
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.registry_http import CA_HELP, is_loopback
 
 DEFAULT_DATA = "registry-data"
 TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
+GRACEFUL_SHUTDOWN = 5  # seconds `serve` waits for open connections when stopped
 
 
 def _data(args: argparse.Namespace) -> Path:
@@ -79,22 +81,83 @@ def _remote(args: argparse.Namespace) -> tuple[str, str] | None:
     return args.url, token
 
 
+def check_transport(args: argparse.Namespace) -> str:
+    """``https`` or ``http`` for ``serve``, after checking the TLS files and the rule: plain
+    HTTP only on a loopback address, or with ``--insecure-http``."""
+    if (args.certfile is None) != (args.keyfile is None):
+        raise SemioFedError("--certfile and --keyfile go together: give both or neither")
+    if args.certfile is None:
+        if not is_loopback(args.host) and not args.insecure_http:
+            raise SemioFedError(
+                f"--host {args.host}: refusing plain HTTP on a non-loopback address (tokens "
+                "would travel in clear); give --certfile/--keyfile, or --insecure-http"
+            )
+        return "http"
+    import ssl
+
+    for flag, path in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
+        if not Path(path).is_file():
+            raise SemioFedError(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            args.certfile, args.keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SemioFedError(
+            f"--certfile {args.certfile} / --keyfile {args.keyfile}: not a matching PEM "
+            f"certificate and private key ({exc})"
+        ) from None
+    return "https"
+
+
+def access_log_config(level: str) -> dict:
+    """uvicorn's logging set-up with its own access log replaced by the registry's, which
+    writes paths without query strings (see ``registry.app``)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["semiofed.registry.access"] = {
+        "handlers": ["access"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    scheme = check_transport(args)
     import uvicorn
 
     from semiofed.privacy.keys import fingerprint
 
     from .registry.app import create_app
+    from .registry.auth import FailedAuthLimiter
     from .registry.publish import check_stored
 
+    if args.max_auth_failures < 1 or args.auth_window <= 0:
+        raise SemioFedError("--max-auth-failures must be >= 1 and --auth-window > 0")
     registry = _open_registry(args)
     check_stored(registry)
     print(
-        f"registry: database {_db_url(args)}, artifacts in {_data(args).resolve()}, "
-        f"coordinator key {fingerprint(registry.coordinator_key)[:16]}…",
+        f"registry: {scheme}://{args.host}:{args.port}, database {_db_url(args)}, artifacts in "
+        f"{_data(args).resolve()}, coordinator key {fingerprint(registry.coordinator_key)[:16]}…",
         flush=True,
     )
-    uvicorn.run(create_app(registry), host=args.host, port=args.port, log_level=args.log_level)
+    limiter = FailedAuthLimiter(max_failures=args.max_auth_failures, window=args.auth_window)
+    uvicorn.run(
+        create_app(registry, limiter),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=access_log_config(args.log_level),
+        access_log=False,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+        # a TLS client holding an idle keep-alive connection must not stall a restart
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
     return 0
 
 
@@ -104,7 +167,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     remote = _remote(args)
     if remote:
         summary = publish_remote(
-            args.run_dir, remote[0], remote[1], _private_key(args), args.version
+            args.run_dir, remote[0], remote[1], _private_key(args), args.version, args.ca
         )
         version, sha = summary["version"], summary["weights_sha256"]
     else:
@@ -115,29 +178,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_retire(args: argparse.Namespace) -> int:
+    from .registry.publish import retire_local, retire_remote
+
     remote = _remote(args)
     if remote:
-        import httpx
-
-        from .registry.publish import checked
-
-        with httpx.Client(base_url=remote[0].rstrip("/"), timeout=30) as client:
-            try:
-                checked(
-                    client.post(
-                        f"/api/v1/models/{args.version}/retire",
-                        json={"reason": args.reason},
-                        headers={"Authorization": f"Bearer {remote[1]}"},
-                    )
-                )
-            except httpx.HTTPError as exc:
-                raise SemioFedError(f"{remote[0]}: registry unreachable ({exc})") from None
+        retire_remote(args.version, args.reason, *remote, _private_key(args), args.ca)
     else:
-        from .registry.publish import retire_version
-
-        with _sessions(args)() as session:
-            retire_version(session, args.version, args.reason, "cli", None)
-    print(f"retired {args.version}")
+        retire_local(_open_registry(args), args.version, args.reason, _private_key(args))
+    print(f"retired {args.version} (retirement signed with {_private_key(args)})")
     return 0
 
 
@@ -208,9 +256,23 @@ def _storage_args(p: argparse.ArgumentParser, db: bool = True) -> None:
 
 def _remote_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--url", help="a running registry, e.g. http://127.0.0.1:8700 (else --db/--data directly)"
+        "--url",
+        help="a running registry, e.g. https://registry.example.org:8700 (else --db/--data "
+        "directly); plain http:// only to a loopback host",
     )
     p.add_argument("--token", help=f"coordinator token for --url (default: ${TOKEN_ENV})")
+    p.add_argument("--ca", metavar="CA.crt", help=CA_HELP)
+
+
+def _signing_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--key",
+        metavar="PRIVATE.pem",
+        help=f"coordinator private key that signs the {what} (default: DIR/keys/coordinator.pem)",
+    )
+    p.add_argument(
+        "--coordinator-key", metavar="PUB.pem", help="pinned public key for direct --db access"
+    )
 
 
 def register(cmds: argparse._SubParsersAction) -> None:
@@ -218,10 +280,38 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p = cmds.add_parser(
         "serve",
         help="run the registry web service (API, web page, /openapi.json)",
-        description="Serve the model registry over HTTP. Every route but /health needs a token.",
+        description="Serve the model registry over HTTPS (--certfile/--keyfile); plain HTTP "
+        "only on a loopback address or with --insecure-http. Every route but /health needs a "
+        "token, sent in the Authorization header or the login form's cookie, never in a URL.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8700, help="port (default: 8700)")
+    p.add_argument(
+        "--certfile",
+        metavar="CERT.pem",
+        help="TLS certificate (PEM, chain first), e.g. certs/superlink.crt from `server init`",
+    )
+    p.add_argument("--keyfile", metavar="KEY.pem", help="its private key (PEM)")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain HTTP on a non-loopback address (tokens travel in clear; debugging "
+        "or behind a TLS proxy on this host only)",
+    )
+    p.add_argument(
+        "--max-auth-failures",
+        type=int,
+        default=20,
+        metavar="N",
+        help="wrong tokens per client address per --auth-window before HTTP 429 (default: 20)",
+    )
+    p.add_argument(
+        "--auth-window",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="the failed-authentication window (default: 300)",
+    )
     _storage_args(p)
     p.add_argument(
         "--coordinator-key",
@@ -241,21 +331,18 @@ def register(cmds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the ServerApp's run directory")
     p.add_argument("--version", help="version name (default: v<N+1>)")
-    p.add_argument(
-        "--key",
-        metavar="PRIVATE.pem",
-        help="coordinator private key (default: DIR/keys/coordinator.pem)",
-    )
-    p.add_argument(
-        "--coordinator-key", metavar="PUB.pem", help="pinned public key for direct --db publishing"
-    )
+    _signing_args(p, "manifest")
     _storage_args(p)
     _remote_args(p)
     p.set_defaults(func=cmd_publish)
 
-    p = cmds.add_parser("retire", help="retire a version (sites will no longer install it)")
+    p = cmds.add_parser(
+        "retire",
+        help="retire a version with a signed statement (sites will no longer install it)",
+    )
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--reason", default="", help="why, shown on the model card")
+    _signing_args(p, "retirement")
     _storage_args(p)
     _remote_args(p)
     p.set_defaults(func=cmd_retire)

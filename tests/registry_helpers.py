@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from semiofed.privacy.keys import generate_keypair
+from semiofed.server.certs import ConsortiumPaths, init_consortium
 from semiofed.server.registry.auth import create_token
 from semiofed.server.registry.publish import Registry, default_db_url, open_registry
 from semiofed.shared.cli import main
@@ -112,16 +114,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LiveServer:
-    """``semiofed registry serve`` in a subprocess on 127.0.0.1; stopped by its PID."""
+def make_tls(folder: Path) -> ConsortiumPaths:
+    """A CA and a server certificate for 127.0.0.1/localhost (the SuperLink's, from
+    ``server init``'s own code), for a registry served over TLS."""
+    return init_consortium(folder, [], hosts=["127.0.0.1", "localhost"])
 
-    def __init__(self, data: Path, log: Path) -> None:
-        self.data, self.log = data, log
+
+class LiveServer:
+    """``semiofed registry serve`` in a subprocess on 127.0.0.1 (HTTPS with ``tls``'s
+    certificate, else plain HTTP on loopback); stopped by its PID."""
+
+    def __init__(
+        self,
+        data: Path,
+        log: Path,
+        tls: ConsortiumPaths | None = None,
+        extra: tuple[str, ...] = (),
+        log_level: str = "warning",
+    ) -> None:
+        self.data, self.log, self.tls, self.log_level = data, log, tls, log_level
+        self.extra = extra
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(tls.ca_cert)) if tls else True
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def client(self, **kwargs: object) -> httpx.Client:
+        """A client on this server that verifies its certificate against the test CA."""
+        return httpx.Client(base_url=self.url, verify=self.verify, timeout=30, **kwargs)  # type: ignore[arg-type]
+
     def start(self, timeout: float = 60.0) -> None:
+        tls = (
+            ("--certfile", str(self.tls.superlink_cert), "--keyfile", str(self.tls.superlink_key))
+            if self.tls
+            else ()
+        )
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -133,7 +162,9 @@ class LiveServer:
                     "--port",
                     str(self.port),
                     "--log-level",
-                    "warning",
+                    self.log_level,
+                    *tls,
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -146,7 +177,10 @@ class LiveServer:
                     f"registry exited with {self.proc.returncode}: {self.log.read_text()}"
                 )
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"{self.url}/health", timeout=1, verify=self.verify).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass

@@ -2,8 +2,9 @@
 
 Every service's command parses with the real ``semiofed`` parser; sites are isolated (no
 volume or host path shared between two sites but the public CA certificate, each SuperNode
-mounts only its own key, nobody mounts the CA private key); ports agree; the image installs
-as the Makefile does. The checker is tested on broken copies of the file so that it can fail.
+mounts only its own key, nobody mounts the CA private key); ports agree; no service runs as
+root; each site's privacy officer has a service whose key volume no SuperNode mounts; the
+registry serves TLS; the image installs as the Makefile does. The checker is tested on broken copies of the file so that it can fail.
 Also: the Flower command lines and the two thin CLI wrappers that exec them.
 """
 
@@ -123,10 +124,58 @@ def _mount_at(ms: list[Mount], target: str) -> Mount | None:
     return best
 
 
-def problems(compose: dict[str, Any]) -> list[str]:
-    """Everything wrong with a compose description of the consortium (empty: fine)."""
+def dockerfile_user(path: Path = DOCKERFILE) -> str:
+    """The user the image runs as: its last ``USER`` (root without one)."""
+    users = re.findall(r"^USER\s+(\S+)", path.read_text(encoding="utf-8"), re.M)
+    return users[-1] if users else "root"
+
+
+def _is_root(user: str) -> bool:
+    return user.split(":")[0] in ("", "0", "root")
+
+
+def _officer_problems(
+    services: dict[str, dict[str, Any]],
+    parsed: dict[str, argparse.Namespace],
+    nodes: list[str],
+    node_mounts: dict[str, list[Mount]],
+) -> list[str]:
+    """Each SuperNode's state has an officer service (``audit approve``) whose key is on a
+    volume of its own: neither the state volume nor anything a SuperNode mounts."""
+    found: list[str] = []
+    approved: set[str] = set()
+    for name, a in parsed.items():
+        if services[name]["command"][:2] != ["audit", "approve"]:
+            continue
+        ms = mounts(services[name])
+        key = _mount_at(ms, str(a.key)) if a.key else None
+        state = _mount_at(ms, str(a.state))
+        if key is None or state is None:
+            found.append(f"{name}: --key {a.key} or --state {a.state} is not on a volume")
+            continue
+        if _covers(key, state):
+            found.append(f"{name}: --key {a.key} is on the site's state volume {state.source}")
+        for n in nodes:
+            if any(_covers(key, m) for m in node_mounts[n]):
+                found.append(f"{n}: mounts {key.source}, where {name} keeps the officer key")
+            node_state = _mount_at(node_mounts[n], str(parsed[n].state))
+            if node_state is not None and _covers(state, node_state):
+                approved.add(n)
+    found += [
+        f"{n}: no officer service approves into its --state" for n in nodes if n not in approved
+    ]
+    return found
+
+
+def problems(compose: dict[str, Any], image_user: str | None = None) -> list[str]:
+    """Everything wrong with a compose description of the consortium (empty: fine);
+    ``image_user``: the image's own user (default: the Dockerfile's)."""
     found: list[str] = []
     services: dict[str, dict[str, Any]] = compose["services"]
+    image_user = dockerfile_user() if image_user is None else image_user
+    for name, svc in services.items():
+        if _is_root(str(svc.get("user") or image_user)):
+            found.append(f"{name}: runs as root")
     declared = set((compose.get("volumes") or {}).keys())
     parsed: dict[str, argparse.Namespace] = {}
     for name, svc in services.items():
@@ -176,6 +225,11 @@ def problems(compose: dict[str, Any]) -> list[str]:
     reg = parsed[registries[0]]
     if reg.port not in [c for _, c in published(services[registries[0]])]:
         found.append(f"{registries[0]}: --port {reg.port} is not a published container port")
+    reg_mounts = mounts(services[registries[0]])
+    if reg.insecure_http or not all(
+        path and _mount_at(reg_mounts, path) for path in (reg.certfile, reg.keyfile)
+    ):
+        found.append(f"{registries[0]}: serves plain HTTP (needs --certfile/--keyfile mounted)")
     sl_mounts = mounts(services[sl_name])
     if sl.certs is None or _mount_at(sl_mounts, f"{sl.certs}/ca.crt") is None:
         found.append(f"{sl_name}: the consortium certificates are not mounted at --certs")
@@ -229,6 +283,7 @@ def problems(compose: dict[str, Any]) -> list[str]:
                 )
             ):
                 found.append(f"{n}: mounts {m.source} from the SuperNode key folder")
+    found += _officer_problems(services, parsed, nodes, node_mounts)
     for i, n in enumerate(nodes):
         for other in nodes[i + 1 :]:
             for m in node_mounts[n]:
@@ -339,6 +394,33 @@ def _int_port(c: dict[str, Any]) -> None:
     _set_arg(c["services"]["registry"]["command"], "--port", 8700)  # type: ignore[arg-type]
 
 
+def _root_superlink(c: dict[str, Any]) -> None:
+    c["services"]["superlink"]["user"] = "0:0"
+
+
+def _root_image(c: dict[str, Any]) -> None:
+    for svc in c["services"].values():
+        svc.pop("user", None)
+    c["image_user"] = "root"  # as if the Dockerfile had no USER
+
+
+def _officer_key_in_node(c: dict[str, Any]) -> None:
+    _service(c, "site-01")["volumes"].append("officer-site-01:/officer:ro")
+
+
+def _officer_key_in_state(c: dict[str, Any]) -> None:
+    _set_arg(c["services"]["officer-site-02"]["command"], "--key", "/state/keys/officer.pem")
+
+
+def _no_officer(c: dict[str, Any]) -> None:
+    del c["services"]["officer-site-03"]
+
+
+def _plain_registry(c: dict[str, Any]) -> None:
+    cmd = c["services"]["registry"]["command"]
+    del cmd[cmd.index("--certfile") : cmd.index("--certfile") + 2]
+
+
 BREAKAGES = [  # (breakage, what the checker must say)
     (_share_data, "share storage: data/site-01 / data/site-01"),
     (_share_state, "share storage: site-01-state / site-01-state"),
@@ -356,6 +438,18 @@ BREAKAGES = [  # (breakage, what the checker must say)
     (_writable_key, "its key is mounted read-write"),
     (_undeclared_volume, "'site-02-state' is not declared"),
     (_int_port, "must be a list of strings"),
+    (_root_superlink, "superlink: runs as root"),
+    (_root_image, "supernode-site-02: runs as root"),
+    (
+        _officer_key_in_node,
+        "supernode-site-01: mounts officer-site-01, where officer-site-01 keeps",
+    ),
+    (
+        _officer_key_in_state,
+        "officer-site-02: --key /state/keys/officer.pem is on the site's state",
+    ),
+    (_no_officer, "supernode-site-03: no officer service approves into its --state"),
+    (_plain_registry, "registry: serves plain HTTP"),
 ]
 
 
@@ -365,7 +459,7 @@ BREAKAGES = [  # (breakage, what the checker must say)
 def test_checker_catches(breakage: Any, expected: str) -> None:
     compose = copy.deepcopy(load_compose())
     breakage(compose)
-    found = problems(compose)
+    found = problems(compose, compose.pop("image_user", None))
     assert any(expected in p for p in found), found
 
 
@@ -384,6 +478,8 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     code = " ".join(line.removesuffix("\\") for line in lines)
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     assert re.search(r'^ENTRYPOINT \["semiofed"\]', text, re.M)
+    assert not _is_root(dockerfile_user()), "the image must not run as root"
+    assert text.index("USER ") > text.index("pip install")  # installs as root, runs as the user
     runs = [shlex.split(cmd) for cmd in re.split(r"&&|\bRUN\b", code) if "pip install" in cmd]
     flat = [" ".join(r) for r in runs]
     setuptools, mediapipe = _makefile_pin("setuptools"), _makefile_pin("mediapipe")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,18 +15,29 @@ from sqlalchemy import text
 
 from semiofed.privacy.keys import generate_keypair, load_private_key
 from semiofed.server.registry.app import create_app
+from semiofed.server.registry.auth import FailedAuthLimiter
 from semiofed.server.registry.cards import build_card
 from semiofed.server.registry.db import SCHEMA_VERSION, make_engine, migrate, open_database
 from semiofed.server.registry.publish import (
     build_manifest,
+    build_retirement,
     default_db_url,
     open_registry,
     publish_local,
-    retire_version,
+    retire_local,
 )
-from semiofed.shared.cli import main
+from semiofed.server.registry.queries import get_version
+from semiofed.server.registry_cli import check_transport
+from semiofed.shared.cli import build_parser, main
 from semiofed.shared.errors import FormatError, SemioFedError
-from tests.registry_helpers import LiveServer, RegistrySetup, make_registry, make_run_dir
+from tests.registry_helpers import (
+    LiveServer,
+    RegistrySetup,
+    make_registry,
+    make_run_dir,
+    make_tls,
+    run_main,
+)
 
 ROLES = ("coordinator", "site", "auditor")
 ALL, DOWNLOAD, COORD, OVERSIGHT = (
@@ -45,14 +57,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     publish_local(
         make_run_dir(tmp / "run2", seed=1), setup.registry, setup.private_key, "retire-me"
     )
-    server = LiveServer(setup.data, tmp / "server.log")
+    with setup.registry.sessions() as session:
+        manifest = json.loads(get_version(session, "retire-me").manifest_json)
+    statement, signature = build_retirement(manifest, "test", load_private_key(setup.private_key))
+    # the matrix sends wrong tokens on purpose: a limit it does not reach
+    server = LiveServer(setup.data, tmp / "server.log", extra=("--max-auth-failures", "1000"))
     server.start()
     try:
         with (
-            TestClient(create_app(setup.registry)) as tc,
+            TestClient(create_app(setup.registry, FailedAuthLimiter(max_failures=1000))) as tc,
             httpx.Client(base_url=server.url, timeout=30) as live,
         ):
-            yield {"setup": setup, "run": run, "clients": {"testclient": tc, "uvicorn": live}}
+            yield {
+                "setup": setup,
+                "run": run,
+                "retirement": {"statement": statement, "signature": signature},
+                "clients": {"testclient": tc, "uvicorn": live},
+            }
     finally:
         server.stop()
 
@@ -98,7 +119,7 @@ def _request(
         )
     if endpoint == "POST /api/v1/models/retire-me/retire":
         return client.post(
-            "/api/v1/models/retire-me/retire", json={"reason": "test"}, headers=headers
+            "/api/v1/models/retire-me/retire", json=world["retirement"], headers=headers
         )
     method, path = endpoint.split(" ")
     assert method == "GET"
@@ -152,21 +173,53 @@ def test_health_needs_no_token_and_headers_are_strict(
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_browser_sign_in_moves_token_into_cookie(world: dict[str, Any]) -> None:
-    tc: TestClient = world["clients"]["testclient"]
-    tc.cookies.clear()
-    response = tc.get(
-        "/", params={"token": world["setup"].tokens["auditor"]}, follow_redirects=False
-    )
+def test_login_form_sets_a_secure_cookie(world: dict[str, Any]) -> None:
+    setup = world["setup"]
+    tc = TestClient(create_app(setup.registry), base_url="https://testserver")
+    form = tc.get("/", follow_redirects=False)
+    assert form.status_code == 401 and 'action="/login"' in form.text
+    response = tc.post("/login", data={"token": setup.tokens["auditor"]}, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/"
     cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    for attribute in ("Secure", "HttpOnly", "SameSite=strict", "Path=/"):
+        assert attribute in cookie, cookie
     page = tc.get("/")
     assert page.status_code == 200 and "v1" in page.text and "<svg" in page.text
     # the cookie authenticates reads only: state-changing requests need the header
     assert tc.post("/api/v1/models/v1/retire", json={}).status_code == 401
-    assert tc.get("/", params={"token": "sfr_wrong"}, follow_redirects=False).status_code == 401
-    tc.cookies.clear()
+    assert tc.post("/logout", follow_redirects=False).status_code == 303
+    assert tc.get("/", follow_redirects=False).status_code == 401
+    wrong = tc.post("/login", data={"token": "sfr_wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "not valid" in wrong.text and not tc.cookies
+    site = tc.post("/login", data={"token": setup.tokens["site"]}, follow_redirects=False)
+    assert site.status_code == 403 and not tc.cookies
+    assert tc.post("/login", content=b"token=" + b"x" * 5000).status_code == 413
+
+
+@pytest.mark.parametrize("transport", ["testclient", "uvicorn"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/?token=TOKEN",
+        "/api/v1/models?status=active&token=TOKEN",
+        "/api/v1/models?access_token=TOKEN",
+        "/api/v1/models?api-key=TOKEN",
+        "/api/v1/models?q=TOKEN",
+        "/api/v1/models/TOKEN",
+        "/health?token=x",
+    ],
+)
+def test_a_token_in_a_url_is_refused(world: dict[str, Any], transport: str, url: str) -> None:
+    """Even with a valid header as well: the URL has already leaked the token."""
+    tokens = world["setup"].tokens
+    response = world["clients"][transport].get(
+        url.replace("TOKEN", tokens["auditor"]),
+        headers={"Authorization": f"Bearer {tokens['auditor']}"},
+    )
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "a token in the URL" in detail and "Authorization: Bearer" in detail
+    assert tokens["auditor"] not in response.text
 
 
 def test_card_ledger_and_audit_contents(world: dict[str, Any]) -> None:
@@ -289,8 +342,26 @@ def test_retired_version_is_not_served_to_sites(
 ) -> None:
     setup, tc, run = fresh
     publish_local(run, setup.registry, setup.private_key)
+    publish_local(make_run_dir(run.parent / "run2", seed=2), setup.registry, setup.private_key)
     with setup.registry.sessions() as session:
-        retire_version(session, "v1", "bad calibration", "cli", None)
+        manifest = json.loads(get_version(session, "v1").manifest_json)
+    # the registry stores only a retirement the pinned coordinator key signed, for this version
+    other = generate_keypair(run.parent / "other.pem")
+    for key, version, refusal in (
+        (other, "v1", "signature rejected"),
+        (load_private_key(setup.private_key), "v2", "the retirement is for version 'v1'"),
+    ):
+        statement, signature = build_retirement(manifest, "forged", key)
+        r = tc.post(
+            f"/api/v1/models/{version}/retire",
+            json={"statement": statement, "signature": signature},
+            headers=_coord(setup),
+        )
+        assert r.status_code == 400 and refusal in r.json()["detail"], r.text
+    listing = tc.get("/api/v1/models", headers=_coord(setup)).json()["versions"]
+    assert [v["status"] for v in listing] == ["active", "active"]  # nothing was retired
+    retire_local(setup.registry, "v2", "superseded", setup.private_key)
+    retire_local(setup.registry, "v1", "bad calibration", setup.private_key)
     site = {"Authorization": f"Bearer {setup.tokens['site']}"}
     r = tc.get("/api/v1/models/v1/weights", headers=site)
     assert r.status_code == 410 and "bad calibration" in r.json()["detail"]
@@ -299,7 +370,10 @@ def test_retired_version_is_not_served_to_sites(
     }
     assert tc.get("/api/v1/models/v1/weights", headers=_coord(setup)).status_code == 200
     assert tc.get("/api/v1/models/nope", headers=site).status_code == 404
-    assert tc.post("/api/v1/models/nope/retire", headers=_coord(setup)).status_code == 404
+    body = {"statement": {}, "signature": ""}
+    assert (
+        tc.post("/api/v1/models/nope/retire", json=body, headers=_coord(setup)).status_code == 404
+    )
 
 
 def test_run_dir_validation_names_file_and_field(tmp_path: Path) -> None:
@@ -360,8 +434,12 @@ def test_schema_migrates_forward_and_refuses_newer(tmp_path: Path) -> None:
                 "INSERT INTO tokens (token_sha256, role, label, created_at) VALUES ('x', 'site', '', 'now')"
             )
         )
-    open_database(url)  # migrates 1 -> 2, keeping the data
+        for column in ("retirement_json", "retirement_signature"):  # as schema 1 had it
+            conn.execute(text(f"ALTER TABLE model_versions DROP COLUMN {column}"))
+    open_database(url)  # migrates 1 -> 3, keeping the data
     with engine.begin() as conn:
+        columns = {r[1] for r in conn.execute(text("PRAGMA table_info(model_versions)"))}
+        assert {"retirement_json", "retirement_signature"} <= columns
         assert (
             conn.execute(text("SELECT max(version) FROM schema_version")).scalar() == SCHEMA_VERSION
         )
@@ -425,3 +503,61 @@ def test_cli_direct_mode_tokens_publish_retire(
     assert main(["registry", "retire", "v1", "--reason", "test", "--data", data]) == 0
     assert main(["registry", "retire", "v9", "--data", data]) == 2
     assert "no version 'v9'" in capsys.readouterr().err
+
+
+def test_failed_authentications_are_rate_limited_per_address(tmp_path: Path) -> None:
+    setup = make_registry(tmp_path / "data")
+    now = [1000.0]
+    app = create_app(
+        setup.registry, FailedAuthLimiter(max_failures=3, window=60, clock=lambda: now[0])
+    )
+    attacker = TestClient(app, base_url="https://testserver", client=("203.0.113.5", 50000))
+    other = TestClient(app, client=("198.51.100.7", 50000))
+    auditor = {"Authorization": f"Bearer {setup.tokens['auditor']}"}
+    for guess in ("sfr_a", "sfr_b", "sfr_c"):
+        r = attacker.get("/api/v1/models", headers={"Authorization": f"Bearer {guess}"})
+        assert r.status_code == 401
+    blocked = attacker.get("/api/v1/models", headers=auditor)  # now even a right token
+    assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"
+    assert "too many failed authentications from 203.0.113.5" in blocked.json()["detail"]
+    login = attacker.post("/login", data={"token": setup.tokens["auditor"]})
+    assert login.status_code == 429 and not attacker.cookies
+    assert other.get("/api/v1/models", headers=auditor).status_code == 200  # others unaffected
+    now[0] += 59
+    assert attacker.get("/api/v1/models", headers=auditor).headers["retry-after"] == "1"
+    now[0] += 1  # the window has passed
+    assert attacker.get("/api/v1/models", headers=auditor).status_code == 200
+
+
+def test_failed_authentication_memory_is_bounded() -> None:
+    limiter = FailedAuthLimiter(max_failures=1, window=60, max_clients=2, clock=lambda: 0.0)
+    for client in ("a", "b", "c"):
+        limiter.failed(client)
+    assert [limiter.retry_after(c) for c in ("a", "b", "c")] == [0, 60, 60]  # "a" forgotten
+
+
+def _serve_args(**overrides: Any) -> argparse.Namespace:
+    args = build_parser().parse_args(["registry", "serve"])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def test_serve_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert check_transport(_serve_args(host=host)) == "http"
+    assert check_transport(_serve_args(host="0.0.0.0", insecure_http=True)) == "http"
+    tls = make_tls(tmp_path / "certs")
+    pair = {"certfile": str(tls.superlink_cert), "keyfile": str(tls.superlink_key)}
+    assert check_transport(_serve_args(host="0.0.0.0", **pair)) == "https"
+    code, _, err = run_main("registry", "serve", "--host", "0.0.0.0", "--data", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--host 0.0.0.0: refusing plain HTTP on a non-loopback address" in err
+    bad = [
+        ({"certfile": pair["certfile"]}, "go together"),
+        ({**pair, "certfile": str(tmp_path / "no.crt")}, "no.crt: no such file"),
+        ({**pair, "keyfile": str(tls.ca_key)}, "not a matching PEM certificate"),
+    ]
+    for overrides, message in bad:
+        with pytest.raises(SemioFedError, match=message):
+            check_transport(_serve_args(host="0.0.0.0", **overrides))

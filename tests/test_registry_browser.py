@@ -1,13 +1,18 @@
-"""The registry web page in headless Chromium (Debian's, set up by tests/setup_browser.sh)."""
+"""The registry web page in headless Chromium (Debian's, set up by tests/setup_browser.sh),
+over TLS, signed in through the login form."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import sync_playwright
 
-from semiofed.server.registry.publish import publish_local, retire_version
-from tests.registry_helpers import LiveServer, make_registry, make_run_dir
+from semiofed.server.registry.publish import publish_local, retire_local
+from tests.registry_helpers import LiveServer, make_registry, make_run_dir, make_tls
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -22,6 +27,15 @@ FLAGS = [
 ]
 
 
+def spki_pin(cert: Path) -> str:
+    """Chromium's pin of a certificate's key (base64 SHA-256 of its SubjectPublicKeyInfo)."""
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
     assert CHROMIUM.exists(), "run tests/setup_browser.sh first (installs Debian's chromium)"
     setup = make_registry(tmp_path / "data")
@@ -31,9 +45,9 @@ def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
             setup.registry,
             setup.private_key,
         )
-    with setup.registry.sessions() as session:
-        retire_version(session, "v1", "superseded by v2", "cli", None)
-    server = LiveServer(setup.data, tmp_path / "server.log")
+    retire_local(setup.registry, "v1", "superseded by v2", setup.private_key)
+    tls = make_tls(tmp_path / "certs")
+    server = LiveServer(setup.data, tmp_path / "server.log", tls)
     server.start()
     try:
         with sync_playwright() as p:
@@ -41,15 +55,32 @@ def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
                 str(tmp_path / "profile"),  # a fresh --user-data-dir
                 executable_path=str(CHROMIUM),
                 headless=True,
-                args=FLAGS,
+                # trust exactly the test server's key (no blanket certificate-error bypass)
+                args=[
+                    *FLAGS,
+                    f"--ignore-certificate-errors-spki-list={spki_pin(tls.superlink_cert)}",
+                ],
                 viewport={"width": 1280, "height": 900},
             )
             try:
                 page = browser.new_page()
                 denied = page.goto(f"{server.url}/")
-                assert denied is not None and denied.status == 401
-                page.goto(f"{server.url}/?token={setup.tokens['auditor']}")
-                assert page.url == f"{server.url}/"  # the token left the address bar for a cookie
+                assert denied is not None and denied.status == 401  # the login form
+                page.fill("#token", "sfr_wrong")
+                page.click("#sign-in")
+                assert "not valid" in page.locator("#login-message").inner_text()
+                in_url = page.goto(f"{server.url}/?token={setup.tokens['auditor']}")
+                assert in_url is not None and in_url.status == 400  # never in a URL
+                page.goto(f"{server.url}/login")
+                page.fill("#token", setup.tokens["auditor"])
+                page.click("#sign-in")
+                page.wait_for_url(f"{server.url}/")
+                [cookie] = browser.cookies()
+                assert (
+                    cookie["name"] == "semiofed_token"
+                    and cookie["value"] == setup.tokens["auditor"]
+                )
+                assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
                 rows = page.locator("tr.version-row")
                 assert [rows.nth(i).get_attribute("data-version") for i in range(rows.count())] == [
                     "v3",
@@ -74,8 +105,12 @@ def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
                 page.screenshot(path=str(ARTIFACTS / "registry.png"), full_page=True)
                 # the auditor sees no weights link; the card JSON link works with the cookie
                 assert page.locator("a", has_text="weights (safetensors)").count() == 0
-                card = page.request.get(f"{server.url}/api/v1/models/v2/card")
-                assert card.status == 200 and card.json()["rounds"] == 4
+                card = page.goto(f"{server.url}/api/v1/models/v2/card")
+                assert card is not None and card.status == 200 and card.json()["rounds"] == 4
+                page.go_back()
+                page.click("#sign-out")
+                page.wait_for_url(f"{server.url}/login")
+                assert browser.cookies() == []
             finally:
                 browser.close()
     finally:

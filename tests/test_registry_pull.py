@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from semiofed.client.model_pull import VerificationError, current_model, pull
+from semiofed.client.model_pull import RetiredVersion, VerificationError, current_model, pull
 from semiofed.privacy.keys import canonical_json, generate_keypair, sha256_file, sign
 from semiofed.server.registry.app import create_app
 from semiofed.server.registry.db import ModelVersion
-from semiofed.server.registry.publish import publish_local, retire_version
+from semiofed.server.registry.publish import check_stored, publish_local, retire_local
 from semiofed.shared.errors import SemioFedError
 from tests.registry_helpers import RegistrySetup, make_registry, make_run_dir
 
@@ -71,14 +71,50 @@ def test_pull_installs_latest_verified_and_atomically(
     assert _pull(reg, state, "v1").version == "v1"
     assert current_model(state) == (state / "models" / "v1").resolve()
     assert _pull(reg, state).version == "v2"
-    with setup.registry.sessions() as session:
-        retire_version(session, "v2", "recalled", "cli", None)
+    retire_local(setup.registry, "v2", "recalled", setup.private_key)
     with pytest.raises(SemioFedError, match="refusing a rollback"):
         _pull(reg, state)
     assert current_model(state) == (state / "models" / "v2").resolve()
-    with pytest.raises(SemioFedError, match=r"HTTP 410.*recalled"):
+    with pytest.raises(RetiredVersion, match=r"signed retirement verified\): recalled"):
         _pull(reg, tmp_path / "other-state", "v2")
     _nothing_installed(tmp_path / "other-state")
+
+
+def _retirement(setup: RegistrySetup, version: str) -> tuple[dict, str]:
+    with setup.registry.sessions() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        return json.loads(row.retirement_json), row.retirement_signature
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "other key", "replayed from v1", "edited"])
+def test_retirement_not_signed_by_the_coordinator_is_refused_as_unverified(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path, forgery: str
+) -> None:
+    """A registry (or whoever edits its database) cannot forge or alter a retirement: the
+    registry refuses to start on it, and `site pull` reports it as not the coordinator's."""
+    setup, _ = reg
+    retire_local(setup.registry, "v1", "old", setup.private_key)
+    statement, signature = _retirement(setup, "v1")
+    if forgery == "unsigned":
+        statement, signature = {}, ""
+    elif forgery == "other key":
+        signature = sign(generate_keypair(tmp_path / "attacker.pem"), canonical_json(statement))
+    elif forgery == "edited":
+        statement = {**statement, "reason": "edited by the registry host"}
+    _edit_row(
+        setup,
+        "v2",
+        status="retired",
+        retired_at=statement.get("retired_at", "now"),
+        retired_reason=statement.get("reason", "forged"),
+        retirement_json=json.dumps(statement),
+        retirement_signature=signature,
+    )
+    with pytest.raises(SemioFedError, match="version 'v2'"):
+        check_stored(setup.registry)
+    with pytest.raises(VerificationError, match="its retirement is not the pinned coordinator's"):
+        _pull(reg, tmp_path / "state", "v2")
+    _nothing_installed(tmp_path / "state")
 
 
 def test_tampered_weights_refused(reg: tuple[RegistrySetup, TestClient], tmp_path: Path) -> None:
@@ -189,3 +225,16 @@ def test_every_received_model_is_in_the_site_audit_trail(
     ]
     assert "signed manifest says" in received[1]["error"]
     assert verify_trail(trail, load_public_key(site_public_key_path(state))).ok
+
+
+def test_a_retirement_without_signature_is_refused_until_signed(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    setup, _ = reg
+    _edit_row(setup, "v2", status="retired", retired_reason="by hand")  # as schema 2 stored it
+    with pytest.raises(SemioFedError, match=r"v2.*retired without a signed retirement"):
+        check_stored(setup.registry)
+    retire_local(setup.registry, "v2", "recalled", setup.private_key)
+    check_stored(setup.registry)
+    with pytest.raises(RetiredVersion, match="recalled"):
+        _pull(reg, tmp_path / "state", "v2")

@@ -15,10 +15,15 @@ Routes (every one but ``/health`` needs a token; roles in brackets)::
     GET  /api/v1/ledger                   ε per site, round and version [coordinator, auditor]
     GET  /api/v1/audit                    registry audit log + summary  [coordinator, auditor]
     GET  /  and  /versions/{v}            web pages                     [coordinator, auditor]
+    GET  /login, POST /login, POST /logout  the browser's sign-in form (sets the cookie)
+
+A URL with a token in its query string is refused (400) before any route runs, and the
+access log (``semiofed.registry.access``) records paths without their query strings.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -31,7 +36,17 @@ from sqlalchemy.orm import Session
 from semiofed.shared.errors import SemioFedError
 
 from . import queries, web
-from .auth import ANY_ROLE, COORDINATOR, DOWNLOADERS, OVERSIGHT, Principal, get_session
+from .auth import (
+    ANY_ROLE,
+    COORDINATOR,
+    DOWNLOADERS,
+    OVERSIGHT,
+    FailedAuthLimiter,
+    Principal,
+    client_address,
+    get_session,
+    token_in_url,
+)
 from .db import SCHEMA_VERSION, AuditEvent, utcnow
 from .publish import Registry, RegistryRefusal, register_version, retire_version
 from .schemas import (
@@ -52,7 +67,9 @@ from .storage import VERSION_RE, NotSafetensors, UploadTooLarge
 VersionPath = Annotated[str, Path(pattern=VERSION_RE.pattern, description="version name, e.g. v3")]
 SessionDep = Annotated[Session, Depends(get_session)]
 
-api = APIRouter(prefix="/api/v1", tags=["models"], responses=errors(400, 401, 403, 422))
+ACCESS_LOG = logging.getLogger("semiofed.registry.access")
+
+api = APIRouter(prefix="/api/v1", tags=["models"], responses=errors(400, 401, 403, 422, 429))
 
 
 @api.get("/models", response_model=VersionList)
@@ -85,7 +102,11 @@ def get_manifest(
     version: VersionPath, session: SessionDep, _: Annotated[Principal, Depends(ANY_ROLE)]
 ) -> SignedManifest:
     row = queries.get_version(session, version)
-    return SignedManifest(manifest=queries.manifest_of(row), signature=row.signature)
+    return SignedManifest(
+        manifest=queries.manifest_of(row),
+        signature=row.signature,
+        retirement=queries.retirement_of(row),
+    )
 
 
 @api.get(
@@ -168,12 +189,21 @@ def publish(
 @api.post("/models/{version}/retire", response_model=VersionSummary, responses=errors(404))
 def retire(
     version: VersionPath,
+    body: RetireRequest,
+    request: Request,
     session: SessionDep,
     who: Annotated[Principal, Depends(COORDINATOR)],
-    body: RetireRequest | None = None,
 ) -> VersionSummary:
-    reason = body.reason if body else ""
-    return queries.summarize(retire_version(session, version, reason, who.role, who.token_id))
+    row = retire_version(
+        request.app.state.registry,
+        session,
+        version,
+        body.statement,
+        body.signature,
+        who.role,
+        who.token_id,
+    )
+    return queries.summarize(row)
 
 
 @api.get("/ledger", response_model=Ledger, tags=["oversight"], responses=errors(404))
@@ -225,8 +255,16 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(registry: Registry) -> FastAPI:
-    """The registry application serving ``registry``."""
+TOKEN_IN_URL = (
+    "a token in the URL ({where}) is refused: URLs end up in logs and "
+    "browser history. Send it as 'Authorization: Bearer TOKEN' or sign in at /login, and "
+    "revoke this token (`semiofed registry token revoke ID`)"
+)
+
+
+def create_app(registry: Registry, limiter: FailedAuthLimiter | None = None) -> FastAPI:
+    """The registry application serving ``registry``; ``limiter`` bounds failed
+    authentications per client address (default: :class:`FailedAuthLimiter`'s)."""
     app = FastAPI(
         title="SemioFed model registry",
         version="1",
@@ -236,6 +274,7 @@ def create_app(registry: Registry) -> FastAPI:
         redoc_url=None,
     )
     app.state.registry = registry
+    app.state.auth_limiter = limiter or FailedAuthLimiter()
 
     @app.get("/health", response_model=Health, tags=["health"])
     def health() -> Health:
@@ -251,8 +290,21 @@ def create_app(registry: Registry) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
+    async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """Refuse tokens in URLs, log the path only, set the security headers."""
+        where = token_in_url(request.url.path, request.query_params.multi_items())
+        if where is not None:
+            response = JSONResponse({"detail": TOKEN_IN_URL.format(where=where)}, status_code=400)
+        else:
+            response = await call_next(request)
+        ACCESS_LOG.info(
+            '%s - "%s %s HTTP/%s" %d',
+            client_address(request),
+            request.method,
+            "[a path holding a token]" if where == "its path" else request.url.path,
+            request.scope.get("http_version", "1.1"),
+            response.status_code,
+        )
         response.headers.update(SECURITY_HEADERS)
         if request.url.path != "/health":
             response.headers.setdefault("Cache-Control", "no-store")

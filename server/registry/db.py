@@ -22,14 +22,16 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from semiofed.shared.errors import SemioFedError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 
 
@@ -78,6 +80,8 @@ class ModelVersion(Base):
     published_by: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"), nullable=True)
     retired_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
     retired_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    retirement_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    retirement_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuditEvent(Base):
@@ -101,9 +105,24 @@ def _create(*tables: type[Base]) -> Callable[[Connection], None]:
     return step
 
 
+def _add_columns(table: type[Base], *names: str) -> Callable[[Connection], None]:
+    """Add the named (nullable) columns of ``table`` that the database lacks."""
+
+    def step(conn: Connection) -> None:
+        present = {c["name"] for c in inspect(conn).get_columns(table.__tablename__)}
+        for name in names:
+            if name not in present:
+                column = table.__table__.c[name]  # type: ignore[attr-defined]
+                kind = column.type.compile(conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table.__tablename__} ADD COLUMN {name} {kind}"))
+
+    return step
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create(Token, ModelVersion),
     2: _create(AuditEvent),
+    3: _add_columns(ModelVersion, "retirement_json", "retirement_signature"),  # signed retirements
 }
 
 

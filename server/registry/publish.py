@@ -9,6 +9,11 @@ site installs it only if it verifies against the key the site pins.
 Two ways in, one set of checks (:func:`register_version`): :func:`publish_local` writes to
 the registry database and data folder directly; :func:`publish_remote` uploads through the
 registry's API with a coordinator token.
+
+Retiring a version is signed the same way (``semiofed.shared.retirement``): the coordinator
+signs a statement naming the version, its sequence and its weights' hash; the registry
+stores it only if it verifies against the pinned key (:func:`retire_version`), and
+``site pull`` verifies it again.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from semiofed.privacy.keys import (
     verify,
 )
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.registry_http import registry_client
+from semiofed.shared.retirement import retirement_problem, retirement_statement
 
 from .cards import WEIGHTS_FILE, build_card
 from .db import AuditEvent, ModelVersion, open_database, utcnow
@@ -181,7 +188,9 @@ def stored_problem(registry: Registry, row: ModelVersion) -> str | None:
         parsed.weights.size,
     ) != (row.weights_sha256, row.weights_size):
         return "the database row's name, sequence or weights differ from its signed manifest"
-    return registry.store.check_version(row.version, row.weights_size)
+    return stored_retirement_problem(registry, row) or registry.store.check_version(
+        row.version, row.weights_size
+    )
 
 
 def check_stored(registry: Registry) -> None:
@@ -196,26 +205,110 @@ def check_stored(registry: Registry) -> None:
                 )
 
 
-def retire_version(
-    session: Session, version: str, reason: str, role: str, token_id: int | None
-) -> ModelVersion:
+def _row(session: Session, version: str) -> ModelVersion:
     row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
     if row is None:
         raise RegistryRefusal(404, f"no version {version!r}")
-    if row.status != "retired":
-        row.status, row.retired_at, row.retired_reason = "retired", utcnow(), reason
-        session.add(
-            AuditEvent(
-                at=utcnow(),
-                action="retire",
-                role=role,
-                token_id=token_id,
-                version=version,
-                detail=reason,
-            )
-        )
-        session.commit()
     return row
+
+
+def build_retirement(
+    manifest: dict[str, Any], reason: str, key: Ed25519PrivateKey
+) -> tuple[dict[str, Any], str]:
+    """The coordinator's retirement of the version ``manifest`` describes, and its signature."""
+    statement = retirement_statement(
+        manifest["version"],
+        manifest["sequence"],
+        manifest["weights"]["sha256"],
+        reason,
+        utcnow(),
+        fingerprint(key.public_key()),
+    )
+    return statement, sign(key, canonical_json(statement))
+
+
+def retirement_check(
+    registry: Registry, row: ModelVersion, statement: Any, signature: str
+) -> str | None:
+    """Why ``statement``/``signature`` is not the coordinator's retirement of ``row``."""
+    try:
+        verify(registry.coordinator_key, canonical_json(statement), signature)
+    except SignatureError as exc:
+        return f"signature rejected: {exc}"
+    return retirement_problem(statement, row.version, row.sequence, row.weights_sha256)
+
+
+def stored_retirement_problem(registry: Registry, row: ModelVersion) -> str | None:
+    """Why a stored row's status disagrees with its signed retirement; None if it does not."""
+    if row.retirement_json is None:
+        if row.status == "retired":
+            return (
+                "retired without a signed retirement "
+                f"(sign it: `semiofed registry retire {row.version} --reason …`)"
+            )
+        return None
+    if row.status != "retired":
+        return "a signed retirement is stored but the version is listed as active"
+    try:
+        statement = json.loads(row.retirement_json)
+    except ValueError as exc:
+        return f"its stored retirement is not JSON ({exc})"
+    problem = retirement_check(registry, row, statement, row.retirement_signature or "")
+    if problem is None and (row.retired_at, row.retired_reason) != (
+        statement["retired_at"],
+        statement["reason"],
+    ):
+        return "the row's retirement date or reason differ from its signed retirement"
+    return problem
+
+
+def retire_version(
+    registry: Registry,
+    session: Session,
+    version: str,
+    statement: dict[str, Any],
+    signature: str,
+    role: str,
+    token_id: int | None,
+) -> ModelVersion:
+    """Store the coordinator's signed retirement of ``version`` (400 unless it verifies and
+    names exactly this version). A version already retired by a signed statement keeps it."""
+    row = _row(session, version)
+    if row.status == "retired" and stored_retirement_problem(registry, row) is None:
+        return row
+    problem = retirement_check(registry, row, statement, signature)
+    if problem:
+        raise RegistryRefusal(400, f"retirement of {version!r} refused: {problem}")
+    row.status, row.retired_at, row.retired_reason = (
+        "retired",
+        statement["retired_at"],
+        statement["reason"],
+    )
+    row.retirement_json = json.dumps(statement, sort_keys=True)
+    row.retirement_signature = signature
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            action="retire",
+            role=role,
+            token_id=token_id,
+            version=version,
+            detail=statement["reason"],
+        )
+    )
+    session.commit()
+    return row
+
+
+def retire_local(
+    registry: Registry, version: str, reason: str, key_path: str | Path
+) -> ModelVersion:
+    """Sign the retirement of ``version`` with the coordinator key and store it directly."""
+    key = load_private_key(key_path)
+    with registry.sessions() as session:
+        manifest = json.loads(_row(session, version).manifest_json)
+        statement, signature = build_retirement(manifest, reason, key)
+        return retire_version(registry, session, version, statement, signature, "cli", None)
 
 
 def _next(existing_sequences: list[int], version: str | None) -> tuple[str, int]:
@@ -258,14 +351,16 @@ def publish_remote(
     token: str,
     key_path: str | Path,
     version: str | None = None,
+    ca: str | Path | None = None,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
-    """Publish ``run_dir`` through a running registry at ``url`` with a coordinator token."""
+    """Publish ``run_dir`` through a running registry at ``url`` with a coordinator token;
+    an https:// registry's certificate must chain to ``ca``."""
     import httpx
 
     card, weights, key = _prepare(run_dir, key_path)
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
+    with registry_client(url, ca, timeout, headers=headers) as client:
         try:
             listing = checked(client.get("/api/v1/models"))
             version, sequence = _next([v["sequence"] for v in listing["versions"]], version)
@@ -279,6 +374,43 @@ def publish_remote(
             )
             return checked(
                 client.post("/api/v1/models", json={"manifest": manifest, "signature": signature})
+            )
+        except httpx.HTTPError as exc:
+            raise SemioFedError(f"{url}: registry unreachable ({exc})") from None
+
+
+def retire_remote(
+    version: str,
+    reason: str,
+    url: str,
+    token: str,
+    key_path: str | Path,
+    ca: str | Path | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Retire ``version`` on the registry at ``url``: only a manifest this coordinator key
+    signed is retired, by a statement the same key signs."""
+    import httpx
+
+    key = load_private_key(key_path)
+    headers = {"Authorization": f"Bearer {token}"}
+    with registry_client(url, ca, timeout, headers=headers) as client:
+        try:
+            signed = checked(client.get(f"/api/v1/models/{version}/manifest"))
+            manifest = signed.get("manifest")
+            try:
+                verify(key.public_key(), canonical_json(manifest), signed.get("signature", ""))
+            except SignatureError as exc:
+                raise SemioFedError(
+                    f"{version}: the registry's manifest is not one {key_path} signed ({exc}); "
+                    "not retiring it"
+                ) from None
+            statement, signature = build_retirement(manifest, reason, key)
+            return checked(
+                client.post(
+                    f"/api/v1/models/{version}/retire",
+                    json={"statement": statement, "signature": signature},
+                )
             )
         except httpx.HTTPError as exc:
             raise SemioFedError(f"{url}: registry unreachable ({exc})") from None

@@ -12,7 +12,14 @@ from .cards import CARD_FORMAT
 from .db import AuditEvent, ModelVersion
 from .manifest_schema import Card, CardModel, CardPrivacy, ManifestError, validate_manifest
 from .publish import RegistryRefusal
-from .schemas import AuditEventOut, AuditLog, LedgerEntry, VersionDetail, VersionSummary
+from .schemas import (
+    AuditEventOut,
+    AuditLog,
+    LedgerEntry,
+    SignedRetirement,
+    VersionDetail,
+    VersionSummary,
+)
 
 
 def manifest_of(row: ModelVersion) -> dict[str, Any]:
@@ -22,6 +29,20 @@ def manifest_of(row: ModelVersion) -> dict[str, Any]:
     except ValueError:
         return {}
     return manifest if isinstance(manifest, dict) else {}
+
+
+def retirement_of(row: ModelVersion) -> SignedRetirement | None:
+    """The stored signed retirement, as stored (``None`` if there is none or it is not JSON:
+    ``site pull`` then finds no verified retirement and the weights answer 410)."""
+    if row.retirement_json is None:
+        return None
+    try:
+        statement = json.loads(row.retirement_json)
+    except ValueError:
+        return None
+    if not isinstance(statement, dict):
+        return None
+    return SignedRetirement(statement=statement, signature=row.retirement_signature or "")
 
 
 def card_of(row: ModelVersion) -> Card:

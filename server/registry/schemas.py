@@ -24,6 +24,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         410: "the version is retired",
         413: "upload too large",
         422: "invalid request or manifest",
+        429: "too many failed authentications from this address; see Retry-After",
     }
     return {code: {"model": ErrorOut, "description": meaning[code]} for code in codes}
 
@@ -60,9 +61,21 @@ class VersionDetail(VersionSummary):
     card: dict[str, Any]
 
 
+class SignedRetirement(BaseModel):
+    statement: dict[str, Any] = Field(description="a semiofed-model-retirement/1 statement")
+    signature: str = Field(description="base64 Ed25519 signature of the canonical JSON statement")
+
+
+class RetireRequest(SignedRetirement):
+    signature: str = Field(max_length=200)
+
+
 class SignedManifest(BaseModel):
     manifest: dict[str, Any]
     signature: str = Field(description="base64 Ed25519 signature of the canonical JSON manifest")
+    retirement: SignedRetirement | None = Field(
+        default=None, description="the coordinator's signed retirement, if the version is retired"
+    )
 
 
 class PublishRequest(BaseModel):
@@ -73,10 +86,6 @@ class PublishRequest(BaseModel):
 class Upload(BaseModel):
     sha256: str
     size: int
-
-
-class RetireRequest(BaseModel):
-    reason: str = Field(default="", max_length=2000)
 
 
 class LedgerEntry(BaseModel):

@@ -1,9 +1,10 @@
 """Server-rendered pages for coordinators and auditors (no JavaScript).
 
 ``/`` lists the versions with download links and plots the newest active version's ε per
-site over rounds; ``/versions/{v}`` shows that version's model card. A browser signs in by
-opening any page with ``?token=TOKEN`` once: the token moves into an HttpOnly, SameSite=Strict
-cookie and the page reloads without it in the address bar.
+site over rounds; ``/versions/{v}`` shows that version's model card. A browser signs in with
+the form at ``/login`` (a POST, so the token is in no URL): the token goes into a
+``Secure; HttpOnly; SameSite=Strict`` cookie, so the browser sends it back over HTTPS (or to
+localhost) only, scripts cannot read it and other sites cannot make the browser send it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
@@ -20,7 +23,8 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from . import queries
-from .auth import COOKIE, Principal, authorize, bearer, get_session, lookup, presented_token
+from .auth import COOKIE, Principal, authenticate, authorize, bearer, get_session, presented_token
+from .publish import RegistryRefusal
 from .svgplot import line_plot
 
 WEB_ROLES = ("coordinator", "auditor")
@@ -65,21 +69,60 @@ def metric_plots(card: dict[str, Any]) -> list[Markup]:
     ]
 
 
+MAX_LOGIN_FORM = 4096
+
+
+def login_page(request: Request, status: int, message: str = "") -> Response:
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {"who": None, "message": message},
+        status_code=status,
+        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+    )
+
+
 def _web_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     session: Annotated[Session, Depends(get_session)],
-    token: Annotated[str | None, Query(description="sign in once; moved into a cookie")] = None,
 ) -> Principal | Response:
-    if token is not None:
-        authorize(lookup(session, token), WEB_ROLES)
-        response = RedirectResponse(request.url.path, status_code=303)
-        response.set_cookie(
-            COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https"
-        )
-        return response
-    secret = presented_token(request, credentials)
-    return authorize(lookup(session, secret) if secret else None, WEB_ROLES)
+    """The signed-in coordinator or auditor; without a valid token, the login form (401)."""
+    principal = authenticate(request, session, presented_token(request, credentials))
+    if principal is None:
+        return login_page(request, 401, "Sign in with a coordinator or auditor token.")
+    return authorize(principal, WEB_ROLES)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> Response:
+    return login_page(request, 200)
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request, session: Annotated[Session, Depends(get_session)]) -> Response:
+    """Check the form's token; on success set the cookie and go to the version list."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_FORM:
+            raise RegistryRefusal(413, f"the login form is larger than {MAX_LOGIN_FORM} bytes")
+    token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+    principal = await run_in_threadpool(authenticate, request, session, token)
+    if principal is None:
+        return login_page(request, 401, "That token is not valid (wrong, revoked or mistyped).")
+    if principal.role not in WEB_ROLES:
+        return login_page(request, 403, f"A {principal.role} token cannot open these pages.")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="strict", path="/")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, httponly=True, secure=True, samesite="strict", path="/")
+    return response
 
 
 WebPrincipal = Annotated[Principal | Response, Depends(_web_principal)]
