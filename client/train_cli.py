@@ -230,13 +230,10 @@ def _train(args: argparse.Namespace) -> int:
                 "DP training needs --state DIR (the site's privacy ledger lives there)"
             )
         ledger = PrivacyLedger(args.state)
+        ledger.check_history()  # missing, truncated, edited or rolled back: refused here
         if args.epsilon_budget is not None:
             ledger.set_budget(args.epsilon_budget, args.delta, args.accountant)
         budget = ledger.budget
-        if budget is None:
-            raise SemioFedError(
-                f"{ledger.path}: no site budget yet; give --epsilon-budget E (ε_max at δ={args.delta:g})"
-            )
         if (budget.delta, budget.accountant) != (args.delta, args.accountant):
             raise SemioFedError(
                 f"{ledger.path}: the site budget is ε ≤ {budget.epsilon_max:g} at δ={budget.delta:g} "
@@ -253,6 +250,8 @@ def _train(args: argparse.Namespace) -> int:
         raise SemioFedError(
             f"{data}: {len(patients)} usable patients; training needs at least 3 (train/val/test by patient)"
         )
+    if ledger is not None:
+        ledger.check_patients(p.patient for p in patients)
     train, val, test = patient_split(
         patients, _val_fraction(args), args.test_fraction, seed=args.seed
     )

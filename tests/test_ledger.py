@@ -16,6 +16,7 @@ import pytest
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.ledger import BudgetExceeded, PlannedRun, PrivacyLedger
 from semiofed.shared.errors import FormatError, SemioFedError
+from tests.ledger_helpers import new_ledger
 
 DELTA = 1e-5
 
@@ -60,7 +61,7 @@ def run_child(
 
 def test_ledger_persists_across_processes(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    PrivacyLedger(state).set_budget(50.0, DELTA)
+    new_ledger(state, 50.0, DELTA)
     assert run_child(state, 6, 6, 1.0, tmp_path / "p1").wait(timeout=60) == 0
     assert run_child(state, 4, 10, 2.0, tmp_path / "p2").wait(timeout=60) == 0
     ledger = PrivacyLedger(state)  # a fresh object, as a new process would have
@@ -88,7 +89,7 @@ def test_ledger_persists_across_processes(tmp_path: Path) -> None:
 
 def test_killed_run_keeps_its_steps(tmp_path: Path) -> None:
     state, progress = tmp_path / "state", tmp_path / "progress"
-    PrivacyLedger(state).set_budget(1e4, DELTA)
+    new_ledger(state, 1e4, DELTA)
     child = run_child(state, 10_000, 10_000, 1.0, progress)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
@@ -114,8 +115,7 @@ def test_killed_run_keeps_its_steps(tmp_path: Path) -> None:
 
 
 def test_refusal_before_training(tmp_path: Path) -> None:
-    ledger = PrivacyLedger(tmp_path)
-    ledger.set_budget(3.0, DELTA)
+    ledger = new_ledger(tmp_path / "state", 3.0, DELTA)
     with ledger.begin_run(plan(10)) as run:
         for _ in range(10):
             run.count_step()
@@ -145,11 +145,10 @@ def test_refusal_before_training(tmp_path: Path) -> None:
 
 
 def test_in_flight_runs_are_reserved(tmp_path: Path) -> None:
-    ledger = PrivacyLedger(tmp_path)
-    ledger.set_budget(4.0, DELTA)
+    ledger = new_ledger(tmp_path / "state", 4.0, DELTA)
     steps = ledger.check_budget(plan(10))  # fits alone
     assert steps["epsilon_planned"] < 4.0
-    fit = PrivacyLedger(tmp_path)
+    fit = PrivacyLedger(tmp_path / "state")
     first = fit.begin_run(plan(_max_fit(ledger) - 5))
     with pytest.raises(BudgetExceeded, match="reserved by runs in flight"):
         ledger.begin_run(plan(10))
@@ -163,14 +162,13 @@ def _max_fit(ledger: PrivacyLedger) -> int:
 
 
 def test_budget_changes_and_bad_files(tmp_path: Path) -> None:
-    ledger = PrivacyLedger(tmp_path)
-    ledger.set_budget(8.0, DELTA)
+    ledger = new_ledger(tmp_path / "state", 8.0, DELTA)
     ledger.set_budget(3.0, DELTA)  # lowering is fine
     with pytest.raises(SemioFedError, match="only lowering"):
         ledger.set_budget(10.0, DELTA)
     with pytest.raises(SemioFedError, match="δ"):
         ledger.begin_run(PlannedRun("patient", 0.25, 1.0, 1.0, 5, 1e-6))
-    assert ledger.budget is not None and ledger.budget.epsilon_max == 3.0
+    assert ledger.budget.epsilon_max == 3.0
     ledger.path.write_text("{not json")
     with pytest.raises(FormatError, match=r"privacy_ledger\.json"):
         ledger.begin_run(plan(1))
