@@ -175,3 +175,179 @@ def test_budget_changes_and_bad_files(tmp_path: Path) -> None:
     ledger.path.write_text(json.dumps({"version": 99}))
     with pytest.raises(FormatError, match="version"):
         ledger.spent()
+
+
+# -- fails closed: missing, truncated, edited, rolled back, a new state folder ----------------
+
+
+def _site_train(state: Path, data: Path, tmp_path: Path) -> tuple[int, str]:
+    """``semiofed site train`` with DP, in-process; returns (exit code, output)."""
+    import contextlib
+    import io
+
+    from semiofed.shared.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(
+            ["site", "train", "--data", str(data), "--out", str(tmp_path / "run"),
+             "--state", str(state), "--delta", str(DELTA), "--epochs", "1", "--no-progress"]
+        )  # fmt: skip
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One synthetic site (3 patients × 1 min) and the tiny federation configuration."""
+    from semiofed.client import site_task
+    from semiofed.shared.run_config import validate
+    from tests.federation_helpers import TINY, synth_consortium
+
+    root = synth_consortium(tmp_path_factory.mktemp("ledger"), sites=1, patients=3)
+    cfg = validate(TINY)
+    model = site_task.build_model(cfg)
+    return root / "site-01", cfg, model, site_task.get_arrays(model)
+
+
+def _round_refused(state: Path, tiny: tuple) -> str:
+    """The ClientApp's DP path (fit of round 2): declined as a site error before any step;
+    returns the detail the site kept in its trail."""
+    from flwr.common import FitIns, ndarrays_to_parameters
+
+    from semiofed.client.app import SiteClient
+    from tests.test_federation_units import _context, _decline_details
+
+    site_dir, cfg, _model, arrays = tiny
+    res = SiteClient(_context(cfg, site_dir, state)).fit(
+        FitIns(ndarrays_to_parameters(arrays), {"server-round": 2})
+    )
+    assert res.num_examples == 0 and res.metrics["decline-reason"] == "site-error"
+    return _decline_details(state)[-1]
+
+
+@pytest.fixture
+def site(tiny, tmp_path: Path) -> Path:
+    """An approved site whose officer created its ledger; one DP run taken."""
+    from semiofed.privacy.approval import approve
+    from semiofed.shared.run_config import approval_fields
+    from tests.ledger_helpers import officer
+
+    site_dir, cfg, _model, _arrays = tiny
+    state = tmp_path / "state"
+    approve(approval_fields(cfg), state, officer(state))
+    ledger = new_ledger(state, 50.0, DELTA, "rdp", site_dir)
+    with ledger.begin_run(plan(1)) as run:
+        run.count_step()
+    return state
+
+
+def _assert_refused(state: Path, tiny: tuple, tmp_path: Path, why: str) -> None:
+    """The next DP training (CLI: exit 2, one line naming the ledger) and the next federated
+    round (declined before any step) are both refused for reason ``why``."""
+    before = (
+        (state / "privacy_ledger.json").read_bytes()
+        if (state / "privacy_ledger.json").exists()
+        else None
+    )
+    code, out = _site_train(state, tiny[0], tmp_path)
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
+    assert "privacy_ledger.json" in out and why in out, out
+    detail = _round_refused(state, tiny)
+    assert "privacy_ledger.json" in detail and why in detail, detail
+    after = (
+        (state / "privacy_ledger.json").read_bytes()
+        if (state / "privacy_ledger.json").exists()
+        else None
+    )
+    assert after == before  # nothing was charged or "repaired"
+
+
+def _edit(state: Path, change) -> None:
+    path = state / "privacy_ledger.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_deleted_ledger_is_refused(site: Path, tiny, tmp_path: Path) -> None:
+    (site / "privacy_ledger.json").unlink()
+    _assert_refused(site, tiny, tmp_path, "no privacy ledger")
+
+
+def test_truncated_ledger_is_refused(site: Path, tiny, tmp_path: Path) -> None:
+    path = site / "privacy_ledger.json"
+    path.write_bytes(path.read_bytes()[:200])
+    _assert_refused(site, tiny, tmp_path, "unreadable privacy ledger")
+
+
+def test_edited_ledger_is_refused(site: Path, tiny, tmp_path: Path) -> None:
+    from semiofed.privacy.ledger_integrity import digest
+
+    def fewer_steps(d: dict) -> None:
+        d["runs"][0]["steps_counted"] = 0
+
+    _edit(site, fewer_steps)
+    _assert_refused(site, tiny, tmp_path, "does not match its digest")
+
+    def rehashed(d: dict) -> None:  # the editor also recomputes the digest
+        d["digest"] = digest(d)
+
+    _edit(site, rehashed)
+    _assert_refused(site, tiny, tmp_path, "changed after it closed")
+
+    def budget_up(d: dict) -> None:
+        d["budget"]["epsilon_max"] = 1e6
+        d["digest"] = digest(d)
+
+    _edit(site, budget_up)
+    _assert_refused(site, tiny, tmp_path, "exceeds the officer-signed budget")
+
+
+def test_rolled_back_ledger_is_refused(site: Path, tiny, tmp_path: Path) -> None:
+    import shutil
+
+    from semiofed.privacy.anchors import make_anchor
+    from tests.ledger_helpers import officer_key
+
+    ledger = PrivacyLedger(site)
+    old = tmp_path / "old"
+    shutil.copytree(site, old)  # a snapshot of the whole state folder
+    with ledger.begin_run(plan(1)) as run:
+        run.count_step()
+    shutil.copy(old / "privacy_ledger.json", ledger.path)  # the ledger alone rolled back
+    _assert_refused(site, tiny, tmp_path, "rolled back: trail entry")
+    # ledger and trail rolled back together: the officer's anchor in STATE catches it
+    shutil.rmtree(site)
+    shutil.copytree(old, site)
+    with ledger.begin_run(plan(1)) as run:
+        run.count_step()
+    make_anchor(site, officer_key(site))
+    for name in ("privacy_ledger.json", "audit/trail.jsonl", "audit/trail.jsonl.head.json"):
+        shutil.copy(old / name, site / name)
+    _assert_refused(site, tiny, tmp_path, "rolled back or truncated")
+
+
+def test_new_state_folder_for_the_same_data(site: Path, tiny, tmp_path: Path) -> None:
+    import shutil
+
+    from semiofed.privacy.approval import approve
+    from semiofed.privacy.ledger_binding import init_ledger
+    from semiofed.shared.run_config import approval_fields
+    from tests.ledger_helpers import officer, officer_key
+
+    site_dir = tiny[0]
+    fresh = tmp_path / "fresh"
+    approve(approval_fields(tiny[1]), fresh, officer(site))  # approved, but no ledger
+    _assert_refused(fresh, tiny, tmp_path, "no privacy ledger")  # no fresh budget by default
+    key = officer_key(site)  # the same officer is asked for a new ledger: refused
+    with pytest.raises(
+        SemioFedError, match=r"\.semiofed-ledger\.json: these patients already have"
+    ):
+        init_ledger(fresh, site_dir, key, 50.0, DELTA)
+    copy = tmp_path / "copy"  # the data copied elsewhere: the officer's register knows them
+    shutil.copytree(site_dir, copy, ignore=shutil.ignore_patterns(".semiofed-ledger.json"))
+    with pytest.raises(SemioFedError, match=r"ledgers/.*: these patients already have"):
+        init_ledger(fresh, copy, key, 50.0, DELTA)
+    assert not (fresh / "privacy_ledger.json").exists()
+    body = init_ledger(fresh, copy, key, 50.0, DELTA, reset_reason="data re-extracted")
+    assert body["reset"]["reason"] == "data re-extracted" and body["reset"]["supersedes"]
