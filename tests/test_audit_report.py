@@ -104,6 +104,7 @@ def test_report_renders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert page.external == []  # self-contained
     assert "patient" in text and "0.001" in text  # privacy unit and δ
     assert "verified" in text and "FAILED" not in text
+    assert "ledger integrity" in text and "sound: ledger" in text and "3 closed runs" in text
     assert "Every recorded ε agrees" in text
     assert "Membership inference" in text and "One-run canary audit" in text
     assert "Gradient inversion" in text

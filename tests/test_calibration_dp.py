@@ -121,7 +121,7 @@ def test_too_few_patients_no_budget_and_over_budget_release_nothing(
 
     unbudgeted = tmp_path / "no-budget"
     assert _share(site, "a", unbudgeted, out, "--share", "temperature") == 2
-    assert "no site budget" in capsys.readouterr().err
+    assert "no privacy ledger" in capsys.readouterr().err
 
     poor = _state(tmp_path, "poor", 0.5)  # one summary at σ = 3 costs ε ≈ 1.4 at δ = 1e-5
     assert _share(site, "a", poor, out, "--share", "temperature") == 2
