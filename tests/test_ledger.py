@@ -16,9 +16,11 @@ import pytest
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.ledger import BudgetExceeded, PlannedRun, PrivacyLedger
 from semiofed.shared.errors import FormatError, SemioFedError
+from tests import test_federation_units as units
 from tests.ledger_helpers import new_ledger
 
 DELTA = 1e-5
+tiny = units.tiny  # the module-scoped fixture: one tiny synthetic site and its configuration
 
 
 def plan(steps: int, sigma: float = 2.0, q: float = 0.25) -> PlannedRun:
@@ -196,33 +198,19 @@ def _site_train(state: Path, data: Path, tmp_path: Path) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """One synthetic site (3 patients × 1 min) and the tiny federation configuration."""
-    from semiofed.client import site_task
-    from semiofed.shared.run_config import validate
-    from tests.federation_helpers import TINY, synth_consortium
-
-    root = synth_consortium(tmp_path_factory.mktemp("ledger"), sites=1, patients=3)
-    cfg = validate(TINY)
-    model = site_task.build_model(cfg)
-    return root / "site-01", cfg, model, site_task.get_arrays(model)
-
-
 def _round_refused(state: Path, tiny: tuple) -> str:
     """The ClientApp's DP path (fit of round 2): declined as a site error before any step;
     returns the detail the site kept in its trail."""
     from flwr.common import FitIns, ndarrays_to_parameters
 
     from semiofed.client.app import SiteClient
-    from tests.test_federation_units import _context, _decline_details
 
     site_dir, cfg, _model, arrays = tiny
-    res = SiteClient(_context(cfg, site_dir, state)).fit(
+    res = SiteClient(units._context(cfg, site_dir, state)).fit(
         FitIns(ndarrays_to_parameters(arrays), {"server-round": 2})
     )
     assert res.num_examples == 0 and res.metrics["decline-reason"] == "site-error"
-    return _decline_details(state)[-1]
+    return units._decline_details(state)[-1]
 
 
 @pytest.fixture
