@@ -49,7 +49,7 @@ from semiofed.shared.atomic import atomic_write_json
 from semiofed.shared.errors import SemioFedError
 
 from .accounting import ACCOUNTANTS, Mechanism, epsilon, max_steps, noise_for_target
-from .approval import OFFICER_PUB_FILE
+from .approval import OFFICER_KEY_FILE, OFFICER_PUB_FILE
 from .ledger_integrity import (
     LedgerIntegrityError,
     check_data,
@@ -189,6 +189,13 @@ class PrivacyLedger:
             raise LedgerIntegrityError(self.path, f"not a version-{LEDGER_VERSION} privacy ledger")
         if not isinstance(data.get("runs"), list) or not isinstance(data.get("closed"), list):
             raise LedgerIntegrityError(self.path, "fields 'runs' and 'closed' must be lists")
+        if (self.state_dir / OFFICER_KEY_FILE).exists():
+            raise LedgerIntegrityError(
+                self.path,
+                f"a privacy officer's private key lies in the state folder "
+                f"({self.state_dir / OFFICER_KEY_FILE}): whoever reads STATE could sign approvals "
+                "and ledger bindings; move it off this host",
+            )
         self._hashes = check_data(self.path, data, self.state_dir / OFFICER_PUB_FILE)
         return data
 

@@ -310,9 +310,21 @@ def test_rolled_back_ledger_is_refused(site: Path, tiny, tmp_path: Path) -> None
     with ledger.begin_run(plan(1)) as run:
         run.count_step()
     make_anchor(site, officer_key(site))
+    anchored = tmp_path / "anchored"
+    shutil.copytree(site, anchored)
     for name in ("privacy_ledger.json", "audit/trail.jsonl", "audit/trail.jsonl.head.json"):
         shutil.copy(old / name, site / name)
     _assert_refused(site, tiny, tmp_path, "rolled back or truncated")
+    # deleting the anchor from STATE leaves the trail's own record of it
+    shutil.rmtree(site)
+    shutil.copytree(anchored, site)
+    shutil.rmtree(site / "audit" / "anchors")
+    _assert_refused(site, tiny, tmp_path, "is missing")
+    # an officer's private key left in STATE: every DP action refused
+    shutil.rmtree(site)
+    shutil.copytree(anchored, site)
+    shutil.copy(officer_key(site), site / "keys" / "privacy_officer_ed25519.pem")
+    _assert_refused(site, tiny, tmp_path, "private key lies in the state folder")
 
 
 def test_new_state_folder_for_the_same_data(site: Path, tiny, tmp_path: Path) -> None:
