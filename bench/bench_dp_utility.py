@@ -41,7 +41,9 @@ from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.client.evaluation import evaluate, predict
 from semiofed.client.site_task import get_arrays, set_arrays
 from semiofed.privacy.accounting import noise_for_target
+from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.privacy.ledger_binding import init_ledger
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.labels import CLASSES, IGNORE_INDEX
 from semiofed.shared.metrics import window_metrics
@@ -51,6 +53,7 @@ from semiofed.shared.splits import patient_split
 from semiofed.shared.synth.consortium import generate_consortium
 
 HELD_OUT_SEED = 271_828
+BENCH_RESET = "bench: a fresh ledger for regenerated synthetic data"
 SITES, PATIENTS_PER_SITE, MINUTES = 3, 30, 4.0
 EPSILON, DELTA = 4.0, 1e-5
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
@@ -111,15 +114,20 @@ def train_plain(cfg: ModelConfig, train: list[PatientWindows], seed: int = 0) ->
 
 
 def federated_dp(
-    cfg: ModelConfig, train_by_site: dict[str, list[PatientWindows]], state: Path
+    cfg: ModelConfig,
+    train_by_site: dict[str, list[PatientWindows]],
+    state: Path,
+    site_dirs: dict[str, Path],
 ) -> tuple[SemioNet, dict[str, Any]]:
     """FedAvg over sites of patient-level DP-SGD rounds; every site's ε ≤ :data:`EPSILON`."""
     torch.manual_seed(0)
     model = SemioNet(cfg)
     ledgers, sigmas = {}, {}
     for site, patients in train_by_site.items():
+        officer = state / "officers" / site / "officer_ed25519.pem"
+        generate_keypair(officer)  # the site's officer creates its ledger (outside its STATE)
+        init_ledger(state / site, site_dirs[site], officer, EPSILON, DELTA, "rdp", BENCH_RESET)
         ledgers[site] = PrivacyLedger(state / site)
-        ledgers[site].set_budget(EPSILON, DELTA, "rdp")
         q = min(1.0, DP["batch_size"] / len(patients))
         steps = DP["rounds"] * DP["local_epochs"] * int(1 / q)
         sigmas[site] = noise_for_target(EPSILON, DELTA, q, steps, [], "rdp")
@@ -182,7 +190,7 @@ def compare(
     )
     rows["new model, round 0 (public pretraining only)"] = scores(SemioNet(new), test)
     rows["new model, heads non-private"] = scores(train_plain(new, train), test)
-    dp_model, info = federated_dp(new, train_by_site, work / "ledgers")
+    dp_model, info = federated_dp(new, train_by_site, work / "ledgers", site_dirs)
     rows["new model, federated patient-level DP"] = scores(dp_model, test)
     b = _baseline(site_dirs, train, test)
     rows["motion-energy baseline"] = {"auroc": b["auroc"]}

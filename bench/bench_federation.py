@@ -65,7 +65,7 @@ def _deployment(work: Path) -> tuple[dict, dict, float, dict[str, dict[str, int]
     with Consortium(work / "consortium", certs) as c:
         c.start_superlink()
         for s in SITES:
-            approve_as_officer(cfg, work / "state" / s, work / "officers", s)
+            approve_as_officer(cfg, work / "state" / s, work / "officers", s, work / "data" / s)
             c.register(s)
             c.add_site(s, work / "data" / s, work / "state" / s)
             c.start_supernode(s)

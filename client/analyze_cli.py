@@ -81,7 +81,7 @@ the patient; ε at the site budget's δ and accountant):
 
 A summary file holds only these noisy numbers and public parameters (grid, σ, ε, δ): no
 count, score or label. Fewer than {cal.MIN_PATIENTS} held-out patients with labelled windows,
-no site budget, or a summary that would exceed the budget: refused, nothing written.
+no sound privacy ledger, or a summary that would exceed the budget: refused, nothing written.
 
 examples:
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --state S \\

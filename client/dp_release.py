@@ -27,14 +27,10 @@ from . import site_audit
 
 
 def site_budget(ledger: PrivacyLedger) -> Budget:
-    """The site budget; a DP summary is refused without one (its ε would be unbounded)."""
-    budget = ledger.budget
-    if budget is None:
-        raise SemioFedError(
-            f"{ledger.path}: no site budget yet; set one (`semiofed site train --epsilon-budget E`) "
-            "before releasing a DP summary"
-        )
-    return budget
+    """The site budget; a DP summary is refused without a sound ledger (missing, truncated,
+    edited or rolled back: its ε would be unbounded)."""
+    ledger.check_history()
+    return ledger.budget
 
 
 def release_gaussian(

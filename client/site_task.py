@@ -85,19 +85,21 @@ def set_arrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
 
 
 def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:
-    """A fresh ledger gets the approved site budget; an existing budget is never raised."""
+    """The approved site budget caps the ledger's (never raises it). The ledger must exist
+    and be sound (only the officer creates it): anything else is refused here."""
     priv = cfg["privacy"]
-    if ledger.budget is None:
+    if ledger.budget.epsilon_max > priv["site-budget"]:
         ledger.set_budget(priv["site-budget"], priv["delta"], priv["accountant"])
 
 
 def _model_and_ledger(
     cfg: dict[str, Any], arrays: list[np.ndarray], state_dir: Path
 ) -> tuple[SemioNet, PrivacyLedger]:
-    """The received model and the site's ledger (with the approved budget when fresh)."""
+    """The received model and the site's ledger, checked against its trail and anchors."""
     from semiofed.privacy.ledger import PrivacyLedger
 
     ledger = PrivacyLedger(state_dir)
+    ledger.check_history()
     ensure_budget(ledger, cfg)
     return build_model(cfg, arrays), ledger
 
@@ -114,6 +116,7 @@ def train_round(
     from .dp_training import TrainConfig, train_local
 
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
+    ledger.check_patients(p.patient for p in data.train)
     tr, priv = cfg["training"], cfg["privacy"]
     tcfg = TrainConfig(
         epochs=tr["local-epochs"],
@@ -151,6 +154,7 @@ def evaluate_dp(
     from .dp_evaluation import noisy_table
 
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
+    ledger.check_patients(p.patient for p in data.test)
     priv = cfg["privacy"]
     return noisy_table(
         model,

@@ -27,8 +27,9 @@ Train the multi-stream seizure model on this site's keypoint recordings.
 
 Default: patient-level differential privacy (DP-SGD with Opacus). The protected unit is a
 patient: each step Poisson-samples patients and uses ONE clipped gradient per sampled
-patient. Every step is counted in the site's privacy ledger (--state) before its update is
-released, and a run that would push the site's cumulative ε over its budget is refused
+patient. Every step is counted in the site's privacy ledger (--state; created by the privacy
+officer with `semiofed audit init-ledger`; a missing, edited or rolled-back ledger is refused)
+before its update is released, and a run that would push the site's cumulative ε over its budget is refused
 before any training, saying what remains and what would fit.
 
 Patients are split (by patient, never by window) into train / validation (best-epoch
@@ -40,7 +41,7 @@ alarms per hour on unmerged detections, specificity on background time).
 Writes RUN_DIR/model.safetensors, model_config.json and metrics.json.
 
 examples:
-  semiofed site train --data site-01 --out runs/r1 --state state --epsilon-budget 8 --epsilon-target 3
+  semiofed site train --data site-01 --out runs/r1 --state state --epsilon-target 3
   semiofed site train --data site-01 --out runs/plain --no-dp
 """
 
@@ -83,7 +84,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "--epsilon-budget",
         type=float,
         metavar="E",
-        help="site budget ε_max at --delta (set once; can only be lowered here)",
+        help="lower the site budget ε_max at --delta (the privacy officer sets it: `semiofed audit init-ledger`)",
     )
     p.add_argument(
         "--delta",
@@ -230,13 +231,10 @@ def _train(args: argparse.Namespace) -> int:
                 "DP training needs --state DIR (the site's privacy ledger lives there)"
             )
         ledger = PrivacyLedger(args.state)
+        ledger.check_history()  # missing, truncated, edited or rolled back: refused here
         if args.epsilon_budget is not None:
             ledger.set_budget(args.epsilon_budget, args.delta, args.accountant)
         budget = ledger.budget
-        if budget is None:
-            raise SemioFedError(
-                f"{ledger.path}: no site budget yet; give --epsilon-budget E (ε_max at δ={args.delta:g})"
-            )
         if (budget.delta, budget.accountant) != (args.delta, args.accountant):
             raise SemioFedError(
                 f"{ledger.path}: the site budget is ε ≤ {budget.epsilon_max:g} at δ={budget.delta:g} "
@@ -253,6 +251,8 @@ def _train(args: argparse.Namespace) -> int:
         raise SemioFedError(
             f"{data}: {len(patients)} usable patients; training needs at least 3 (train/val/test by patient)"
         )
+    if ledger is not None:
+        ledger.check_patients(p.patient for p in patients)
     train, val, test = patient_split(
         patients, _val_fraction(args), args.test_fraction, seed=args.seed
     )

@@ -1,4 +1,5 @@
-"""``semiofed audit verify|approve|ledger|report|attack``: the privacy officer's commands."""
+"""``semiofed audit verify|approve|init-ledger|anchor|ledger|report|attack``: the privacy
+officer's commands. The officer's private key must live outside the site state folder."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from semiofed.shared.atomic import atomic_write_json, atomic_write_text
 from semiofed.shared.cli_paths import folder, out_file, out_folder
 from semiofed.shared.errors import SemioFedError
 
-from .approval import OFFICER_KEY_FILE, approval_fields_of, approve
+from .accounting import ACCOUNTANTS
+from .anchors import ANCHORS_DIR, OFFICER_ANCHORS, make_anchor, verify_anchored
+from .approval import approval_fields_of, approve
 from .audit_trail import site_trail, verify
 from .independent_check import ABS_TOL, REL_TOL
-from .keys import generate_keypair, load_private_key, load_public_key
+from .keys import generate_keypair, load_private_key, load_public_key, refuse_key_inside
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -27,7 +30,10 @@ def register(cmds: argparse._SubParsersAction) -> None:
         description=(
             "Verify a site's hash-chained, signed audit trail (e.g. STATE/audit/trail.jsonl).\n"
             "Exit 0 when intact; 1 naming the first bad entry when an entry was changed,\n"
-            "removed, inserted, reordered or re-signed, or the tail was cut off (signed head)."
+            "removed, inserted or reordered without re-signing, or the tail was cut off (signed\n"
+            "head). A trail re-signed with the site key (it lives in STATE) is detected only\n"
+            "against the officer's anchors: pass --officer-key (and --anchors, the officer's own\n"
+            f"copies, OFFICER_DIR/{OFFICER_ANCHORS}; default: the copies in STATE/{ANCHORS_DIR})."
         ),
     )
     p.add_argument("log", type=Path, metavar="LOG", help="audit trail file (JSON lines)")
@@ -43,6 +49,18 @@ def register(cmds: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept a trail without its head checkpoint (tail truncation then undetectable)",
     )
+    p.add_argument(
+        "--officer-key",
+        type=Path,
+        metavar="PUB",
+        help="the privacy officer's public key (PEM): check the trail against the officer's anchors",
+    )
+    p.add_argument(
+        "--anchors",
+        type=folder,
+        metavar="DIR",
+        help=f"the officer's anchors (default: the folder {ANCHORS_DIR.split('/')[-1]}/ beside LOG)",
+    )
     p.set_defaults(func=_verify)
 
     p = cmds.add_parser(
@@ -53,7 +71,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
             "Sign the approval fields of a run configuration (model architecture hash, DP\n"
             "parameters, rounds, strategy). The site's client refuses every run whose fields\n"
             "match no approval. The officer's public key is pinned in STATE/keys on first use;\n"
-            "the approval is also recorded in the site's audit trail."
+            "the approval is also recorded in the site's audit trail. The officer's private key\n"
+            "must live outside STATE (refused inside it)."
         ),
     )
     p.add_argument(
@@ -65,14 +84,60 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--state", type=out_folder, required=True, metavar="DIR", help="site state folder"
     )
-    p.add_argument(
-        "--key",
-        type=Path,
-        metavar="KEY",
-        help=f"officer's Ed25519 private key (PEM); default STATE/{OFFICER_KEY_FILE}, "
-        "created when missing",
-    )
+    _officer_key_arg(p, create=True)
     p.set_defaults(func=_approve)
+
+    p = cmds.add_parser(
+        "init-ledger",
+        help="create the site's privacy ledger, bound to its patients (officer)",
+        formatter_class=RAW,
+        description=(
+            "Create STATE/privacy_ledger.json with the site budget, under a binding the officer\n"
+            "signs: ledger id, budget and a fingerprint of the patient set of DATA. The binding is\n"
+            "also written to DATA/.semiofed-ledger.json and to OFFICER_DIR/ledgers/ (beside the\n"
+            "key). Refused when STATE already has a ledger, or when DATA or the officer's register\n"
+            "already names a ledger for any of these patients, unless --reset-reason is given (a\n"
+            "signed reset, recorded in the binding and the trail). Every DP action refuses a\n"
+            "missing, truncated, edited or rolled-back ledger."
+        ),
+    )
+    p.add_argument(
+        "--state", type=out_folder, required=True, metavar="DIR", help="site state folder"
+    )
+    p.add_argument(
+        "--data",
+        type=folder,
+        required=True,
+        metavar="DIR",
+        help="the site's data (patient folders)",
+    )
+    _officer_key_arg(p, create=False)
+    p.add_argument(
+        "--epsilon-budget", type=float, required=True, metavar="E", help="site budget ε_max"
+    )
+    p.add_argument("--delta", type=float, required=True, metavar="D", help="δ of the budget")
+    p.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
+    p.add_argument(
+        "--reset-reason",
+        metavar="TEXT",
+        help="sign a reset: a new ledger for patients that already have one (restarts their ε)",
+    )
+    p.set_defaults(func=_init_ledger)
+
+    p = cmds.add_parser(
+        "anchor",
+        help="countersign the head of the site's audit trail and its ledger state (officer)",
+        formatter_class=RAW,
+        description=(
+            "Verify the site's trail, check it against the officer's earlier anchors, then sign\n"
+            "its head (last entry's hash) and the ledger's history hash. The anchor is written to\n"
+            f"OFFICER_DIR/{OFFICER_ANCHORS}/ (beside the key) and STATE/{ANCHORS_DIR}/, and recorded in\n"
+            "the trail. Run it after each federated run (the demo does)."
+        ),
+    )
+    p.add_argument("--state", type=folder, required=True, metavar="DIR", help="site state folder")
+    _officer_key_arg(p, create=False)
+    p.set_defaults(func=_anchor)
 
     p = cmds.add_parser(
         "ledger",
@@ -157,20 +222,36 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_attack)
 
 
+def _officer_key_arg(p: argparse.ArgumentParser, create: bool) -> None:
+    p.add_argument(
+        "--key",
+        type=Path,
+        required=True,
+        metavar="KEY",
+        help="the privacy officer's Ed25519 private key (PEM), outside STATE"
+        + ("; created when missing" if create else ""),
+    )
+
+
 def _verify(args: argparse.Namespace) -> int:
     key = load_public_key(args.key) if args.key else None
-    result = verify(args.log, key, require_head=not args.allow_missing_head)
+    require_head = not args.allow_missing_head
+    if args.officer_key is None:
+        result = verify(args.log, key, require_head=require_head)
+    else:
+        anchors = args.anchors or args.log.parent / ANCHORS_DIR.split("/")[-1]
+        officer = load_public_key(args.officer_key)
+        result = verify_anchored(args.log, key, officer, anchors, require_head)
     print(f"{args.log}: {result.summary()}")
     return 0 if result.ok else 1
 
 
 def _approve(args: argparse.Namespace) -> int:
-    key_path = args.key or args.state / OFFICER_KEY_FILE
-    if args.key is None and not key_path.exists():
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        generate_keypair(key_path)
-        print(f"created the privacy officer key {key_path} (keep it away from the training host)")
-    key = load_private_key(key_path)
+    refuse_key_inside(args.key, args.state)
+    if not args.key.exists():
+        generate_keypair(args.key)
+        print(f"created the privacy officer key {args.key} (keep it away from the training host)")
+    key = load_private_key(args.key)
     fields = approval_fields_of(args.run_config)
     record = approve(fields, args.state, key, source=str(args.run_config))
     entry = site_trail(args.state).append(
@@ -185,6 +266,37 @@ def _approve(args: argparse.Namespace) -> int:
     print(f"approved {args.run_config}: fields hash {record['fields_hash']}")
     print(json.dumps(fields, indent=2, sort_keys=True))
     print(f"recorded in the audit trail as entry {entry['seq']}")
+    return 0
+
+
+def _init_ledger(args: argparse.Namespace) -> int:
+    from .ledger_binding import init_ledger
+
+    body = init_ledger(
+        args.state,
+        args.data,
+        args.key,
+        args.epsilon_budget,
+        args.delta,
+        args.accountant,
+        args.reset_reason,
+    )
+    b = body["budget"]
+    reset = f"; RESET of {', '.join(body['reset']['supersedes'])}" if body["reset"] else ""
+    print(
+        f"created privacy ledger {body['ledger_id']} in {args.state}: ε ≤ {b['epsilon_max']:g} at "
+        f"δ={b['delta']:g} ({b['accountant']}), {len(body['patients'])} patients of {args.data} "
+        f"(fingerprint {body['data_fingerprint'][:16]}…){reset}"
+    )
+    return 0
+
+
+def _anchor(args: argparse.Namespace) -> int:
+    a = make_anchor(args.state, args.key)
+    print(
+        f"anchored {args.state}: trail entry {a['trail_seq']} ({a['trail_hash'][:16]}…), "
+        f"ledger {a['ledger_id'][:12]}… with {a['closed']} closed runs ({a['history_hash'][:16]}…)"
+    )
     return 0
 
 

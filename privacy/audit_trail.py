@@ -54,6 +54,9 @@ KINDS: tuple[str, ...] = (
     "model_received",
     "budget_state",
     "summary_released",
+    "ledger_created",
+    "ledger_state",
+    "officer_anchor",
 )
 REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
     "message_sent": ("hash", "size", "keys"),
@@ -61,6 +64,9 @@ REQUIRED_PAYLOAD: dict[str, tuple[str, ...]] = {
     "round_joined": ("round",),
     "round_declined": ("round", "reason"),
     "summary_released": ("purpose", "summary"),
+    "ledger_created": ("ledger_id", "data_fingerprint", "budget"),
+    "ledger_state": ("ledger_id", "closed", "history_hash"),
+    "officer_anchor": ("trail_seq", "trail_hash", "ledger_id", "closed", "history_hash"),
 }
 ENTRY_FIELDS = (
     "seq",
@@ -224,13 +230,25 @@ class VerifyResult:
     key_pinned: bool = False
     head_checked: bool = False
     kinds: dict[str, int] = field(default_factory=dict)
+    anchors: int | None = None  # officer anchors checked (None: not asked)
+    anchored_seq: int | None = None  # the latest anchored entry
+
+    def _anchor_text(self) -> str:
+        if self.anchors is None:
+            return "NOT checked against the officer's anchors (a re-signing with the site key is undetectable)"
+        if not self.anchors:
+            return "NO officer anchor found (a re-signing with the site key is undetectable)"
+        return (
+            f"{self.anchors} officer anchor(s) match, the latest covers entries 0–{self.anchored_seq}"
+            f" (later entries only by the site key)"
+        )
 
     def summary(self) -> str:
         key = f"key {self.key_fingerprint[:16]}…" if self.key_fingerprint else "no key"
         key += " (pinned)" if self.key_pinned else " (taken from the log; pass --key to pin)"
         if self.ok:
             head = "head checkpoint matches" if self.head_checked else "NO head checkpoint"
-            return f"intact: {self.entries} entries, {key}, {head}"
+            return f"intact: {self.entries} entries, {key}, {head}; {self._anchor_text()}"
         where = f"entry at line {self.first_bad + 1}" if self.first_bad is not None else "trail"
         return f"TAMPERED: {where}: {self.reason} ({self.entries} entries read, {key})"
 

@@ -118,3 +118,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def refuse_key_inside(key_path: str | Path, state_dir: str | Path) -> None:
+    """An officer's private key must not live in the site's state folder: anyone who can
+    read STATE (the training host, the ClientApp) could then sign approvals and anchors."""
+    key, state = Path(key_path).resolve(), Path(state_dir).resolve()
+    if key == state or state in key.parents:
+        raise KeyFileError(
+            f"{key_path}: the privacy officer's private key must live outside the site state "
+            f"folder {state_dir} (keep it on the officer's own machine or token)"
+        )

@@ -20,6 +20,12 @@ list of counted steps of every run; ε is computed from it by
 happens before any training, under the lock, and also reserves the planned steps of
 runs still in flight in other processes, so concurrent runs cannot jointly overspend.
 
+Fails closed (:mod:`.ledger_integrity`): only the privacy officer creates a ledger, bound by
+their signature to the site's patient set (:mod:`.ledger_binding`, ``semiofed audit
+init-ledger``); a missing, truncated, edited or rolled-back ledger refuses every DP action
+with one line naming the file. Every run that closes is linked into the ledger's history
+chain and its head recorded in the signed audit trail (``ledger_state``).
+
 Privacy units: a ``window``-level run protects single windows, not patients; once any
 window-level run is in the ledger, the cumulative ε is *not* a patient-level guarantee
 (:meth:`PrivacyLedger.summary` says so).
@@ -33,20 +39,30 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from semiofed.shared.atomic import atomic_write_json
-from semiofed.shared.errors import FormatError, SemioFedError
+from semiofed.shared.errors import SemioFedError
 
 from .accounting import ACCOUNTANTS, Mechanism, epsilon, max_steps, noise_for_target
+from .approval import OFFICER_KEY_FILE, OFFICER_PUB_FILE
+from .ledger_integrity import (
+    LedgerIntegrityError,
+    check_data,
+    check_history,
+    digest,
+    ledger_id,
+    link,
+    patient_hash,
+)
 
 LEDGER_FILE = "privacy_ledger.json"
 LOCK_FILE = "privacy_ledger.lock"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
 PRIVACY_UNITS: tuple[str, ...] = ("patient", "window")
 
 
@@ -116,11 +132,13 @@ class PrivacyLedger:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / LEDGER_FILE
         self.lock_path = self.state_dir / LOCK_FILE
+        self._hashes: list[str] = []  # the history chain of the last checked read
 
     # -- storage ---------------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
-        """Exclusive lock; yields the ledger data, written back atomically on success."""
+        """Exclusive lock; yields the checked ledger data, written back atomically on success
+        (runs that closed are linked into the history chain and recorded in the trail)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -129,65 +147,135 @@ class PrivacyLedger:
                 before = json.dumps(data, sort_keys=True)
                 yield data
                 if json.dumps(data, sort_keys=True) != before:
-                    data["history"] = [list(m) for m in _counted_history(data["runs"])]
-                    atomic_write_json(self.path, data)
+                    self._write(data)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
+    def _write(self, data: dict[str, Any]) -> None:
+        data["history"] = [list(m) for m in _counted_history(data["runs"])]
+        linked = {e["run_id"] for e in data["closed"]}
+        closed_now = [
+            r for r in data["runs"] if r["status"] != "running" and r["run_id"] not in linked
+        ]
+        head = data["closed"][-1]["hash"] if data["closed"] else self._hashes[0]
+        for r in closed_now:
+            head = link(head, r)
+            data["closed"].append({"run_id": r["run_id"], "hash": head})
+        data["digest"] = digest(data)
+        atomic_write_json(self.path, data)
+        if closed_now:
+            from .audit_trail import site_trail
+
+            site_trail(self.state_dir).append("ledger_state", self._head(data, head))
+
+    @staticmethod
+    def _head(data: dict[str, Any], head: str) -> dict[str, Any]:
+        return {"ledger_id": ledger_id(data), "closed": len(data["closed"]), "history_hash": head}
+
     def _read(self) -> dict[str, Any]:
         if not self.path.exists():
-            return {"version": LEDGER_VERSION, "budget": None, "runs": [], "history": []}
+            raise LedgerIntegrityError(
+                self.path,
+                "no privacy ledger; refusing every DP action. Only the privacy officer creates "
+                "one: `semiofed audit init-ledger --state STATE --data DATA --key OFFICER_KEY`",
+            )
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(
-                self.path, f"unreadable privacy ledger ({exc}); refusing to train"
+            raise LedgerIntegrityError(
+                self.path, f"unreadable privacy ledger ({exc}); refusing every DP action"
             ) from None
         if not isinstance(data, dict) or data.get("version") != LEDGER_VERSION:
-            raise FormatError(self.path, f"not a version-{LEDGER_VERSION} privacy ledger")
-        if not isinstance(data.get("runs"), list):
-            raise FormatError(self.path, "field 'runs' must be a list")
+            raise LedgerIntegrityError(self.path, f"not a version-{LEDGER_VERSION} privacy ledger")
+        if not isinstance(data.get("runs"), list) or not isinstance(data.get("closed"), list):
+            raise LedgerIntegrityError(self.path, "fields 'runs' and 'closed' must be lists")
+        if (self.state_dir / OFFICER_KEY_FILE).exists():
+            raise LedgerIntegrityError(
+                self.path,
+                f"a privacy officer's private key lies in the state folder "
+                f"({self.state_dir / OFFICER_KEY_FILE}): whoever reads STATE could sign approvals "
+                "and ledger bindings; move it off this host",
+            )
+        self._hashes = check_data(self.path, data, self.state_dir / OFFICER_PUB_FILE)
         return data
 
+    def create(self, binding: dict[str, Any]) -> None:
+        """Write a new, empty ledger under the officer-signed ``binding`` (see
+        :func:`semiofed.privacy.ledger_binding.init_ledger`); refuses to replace one."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                if self.path.exists():
+                    raise LedgerIntegrityError(
+                        self.path, "a privacy ledger already exists here; refusing to replace it"
+                    )
+                data: dict[str, Any] = {
+                    "version": LEDGER_VERSION,
+                    "binding": binding,
+                    "budget": binding["body"]["budget"],
+                    "budget_changes": [{"time": _now(), **binding["body"]["budget"]}],
+                    "runs": [],
+                    "closed": [],
+                    "history": [],
+                }
+                data["digest"] = digest(data)
+                atomic_write_json(self.path, data)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
     def load(self) -> dict[str, Any]:
-        """A consistent snapshot of the ledger (read under the lock)."""
+        """A consistent, checked snapshot of the ledger (read under the lock)."""
         with self._locked() as data:
             return json.loads(json.dumps(data))
 
+    def head(self) -> dict[str, Any]:
+        """``{ledger_id, closed, history_hash}``: what the trail and the officer's anchors record."""
+        with self._locked() as data:
+            return self._head(data, self._hashes[-1])
+
+    def check_patients(self, patients: Iterable[str]) -> None:
+        """Refuse DP on any patient this ledger is not bound to (a ledger of other data)."""
+        bound = set(self.load()["binding"]["body"]["patients"])
+        outside = sum(patient_hash(p) not in bound for p in patients)
+        if outside:
+            raise LedgerIntegrityError(
+                self.path,
+                f"{outside} of the patients to be used are not bound to this ledger (it covers "
+                f"{len(bound)}); the privacy officer creates this data's own ledger "
+                "(`semiofed audit init-ledger`)",
+            )
+
+    def check_history(self) -> None:
+        """The ledger against the signed trail and the officer's anchors (raises on rollback)."""
+        with self._locked() as data:
+            check_history(self.path, data, self._hashes, self.state_dir)
+
     # -- budget and ε ----------------------------------------------------------------------
     @property
-    def budget(self) -> Budget | None:
-        b = self.load()["budget"]
-        return None if b is None else Budget(**b)
+    def budget(self) -> Budget:
+        return Budget(**self.load()["budget"])
 
-    def set_budget(
-        self, epsilon_max: float, delta: float, accountant: str = "rdp", allow_raise: bool = False
-    ) -> Budget:
-        """Set the site budget (ε_max at δ). Lowering is always allowed; raising an existing
-        budget or changing its δ/accountant needs ``allow_raise=True`` (a privacy-officer act)."""
+    def set_budget(self, epsilon_max: float, delta: float, accountant: str = "rdp") -> Budget:
+        """Lower the site budget ε_max (at the bound δ and accountant). Raising it, or changing
+        δ or the accountant, needs a new officer-signed binding (``audit init-ledger``)."""
         if not epsilon_max > 0:
             raise SemioFedError(f"epsilon budget must be > 0, got {epsilon_max}")
-        if not 0 < delta < 1:
-            raise SemioFedError(f"delta must be in (0, 1), got {delta}")
-        if accountant not in ACCOUNTANTS:
-            raise SemioFedError(f"unknown accountant {accountant!r}")
         new = Budget(float(epsilon_max), float(delta), accountant)
         with self._locked() as data:
-            old = data["budget"]
-            if old is not None and Budget(**old) != new and not allow_raise:
-                o = Budget(**old)
-                if (o.delta, o.accountant) != (
-                    new.delta,
-                    new.accountant,
-                ) or new.epsilon_max > o.epsilon_max:
-                    raise SemioFedError(
-                        f"{self.path}: the site budget is ε ≤ {o.epsilon_max:g} at δ={o.delta:g} "
-                        f"({o.accountant}); only lowering ε_max is allowed here "
-                        f"(asked for ε ≤ {new.epsilon_max:g} at δ={new.delta:g}, {new.accountant})"
-                    )
-            if old is None or Budget(**old) != new:
+            o = Budget(**data["budget"])
+            if (o.delta, o.accountant) != (
+                new.delta,
+                new.accountant,
+            ) or new.epsilon_max > o.epsilon_max:
+                raise SemioFedError(
+                    f"{self.path}: the site budget is ε ≤ {o.epsilon_max:g} at δ={o.delta:g} "
+                    f"({o.accountant}); only lowering ε_max is allowed here "
+                    f"(asked for ε ≤ {new.epsilon_max:g} at δ={new.delta:g}, {new.accountant})"
+                )
+            if new != o:
                 data["budget"] = asdict(new)
-                data.setdefault("budget_changes", []).append({"time": _now(), **asdict(new)})
+                data["budget_changes"].append({"time": _now(), **asdict(new)})
         return new
 
     def history(self) -> list[Mechanism]:
@@ -198,8 +286,6 @@ class PrivacyLedger:
         """ε spent so far (default: at the budget's δ with its accountant)."""
         budget = self.budget
         if delta is None or accountant is None:
-            if budget is None:
-                raise SemioFedError(f"{self.path}: no budget set; give delta and accountant")
             delta = budget.delta if delta is None else delta
             accountant = budget.accountant if accountant is None else accountant
         return epsilon(self.history(), delta, accountant)
@@ -219,15 +305,13 @@ class PrivacyLedger:
             "runs": len(data["runs"]),
             "privacy_units": units,
             "patient_level_guarantee": units in ([], ["patient"]),
+            "delta": data["budget"]["delta"],
         }
-        if data["budget"] is not None:
-            delta = data["budget"]["delta"]
-            out["delta"] = delta
-            out["epsilon_spent"] = {acc: epsilon(hist, delta, acc) for acc in ACCOUNTANTS}
+        out["epsilon_spent"] = {acc: epsilon(hist, out["delta"], acc) for acc in ACCOUNTANTS}
         return out
 
     # -- runs ------------------------------------------------------------------------------
-    def _validate(self, planned: PlannedRun, budget: Budget | None) -> None:
+    def _validate(self, planned: PlannedRun, budget: Budget) -> None:
         if planned.privacy_unit not in PRIVACY_UNITS:
             raise SemioFedError(
                 f"privacy unit must be one of {PRIVACY_UNITS}, got {planned.privacy_unit!r}"
@@ -236,7 +320,7 @@ class PrivacyLedger:
             raise SemioFedError(f"unknown accountant {planned.accountant!r}")
         if not planned.max_grad_norm > 0:
             raise SemioFedError(f"clipping norm must be > 0, got {planned.max_grad_norm}")
-        if budget is not None and planned.delta != budget.delta:
+        if planned.delta != budget.delta:
             raise SemioFedError(
                 f"{self.path}: the site budget is set at δ={budget.delta:g}; "
                 f"this run asks for δ={planned.delta:g} (ε at different δ do not compose)"
@@ -251,10 +335,8 @@ class PrivacyLedger:
 
     def _check(self, data: dict[str, Any], planned: PlannedRun) -> dict[str, Any]:
         """Budget check for ``planned`` against ``data``; raises BudgetExceeded."""
-        budget = None if data["budget"] is None else Budget(**data["budget"])
+        budget = Budget(**data["budget"])
         self._validate(planned, budget)
-        if budget is None:
-            return {"epsilon_before": None, "epsilon_planned": None}
         prior = _counted_history(data["runs"])
         # steps other in-flight runs may still take are reserved against the budget
         in_flight = [
@@ -306,6 +388,7 @@ class PrivacyLedger:
     def check_budget(self, planned: PlannedRun) -> dict[str, Any]:
         """Raise :class:`BudgetExceeded` if ``planned`` does not fit; nothing is written."""
         with self._locked() as data:
+            check_history(self.path, data, self._hashes, self.state_dir)
             self._reap_stale(data)
             return self._check(json.loads(json.dumps(data)), planned)
 
@@ -336,6 +419,7 @@ class PrivacyLedger:
         }
         refusal: BudgetExceeded | None = None
         with self._locked() as data:
+            check_history(self.path, data, self._hashes, self.state_dir)
             self._reap_stale(data)
             try:
                 record.update(self._check(data, planned))

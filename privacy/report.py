@@ -105,6 +105,23 @@ def epsilon_svg(per_run: list[float], cumulative: list[float], budget: float | N
     return "".join(parts)
 
 
+def _integrity(state: Path) -> str:
+    """What a DP action would say about the ledger: sound, or why it is refused."""
+    from .ledger import PrivacyLedger
+    from .ledger_integrity import LedgerIntegrityError
+
+    ledger = PrivacyLedger(state)
+    try:
+        ledger.check_history()
+        head = ledger.head()
+    except LedgerIntegrityError as exc:
+        return f"REFUSED: {exc.problem}"
+    return (
+        f"sound: ledger {head['ledger_id'][:12]}…, {head['closed']} closed runs, "
+        f"history hash {head['history_hash'][:16]}… (matches the signed trail and the anchors in STATE)"
+    )
+
+
 def _ledger_section(state: Path) -> tuple[str, dict[str, Any]]:
     path = state / LEDGER_FILE
     if not path.exists():
@@ -167,6 +184,7 @@ def _ledger_section(state: Path) -> tuple[str, dict[str, Any]]:
             ("budget ε_max", eps_max),
             ("budget left", summary["budget_left"]),
             ("training runs with steps", len(runs)),
+            ("ledger integrity (checked before every DP action)", _integrity(state)),
         ]
     )
     html += epsilon_svg(per_run, cumulative, eps_max)

@@ -39,16 +39,54 @@ from .consortium import Consortium
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 STATUS_EVERY_S = 30.0
 NON_PRIVATE = ("centralized", "local-only", "fed + local tune")
+#: A demo re-run with a deleted state folder but kept synthetic data signs this reset.
+DEMO_RESET = "semiofed demo: new state folder for the demo's synthetic data"
 
 
-def approve_as_officer(cfg: dict[str, Any], state_dir: Path, officer_dir: Path, site: str) -> None:
-    """What each site's privacy officer does before the run (demo: a fresh officer key)."""
+def officer_key_path(officer_root: Path, site: str) -> Path:
+    """The demo's officer key of ``site``: outside every state folder, one folder per officer
+    (its anchors and ledger register sit beside it)."""
+    return officer_root / site / "officer_ed25519.pem"
+
+
+def approve_as_officer(
+    cfg: dict[str, Any],
+    state_dir: Path,
+    officer_root: Path,
+    site: str,
+    data_dir: Path,
+    reset_reason: str | None = None,
+) -> None:
+    """What each site's privacy officer does before the run (demo: a fresh officer key):
+    approve the configuration and, for a state folder without one, create the site's
+    ledger bound to its patients with the approved budget."""
     from semiofed.privacy.approval import approve
     from semiofed.privacy.keys import generate_keypair, load_private_key
+    from semiofed.privacy.ledger import LEDGER_FILE
+    from semiofed.privacy.ledger_binding import init_ledger
 
-    key_path = officer_dir / f"{site}_officer_ed25519.pem"
+    key_path = officer_key_path(officer_root, site)
     key = load_private_key(key_path) if key_path.exists() else generate_keypair(key_path)
     approve(approval_fields(cfg), state_dir, key, source="semiofed demo")
+    if not (state_dir / LEDGER_FILE).exists():
+        priv = cfg["privacy"]
+        init_ledger(
+            state_dir,
+            data_dir,
+            key_path,
+            priv["site-budget"],
+            priv["delta"],
+            priv["accountant"],
+            reset_reason,
+        )
+
+
+def anchor_as_officer(state_dir: Path, officer_root: Path, site: str) -> str:
+    """The officer countersigns the site's trail head and ledger state (after the run)."""
+    from semiofed.privacy.anchors import make_anchor
+
+    a = make_anchor(state_dir, officer_key_path(officer_root, site))
+    return f"{site}: trail entry {a['trail_seq']}, {a['closed']} closed ledger runs"
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -140,7 +178,7 @@ def run_demo(
         c.start_superlink()
         for s in names:
             state = out / "state" / s
-            approve_as_officer(cfg, state, out / "officers", s)
+            approve_as_officer(cfg, state, out / "officers", s, data_root / s, DEMO_RESET)
             if certs is not None:
                 c.register(s)
             c.add_site(s, data_root / s, state)
@@ -160,6 +198,12 @@ def run_demo(
     priv = cfg["privacy"]
     calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
     demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
+    anchored = [anchor_as_officer(out / "state" / s, out / "officers", s) for s in names]
+    print(
+        f"  each officer countersigned its site's audit trail and ledger (officer keys and "
+        f"anchors in {out / 'officers'}, outside STATE): {'; '.join(anchored)}",
+        flush=True,
+    )
     print(
         "[4/4] on held-out patients: federated DP vs centralized (non-private), local-only, "
         "motion energy and detectors that know nothing",

@@ -24,6 +24,8 @@ from .demo import approve_as_officer
 from .fab import CLIENTAPP
 
 DATA_SITES = 3
+#: Virtual sites share data folders: each further ledger on one is a signed reset.
+SHARED_DATA = "simulation: virtual sites share a synthetic data folder"
 
 
 def simulate(
@@ -52,7 +54,8 @@ def simulate(
         generate_consortium(out / "data", n_data, patients_per_site, 1.0, seed)
     for i in range(sites):
         name = f"site-{i + 1:03d}"
-        approve_as_officer(cfg, out / "state" / name, out / "officers", name)
+        data = out / "data" / f"site-{i % n_data + 1:02d}"  # as the ClientApp maps it
+        approve_as_officer(cfg, out / "state" / name, out / "officers", name, data, SHARED_DATA)
     run_dir = out / "run"
     payload = encode_payload(cfg, out_dir=str(run_dir), sim_root=str(out), sim_data_sites=n_data)
     os.environ[SIM_PAYLOAD_ENV] = payload

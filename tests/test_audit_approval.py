@@ -48,7 +48,10 @@ def test_nothing_approved_is_refused(tmp_path: Path, run_config: Path) -> None:
 
 def test_cli_approval_then_changed_config_refused(tmp_path: Path, run_config: Path) -> None:
     state = tmp_path / "state"
-    assert main(["audit", "approve", str(run_config), "--state", str(state)]) == 0
+    key = tmp_path / "officer" / "officer_ed25519.pem"  # outside STATE, created here
+    assert (
+        main(["audit", "approve", str(run_config), "--state", str(state), "--key", str(key)]) == 0
+    )
     fields = approval_fields_of(run_config)
     record = require_approved(fields, state)
     assert record["fields"] == fields

@@ -12,8 +12,9 @@ from dp_accounting import rdp
 
 from semiofed.privacy.accounting import epsilon as opacus_epsilon
 from semiofed.privacy.independent_check import check_ledger, gaussian_event, independent_epsilon
-from semiofed.privacy.ledger import PlannedRun, PrivacyLedger
+from semiofed.privacy.ledger import PlannedRun
 from semiofed.shared.cli import main
+from tests.ledger_helpers import new_ledger
 
 MNIST_Q = 256 / 60000
 # TensorFlow Privacy, tutorials/README.md ("Select Parameters", δ = 1e-5, 256 per batch on
@@ -68,8 +69,7 @@ def test_mnist_improved_conversion_below_published() -> None:
 
 
 def _ledger_with_two_runs(state: Path) -> None:
-    ledger = PrivacyLedger(state)
-    ledger.set_budget(20.0, 1e-3, "rdp")
+    ledger = new_ledger(state, 20.0, 1e-3, "rdp")
     for sigma, steps in ((1.0, 40), (1.3, 60)):
         planned = PlannedRun("patient", 0.2, sigma, 1.0, steps, 1e-3, "rdp", dataset_size=25)
         with ledger.begin_run(planned, commit_every=20) as run:

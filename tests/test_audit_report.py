@@ -14,9 +14,9 @@ import pytest
 from semiofed.privacy.approval import approval_fields_of, approve
 from semiofed.privacy.audit_trail import TRAIL_FILE, site_trail
 from semiofed.privacy.empirical.suite import AuditSettings, run_suite
-from semiofed.privacy.keys import generate_keypair
-from semiofed.privacy.ledger import PlannedRun, PrivacyLedger
+from semiofed.privacy.ledger import PlannedRun
 from semiofed.shared.cli import main
+from tests.ledger_helpers import new_ledger, officer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,9 +49,8 @@ class _Page(HTMLParser):
 def _site_state(state: Path) -> None:
     run_config = state.parent / "run.toml"
     run_config.write_text("[federation]\nrounds = 3\n[privacy]\nnoise-multiplier = 1.2\n")
-    approve(approval_fields_of(run_config), state, generate_keypair(state.parent / "officer.pem"))
-    ledger = PrivacyLedger(state)
-    ledger.set_budget(10.0, 1e-3, "rdp")
+    approve(approval_fields_of(run_config), state, officer(state))
+    ledger = new_ledger(state, 10.0, 1e-3, "rdp")
     trail = site_trail(state)
     for rnd in (1, 2, 3):
         trail.append("round_joined", {"round": rnd})
@@ -105,6 +104,7 @@ def test_report_renders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert page.external == []  # self-contained
     assert "patient" in text and "0.001" in text  # privacy unit and δ
     assert "verified" in text and "FAILED" not in text
+    assert "ledger integrity" in text and "sound: ledger" in text and "3 closed runs" in text
     assert "Every recorded ε agrees" in text
     assert "Membership inference" in text and "One-run canary audit" in text
     assert "Gradient inversion" in text

@@ -19,6 +19,7 @@ from semiofed.shared.cli import main
 from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.synth import generate_consortium
 from semiofed.shared.windows import WindowConfig
+from tests.ledger_helpers import new_ledger
 
 DELTA = 1e-5
 PATIENTS = cal.MIN_PATIENTS + 1
@@ -43,7 +44,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _state(tmp_path: Path, name: str, budget: float) -> Path:
     state = tmp_path / name
-    PrivacyLedger(state).set_budget(budget, DELTA, "rdp")
+    new_ledger(state, budget, DELTA, "rdp")
     return state
 
 
@@ -120,7 +121,7 @@ def test_too_few_patients_no_budget_and_over_budget_release_nothing(
 
     unbudgeted = tmp_path / "no-budget"
     assert _share(site, "a", unbudgeted, out, "--share", "temperature") == 2
-    assert "no site budget" in capsys.readouterr().err
+    assert "no privacy ledger" in capsys.readouterr().err
 
     poor = _state(tmp_path, "poor", 0.5)  # one summary at σ = 3 costs ε ≈ 1.4 at δ = 1e-5
     assert _share(site, "a", poor, out, "--share", "temperature") == 2
@@ -162,8 +163,7 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     sites, root = ["site-01", "site-02"], site["a"][0].parent
     training = (1.0, 0.2, 10)
     for s in sites:
-        ledger = PrivacyLedger(tmp_path / "state" / s)
-        ledger.set_budget(20.0, DELTA, "rdp")
+        ledger = new_ledger(tmp_path / "state" / s, 20.0, DELTA, "rdp")
         planned = PlannedRun("patient", training[1], training[0], 1.0, training[2], DELTA, "rdp", 20, "federated round 1")  # fmt: skip
         with ledger.begin_run(planned) as run:
             for _ in range(training[2]):

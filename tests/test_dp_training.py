@@ -25,6 +25,7 @@ from semiofed.shared.metrics import window_metrics
 from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.recording import SUFFIX, load_recording
 from semiofed.shared.synth.consortium import generate_consortium
+from tests.ledger_helpers import new_ledger
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def test_site_train_refuses_then_trains_within_budget(
     consortium: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site, state = consortium / "site-01", tmp_path / "state"
+    new_ledger(state, 1.0, 1e-5, "rdp", site)  # the officer creates the site's ledger
     refused = tmp_path / "refused"
     assert (
         _train(

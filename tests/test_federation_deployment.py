@@ -15,6 +15,7 @@ import pytest
 from semiofed.privacy.approval import approve
 from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.privacy.ledger_binding import init_ledger
 from semiofed.server.app import PROGRESS_FILE
 from semiofed.server.certs import init_consortium, write_supernode_keypair
 from semiofed.server.consortium import Consortium
@@ -64,11 +65,12 @@ def consortium(tmp_path_factory):
             officer = generate_keypair(root / "officers" / f"{s}.pem")
             for cfg in (MAIN, RESILIENT, ONE_ROUND):  # never UNAPPROVED
                 approve(approval_fields(cfg), state, officer)
+            # site-03 has (almost) no budget left: it must decline, not crash
+            budget = 0.05 if s == "site-03" else TINY["privacy"]["site-budget"]
+            init_ledger(state, data / s, root / "officers" / f"{s}.pem", budget, 1e-3, "rdp")
             c.register(s)
             c.add_site(s, data / s, state)
             c.start_supernode(s)
-        # site-03 has (almost) no budget left: it must decline, not crash
-        PrivacyLedger(root / "state" / "site-03").set_budget(0.05, 1e-3, "rdp")
         c.wait_connected(3)
         yield c, root
 

@@ -25,7 +25,6 @@ from flwr.server.client_proxy import ClientProxy
 from semiofed.client.allowlist import OUTBOX_FILE, ForbiddenContent, check_reply, param_specs
 from semiofed.client.app import SiteClient, allowlist_mod
 from semiofed.privacy.approval import approve
-from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.server.certs import ConsortiumPaths, init_consortium
 from semiofed.shared.run_config import (
@@ -37,6 +36,7 @@ from semiofed.shared.run_config import (
 )
 
 from .federation_helpers import TINY, synth_consortium
+from .ledger_helpers import new_ledger, officer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,7 +189,7 @@ def test_unapproved_configuration_is_declined(tiny, tmp_path):
     assert res.metrics["decline-reason"] == "not-approved" and set(res.metrics) == ONLY_CODE
     # approving a *different* configuration does not help; the differences stay local
     other = validate({**TINY, "privacy": {**TINY["privacy"], "noise-multiplier": 0.3}})
-    approve(approval_fields(other), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    approve(approval_fields(other), tmp_path, officer(tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
     assert res.num_examples == 0 and res.metrics["decline-reason"] == "not-approved"
     assert "noise_multiplier" in _decline_details(tmp_path)[-1]
@@ -198,8 +198,8 @@ def test_unapproved_configuration_is_declined(tiny, tmp_path):
 
 def test_over_budget_round_is_declined_before_training(tiny, tmp_path):
     site_dir, cfg, _model, arrays = tiny
-    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
-    PrivacyLedger(tmp_path).set_budget(0.05, cfg["privacy"]["delta"], cfg["privacy"]["accountant"])
+    approve(approval_fields(cfg), tmp_path, officer(tmp_path))
+    new_ledger(tmp_path, 0.05, cfg["privacy"]["delta"], cfg["privacy"]["accountant"], site_dir)
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
     assert res.num_examples == 0 and set(res.metrics) == ONLY_CODE
@@ -215,7 +215,7 @@ def test_exception_naming_a_patient_leaves_only_a_code(tiny, tmp_path):
     """The site's data folder is unusable: the exception text (which names the folder and
     would name a patient) stays in the audit trail; the reply carries the code."""
     _site_dir, cfg, _model, arrays = tiny
-    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    approve(approval_fields(cfg), tmp_path, officer(tmp_path))
     missing = tmp_path / "sub-01-007"
     client = SiteClient(_context(cfg, missing, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
@@ -231,7 +231,8 @@ def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
     from semiofed.shared.release import ALLOWED_METRICS
 
     site_dir, cfg, _model, arrays = tiny
-    approve(approval_fields(cfg), tmp_path, generate_keypair(tmp_path / "officer.pem"))
+    approve(approval_fields(cfg), tmp_path, officer(tmp_path))
+    new_ledger(tmp_path, 50.0, cfg["privacy"]["delta"], cfg["privacy"]["accountant"], site_dir)
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
     assert res.num_examples == 1 and set(res.metrics) <= set(ALLOWED_METRICS)
