@@ -11,7 +11,7 @@ from semiofed.shared.atomic import atomic_write_json, atomic_write_text
 from semiofed.shared.cli_paths import folder, out_file, out_folder
 from semiofed.shared.errors import SemioFedError
 
-from .approval import OFFICER_KEY_FILE, approval_fields_of, approve
+from .approval import DEFAULT_VALID_DAYS, OFFICER_KEY_FILE, approval_fields_of, approve
 from .audit_trail import site_trail, verify
 from .independent_check import ABS_TOL, REL_TOL
 from .keys import generate_keypair, load_private_key, load_public_key
@@ -50,10 +50,13 @@ def register(cmds: argparse._SubParsersAction) -> None:
         help="sign a run configuration as the site's privacy officer",
         formatter_class=RAW,
         description=(
-            "Sign the approval fields of a run configuration (model architecture hash, DP\n"
-            "parameters, rounds, strategy). The site's client refuses every run whose fields\n"
-            "match no approval. The officer's public key is pinned in STATE/keys on first use;\n"
-            "the approval is also recorded in the site's audit trail."
+            "Sign a run configuration as a whole (every field, with the model architecture\n"
+            "hash), the FAB hash it must come in (--fab, default: the FAB this installation\n"
+            "builds) and the FAB signer the site trusts (--signer), valid for --valid-days.\n"
+            "The site's SuperNode runs only FABs that signer signed (STATE/trusted_entities.yaml);\n"
+            "its client refuses any changed field, another FAB or an expired approval. The\n"
+            "officer's public key is pinned in STATE/keys on first use; the approval is also\n"
+            "recorded in the site's audit trail."
         ),
     )
     p.add_argument(
@@ -71,6 +74,22 @@ def register(cmds: argparse._SubParsersAction) -> None:
         metavar="KEY",
         help=f"officer's Ed25519 private key (PEM); default STATE/{OFFICER_KEY_FILE}, "
         "created when missing",
+    )
+    p.add_argument(
+        "--signer",
+        type=Path,
+        metavar="PUB",
+        help="the coordinator's FAB-signing public key (fab-signing.pub) to trust; without "
+        "it the approval covers simulation only",
+    )
+    p.add_argument(
+        "--fab", type=Path, metavar="FAB", help="the FAB to approve (default: built here)"
+    )
+    p.add_argument(
+        "--valid-days",
+        type=float,
+        default=DEFAULT_VALID_DAYS,
+        help=f"days until the approval expires (default {DEFAULT_VALID_DAYS:g})",
     )
     p.set_defaults(func=_approve)
 
@@ -171,18 +190,37 @@ def _approve(args: argparse.Namespace) -> int:
         generate_keypair(key_path)
         print(f"created the privacy officer key {key_path} (keep it away from the training host)")
     key = load_private_key(key_path)
+    from semiofed.shared.fab import build_fab, fab_hash
+
     fields = approval_fields_of(args.run_config)
-    record = approve(fields, args.state, key, source=str(args.run_config))
+    try:
+        signer = args.signer.read_text(encoding="utf-8").strip() if args.signer else None
+        fab = args.fab.read_bytes() if args.fab else build_fab()
+    except OSError as exc:
+        raise SemioFedError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    record = approve(
+        fields,
+        args.state,
+        key,
+        fab_hash=fab_hash(fab) if signer else None,
+        signer=signer,
+        valid_days=args.valid_days,
+        source=str(args.run_config),
+    )
     entry = site_trail(args.state).append(
         "approval",
         {
             "fields_hash": record["fields_hash"],
             "officer_fingerprint": record["officer_fingerprint"],
             "approved_at": record["approved_at"],
+            "expires_at": record["expires_at"],
+            "fab_hash": record["fab_hash"],
             "run_config": str(args.run_config),
         },
     )
     print(f"approved {args.run_config}: fields hash {record['fields_hash']}")
+    print(f"FAB {record['fab_hash']}, signer {signer or 'none (simulation only)'}")
+    print(f"expires {record['expires_at']}")
     print(json.dumps(fields, indent=2, sort_keys=True))
     print(f"recorded in the audit trail as entry {entry['seq']}")
     return 0
