@@ -125,6 +125,7 @@ def approve(
     (simulation, in-process tests): a deployed ClientApp always runs from a FAB."""
     if valid_days <= 0:
         raise SemioFedError(f"an approval must be valid for > 0 days, got {valid_days}")
+    signer = signer.strip() if signer is not None else None
     if signer is not None and not signer.startswith("ssh-ed25519 "):
         raise SemioFedError("the FAB signer must be an OpenSSH Ed25519 public key line")
     pin_officer_key(state_dir, officer_key)

@@ -1,8 +1,11 @@
 """``semiofed demo``: the whole consortium on this machine (what ``make demo`` runs).
 
-Generates the synthetic consortium, creates the consortium CA and SuperNode keys, lets each
-site's (simulated) privacy officer approve the demo configuration, starts one SuperLink and
-one SuperNode per site on 127.0.0.1 with TLS and SuperNode authentication, federates with
+Generates the synthetic consortium, creates the consortium CA and the FAB-signing key, lets
+each site make its own SuperNode key pair in its own folder (``semiofed site keygen``; the
+coordinator receives only the public key) and each site's (simulated) privacy officer approve
+the demo configuration, the FAB and its signer, starts one SuperLink and one SuperNode per
+site on 127.0.0.1 with TLS, SuperNode authentication and ``--trusted-entities``, signs and
+submits the FAB, federates with
 patient-level DP and SecAgg+, prints per round the aggregated metrics and each site's
 cumulative ε, then calibrates the final model through each site's DP summaries
 (:mod:`.demo_privacy`) and prints each site's cumulative ε over training, evaluation and
@@ -164,8 +167,8 @@ def run_demo(
     print(
         "[2/4] consortium CA + SuperLink certificate + FAB-signing key: "
         + ("NONE (--insecure)" if insecure else str(out / "certs"))
-        + "; each site makes its own SuperNode key pair in out/sites/SITE/keys and sends "
-        "the coordinator only the .pub",
+        + f"; each site makes its own SuperNode key pair in {out / 'sites'}/SITE/keys and "
+        "sends the coordinator only the .pub",
         flush=True,
     )
     run_dir = out / "run"

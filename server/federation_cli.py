@@ -142,8 +142,10 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the whole consortium on this machine (what `make demo` runs)",
         description=(
-            "Synthetic consortium → CA and SuperNode keys → officers approve → SuperLink + one "
-            "SuperNode per site on 127.0.0.1 (TLS, SuperNode auth) → federated training with "
+            "Synthetic consortium → CA and FAB-signing key → each site makes its own SuperNode "
+            "key pair → officers approve config, FAB and signer → SuperLink + one SuperNode per "
+            "site on 127.0.0.1 (TLS, SuperNode auth, trusted FAB signers) → signed FAB → "
+            "federated training with "
             "patient-level DP and SecAgg+ → per-round metrics and each site's cumulative ε → "
             "federated vs centralized non-private vs local-only on held-out patients."
         ),

@@ -473,20 +473,11 @@ def test_supernode_command_is_secure_by_default() -> None:
     assert "--insecure" not in cmd
     # SuperNodes never install runtime dependencies (Flower's default; no opt-in flag)
     assert "--allow-runtime-dependency-installation" not in cmd
+    site = {"superlink": "s:1", "port": 1, "site_name": "a", "data_dir": "d", "state_dir": "s"}
     with pytest.raises(ValueError):
-        supernode_command(
-            superlink="s:1", port=1, site_name="a", data_dir="d", state_dir="s", ca_cert="ca"
-        )
+        supernode_command(**site, ca_cert="ca")
     with pytest.raises(ValueError, match="trusted_entities"):  # it would run any FAB
-        supernode_command(
-            superlink="s:1",
-            port=1,
-            site_name="a",
-            data_dir="d",
-            state_dir="s",
-            ca_cert="ca",
-            auth_key="k",
-        )
+        supernode_command(**site, ca_cert="ca", auth_key="k")
     with pytest.raises(SemioFedError, match="double quote"):
         node_config("a", 'we"ird', "s")
 
