@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from semiofed.client.keygen_cli import write_supernode_keypair
-from semiofed.privacy.approval import approve
+from semiofed.privacy.approval import TRUSTED_ENTITIES_FILE, approve
 from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.server.app import PROGRESS_FILE
@@ -86,7 +86,11 @@ def _run_json(out: Path) -> dict:
 
 def test_supernode_without_registered_key_is_rejected(consortium):
     c, root = consortium
-    c.add_site("intruder", root / "data" / "site-01", root / "state" / "intruder")
+    state = root / "state" / "intruder"
+    state.mkdir(parents=True, exist_ok=True)  # it trusts the consortium's FAB signer, too
+    trusted = root / "state" / "site-01" / TRUSTED_ENTITIES_FILE
+    (state / TRUSTED_ENTITIES_FILE).write_text(trusted.read_text())
+    c.add_site("intruder", root / "data" / "site-01", state)
     proc = c.start_supernode("intruder", key_path=root / "intruder.key")
     proc.wait(timeout=90)  # the SuperLink refuses to activate it and it gives up
     log = (c.logs / "supernode-intruder.log").read_text(errors="replace")

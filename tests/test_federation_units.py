@@ -387,3 +387,20 @@ class _Manager:
 
     def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):
         return [_Site("1"), _Site("2")][:num_clients]
+
+
+def test_the_clientapp_finds_the_hash_of_the_fab_it_runs(tmp_path, monkeypatch):
+    """Flower installs a FAB in FLWR_HOME/apps/… and puts that folder on sys.path; the
+    ClientApp rebuilds the FAB from it (Flower's builds are deterministic) and gets its hash."""
+    from flwr.cli.install import install_from_fab
+
+    from semiofed.shared.fab import build_fab, fab_hash, running_fab_hash, write_app_dir
+
+    assert running_fab_hash() is None  # no FAB: simulation, in-process tests
+    fab = build_fab()
+    assert fab_hash(build_fab()) == fab_hash(fab)
+    other = write_app_dir(tmp_path / "other", clientapp="rogue:app")
+    for bundle in (fab, build_fab(other)):
+        installed = install_from_fab(bundle, tmp_path / fab_hash(bundle), skip_prompt=True)
+        monkeypatch.syspath_prepend(str(installed))
+        assert running_fab_hash() == fab_hash(bundle)
