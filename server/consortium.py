@@ -62,6 +62,8 @@ OFFLINE_TIMEOUT = 90.0
 # Every `flwr` CLI call is a fresh Python process (~1.5 s of CPU): CPU the sites' ClientApps
 # need on a small machine. Waits therefore ask the SuperLink sparingly.
 CLI_POLL_SECONDS = 2.0
+# … and on a heavily loaded machine one such process can take over a minute of wall time.
+CLI_TIMEOUT = 300.0
 RUN_STATUS_EVERY_S = 30.0  # while a run's progress file says it is not finished
 PROGRESS_POLL_SECONDS = 0.5
 
@@ -255,7 +257,7 @@ class Consortium:
             lines.append(f'root-certificates = "{self.certs.ca_cert.resolve()}"')
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+    def flwr(self, *args: str, timeout: float = CLI_TIMEOUT) -> dict[str, Any]:
         """Run a ``flwr`` CLI command against this SuperLink; returns its JSON output."""
         cmd = [flower_bin("flwr"), *args, "--format", "json"]
         try:
