@@ -191,10 +191,12 @@ def load_approvals(state_dir: str | Path, public_key: Ed25519PublicKey) -> list[
 def trusted_signers_file(path: str | Path) -> Path:
     """``path`` (a trusted-entities file) when it names at least one signer; a SuperNode
     started with none would run any FAB, so this refuses (fails closed)."""
+    import yaml  # the format Flower reads it in
+
     path = Path(path)
     try:
-        signers = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        signers = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise NotApproved(
             f"{path}: no trusted FAB signer ({exc}); the privacy officer must approve a run "
             "configuration with its signer (`semiofed audit approve RUN_CONFIG --signer "
