@@ -43,7 +43,7 @@ def _tiny(rounds: int, secagg: bool) -> dict:
 
 
 def _plain_app(work: Path) -> Path:
-    from semiofed.server.fab import write_app_dir
+    from semiofed.shared.fab import write_app_dir
 
     app_dir = write_app_dir(work / "plain-app", clientapp="plain_flower_app:app")
     shutil.copy(Path(__file__).with_name("plain_flower_app.py"), app_dir / "plain_flower_app.py")
@@ -52,22 +52,28 @@ def _plain_app(work: Path) -> Path:
 
 def _deployment(work: Path) -> tuple[dict, dict, float, dict[str, dict[str, int]]]:
     from semiofed.server.app import PROGRESS_FILE
-    from semiofed.server.certs import init_consortium
+    from semiofed.server.certs import add_site_key, init_consortium
     from semiofed.server.consortium import Consortium
-    from semiofed.server.demo import approve_as_officer
+    from semiofed.server.demo import approve_as_officer, site_keys
+    from semiofed.shared.fab import build_fab, fab_hash
     from semiofed.shared.run_config import encode_payload
     from semiofed.shared.synth.consortium import generate_consortium
 
     cfg = _tiny(ROUNDS, secagg=True)
     generate_consortium(work / "data", 3, 3, 1.0, seed=1)
-    certs = init_consortium(work / "certs", SITES, force=True)
+    certs = init_consortium(work / "certs", force=True)
+    signer, code = certs.fab_signing_pub.read_text(), fab_hash(build_fab())
     t0 = time.perf_counter()
     with Consortium(work / "consortium", certs) as c:
         c.start_superlink()
         for s in SITES:
-            approve_as_officer(cfg, work / "state" / s, work / "officers", s, work / "data" / s)
+            approve_as_officer(
+                cfg, work / "state" / s, work / "officers", s, work / "data" / s, None, code, signer
+            )
+            key, pub = site_keys(work / "sites" / s, s)
+            add_site_key(certs, s, pub)
             c.register(s)
-            c.add_site(s, work / "data" / s, work / "state" / s)
+            c.add_site(s, work / "data" / s, work / "state" / s, key)
             c.start_supernode(s)
         c.wait_connected(3)
         run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(work / "run"))})

@@ -3,8 +3,10 @@
 For each message the site:
 
 1. reads the run configuration from the Flower run config (``semiofed`` payload) and refuses
-   it unless the site's privacy officer approved its approval fields
-   (:func:`semiofed.privacy.approval.require_approved`);
+   it unless the site's privacy officer approved the whole configuration, for the FAB this
+   process runs (rebuilt from Flower's install folder), and the approval has not expired
+   (:func:`semiofed.privacy.approval.require_approved`); the SuperNode already refused a
+   FAB not signed by a signer the officer trusts (``--trusted-entities``);
 2. trains the multi-stream model on its own training patients with patient-level DP-SGD
    through the site's privacy ledger (ε cumulative across rounds and restarts), then, from
    round 2 on, evaluates the global model it received on its held-out patients through the
@@ -53,6 +55,7 @@ from flwr.common import (
 from flwr.common.constant import ErrorCode
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.fab import running_fab_hash
 from semiofed.shared.release import (
     EVALUATE_LOSS,
     FORBIDDEN_CONTENT,
@@ -115,10 +118,11 @@ def run_config_of(context: Context) -> dict[str, Any]:
 
 
 def check_approved(cfg: dict[str, Any], state_dir: Path) -> None:
-    """Raise ``NotApproved`` unless the site's privacy officer approved this configuration."""
+    """Raise ``NotApproved`` unless the site's privacy officer approved this configuration,
+    in the FAB this process runs, and the approval has not expired."""
     from semiofed.privacy.approval import require_approved
 
-    require_approved(approval_fields(cfg), state_dir)
+    require_approved(approval_fields(cfg), state_dir, fab_hash=running_fab_hash())
 
 
 class SiteClient(Client):

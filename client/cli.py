@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import analyze_cli, extract_cli, model_pull, supernode_cli, train_cli
+from . import analyze_cli, extract_cli, keygen_cli, model_pull, supernode_cli, train_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,4 +18,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     model_pull.register(cmds)
     analyze_cli.register(cmds)
     train_cli.register(cmds)
+    keygen_cli.register(cmds)
     supernode_cli.register(cmds)

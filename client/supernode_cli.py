@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from semiofed.privacy.approval import TRUSTED_ENTITIES_FILE, trusted_signers_file
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.flower_commands import (
     flower_env,
@@ -23,19 +24,23 @@ DEFAULT_PORT = 9094
 DESCRIPTION = """\
 Join the federation: start this hospital's Flower SuperNode in the foreground. It connects
 out to the coordinator's SuperLink (--superlink; no inbound port is opened at the site),
-verifies it with the consortium CA (--ca) and authenticates with this site's private key
-(--key, from the coordinator's `semiofed server init` or your own key pair whose .pub the
-coordinator registered). For every round it runs the SemioFed ClientApp, which reads the
-recordings in --data and keeps the privacy ledger, approvals, audit trail and outbox in
---state. Nothing but protected model updates leaves the site, and only for run
-configurations the site's privacy officer approved (`semiofed audit approve --state DIR`).
+verifies it with the consortium CA (--ca) and authenticates with this site's own private key
+(--key, from `semiofed site keygen`; only its .pub went to the coordinator). It runs only a
+FAB (the app bundle) signed by a signer the site's privacy officer trusts: --trusted-entities,
+by default STATE/trusted_entities.yaml, which `semiofed audit approve --signer` writes; an
+unsigned FAB or one signed by another key is refused by Flower before any code runs. For
+every round it runs the SemioFed ClientApp, which reads the recordings in --data and keeps
+the privacy ledger, approvals, audit trail and outbox in --state. Nothing but protected
+model updates leaves the site, and only for the exact run configuration and FAB the site's
+privacy officer approved, before the approval expires (`semiofed audit approve`).
 
 Runtime dependency installation stays disabled (Flower's default for SuperNodes) and
 Flower telemetry is off. --port is the SuperNode's local ClientApp API on 127.0.0.1.
 
 The command it runs (then exits with flower-supernode's exit code):
   flower-supernode --superlink HOST:PORT --root-certificates CA.crt
-    --auth-supernode-private-key SITE.key --port PORT
+    --auth-supernode-private-key SITE.key --trusted-entities STATE/trusted_entities.yaml
+    --port PORT
     --node-config 'site-name="SITE" data-dir="DATA" state-dir="STATE"'
 
 examples:
@@ -65,6 +70,13 @@ def register(cmds: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="SITE.key",
         help="this site's SuperNode private key (never leaves the site); required unless --insecure",
+    )
+    p.add_argument(
+        "--trusted-entities",
+        type=Path,
+        metavar="YAML",
+        help="FAB signers this SuperNode trusts (default STATE/trusted_entities.yaml, written "
+        "by the officer's `semiofed audit approve --signer`)",
     )
     p.add_argument(
         "--data",
@@ -112,15 +124,18 @@ def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     name = args.name
     if not name or "/" in name or name.startswith("."):
         raise SemioFedError(f"invalid site name {name!r}")
+    state = Path(args.state).resolve()
+    trusted = args.trusted_entities or state / TRUSTED_ENTITIES_FILE
     if args.insecure:
         ca = key = None
+        trusted = trusted.resolve() if trusted.is_file() else None
     else:
         ca = _require_file(args.ca, "--ca", "consortium CA certificate")
         key = _require_file(args.key, "--key", f"SuperNode private key of {name}")
+        trusted = trusted_signers_file(trusted.resolve())
     data = Path(args.data)
     if not data.is_dir():
         raise SemioFedError(f"{data}: no such site data folder (--data)")
-    state = Path(args.state).resolve()
     cmd = supernode_command(
         superlink=args.superlink,
         port=args.port,
@@ -129,6 +144,7 @@ def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         state_dir=state,
         ca_cert=ca,
         auth_key=key,
+        trusted_entities=trusted,
         insecure=args.insecure,
     )
     return cmd, flower_env(state / "flwr-home")

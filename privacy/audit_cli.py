@@ -14,7 +14,7 @@ from semiofed.shared.errors import SemioFedError
 
 from .accounting import ACCOUNTANTS
 from .anchors import ANCHORS_DIR, OFFICER_ANCHORS, make_anchor, verify_anchored
-from .approval import approval_fields_of, approve
+from .approval import DEFAULT_VALID_DAYS, approval_fields_of, approve
 from .audit_trail import site_trail, verify
 from .independent_check import ABS_TOL, REL_TOL
 from .keys import generate_keypair, load_private_key, load_public_key, refuse_key_inside
@@ -68,11 +68,14 @@ def register(cmds: argparse._SubParsersAction) -> None:
         help="sign a run configuration as the site's privacy officer",
         formatter_class=RAW,
         description=(
-            "Sign the approval fields of a run configuration (model architecture hash, DP\n"
-            "parameters, rounds, strategy). The site's client refuses every run whose fields\n"
-            "match no approval. The officer's public key is pinned in STATE/keys on first use;\n"
-            "the approval is also recorded in the site's audit trail. The officer's private key\n"
-            "must live outside STATE (refused inside it)."
+            "Sign a run configuration as a whole (every field, with the model architecture\n"
+            "hash), the FAB hash it must come in (--fab, default: the FAB this installation\n"
+            "builds) and the FAB signer the site trusts (--signer), valid for --valid-days.\n"
+            "The site's SuperNode runs only FABs that signer signed (STATE/trusted_entities.yaml);\n"
+            "its client refuses any changed field, another FAB or an expired approval. The\n"
+            "officer's public key is pinned in STATE/keys on first use; the approval is also\n"
+            "recorded in the site's audit trail. The officer's private key must live outside\n"
+            "STATE (refused inside it)."
         ),
     )
     p.add_argument(
@@ -85,6 +88,22 @@ def register(cmds: argparse._SubParsersAction) -> None:
         "--state", type=out_folder, required=True, metavar="DIR", help="site state folder"
     )
     _officer_key_arg(p, create=True)
+    p.add_argument(
+        "--signer",
+        type=Path,
+        metavar="PUB",
+        help="the coordinator's FAB-signing public key (fab-signing.pub) to trust; without "
+        "it the approval covers simulation only",
+    )
+    p.add_argument(
+        "--fab", type=Path, metavar="FAB", help="the FAB to approve (default: built here)"
+    )
+    p.add_argument(
+        "--valid-days",
+        type=float,
+        default=DEFAULT_VALID_DAYS,
+        help=f"days until the approval expires (default {DEFAULT_VALID_DAYS:g})",
+    )
     p.set_defaults(func=_approve)
 
     p = cmds.add_parser(
@@ -252,18 +271,37 @@ def _approve(args: argparse.Namespace) -> int:
         generate_keypair(args.key)
         print(f"created the privacy officer key {args.key} (keep it away from the training host)")
     key = load_private_key(args.key)
+    from semiofed.shared.fab import build_fab, fab_hash
+
     fields = approval_fields_of(args.run_config)
-    record = approve(fields, args.state, key, source=str(args.run_config))
+    try:
+        signer = args.signer.read_text(encoding="utf-8").strip() if args.signer else None
+        fab = args.fab.read_bytes() if args.fab else build_fab()
+    except OSError as exc:
+        raise SemioFedError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    record = approve(
+        fields,
+        args.state,
+        key,
+        fab_hash=fab_hash(fab) if signer else None,
+        signer=signer,
+        valid_days=args.valid_days,
+        source=str(args.run_config),
+    )
     entry = site_trail(args.state).append(
         "approval",
         {
             "fields_hash": record["fields_hash"],
             "officer_fingerprint": record["officer_fingerprint"],
             "approved_at": record["approved_at"],
+            "expires_at": record["expires_at"],
+            "fab_hash": record["fab_hash"],
             "run_config": str(args.run_config),
         },
     )
     print(f"approved {args.run_config}: fields hash {record['fields_hash']}")
+    print(f"FAB {record['fab_hash']}, signer {signer or 'none (simulation only)'}")
+    print(f"expires {record['expires_at']}")
     print(json.dumps(fields, indent=2, sort_keys=True))
     print(f"recorded in the audit trail as entry {entry['seq']}")
     return 0

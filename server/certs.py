@@ -1,18 +1,18 @@
 """Consortium PKI for ``semiofed server init``: the CA, the SuperLink TLS certificate and the
-SuperNode authentication keys.
+coordinator's FAB-signing key. No site private key is ever made or held here.
 
 Layout of a consortium directory (``CERTS``)::
 
     CERTS/ca.crt                      consortium root CA (given to every site)
     CERTS/ca.key                      CA private key (stays with the coordinator)
     CERTS/superlink.crt, .key         SuperLink TLS certificate (SANs: the given hosts)
-    CERTS/supernodes/<site>.key       SuperNode auth private key (goes to that site only)
-    CERTS/supernodes/<site>.pub       its public key (OpenSSH format); the coordinator
-                                      registers it with ``flwr supernode register``
+    CERTS/fab-signing.key, .pub       Ed25519 key that signs the FAB (the .pub goes to every
+                                      site's privacy officer, :mod:`.code_signing`)
+    CERTS/supernodes/<site>.pub       a site's SuperNode public key, as the site sent it
+                                      (``semiofed site keygen``); the coordinator registers
+                                      it with ``flwr supernode register``
 
-TLS keys are ECDSA P-256; SuperNode keys are ECDSA P-384 (Flower requires a NIST curve).
-In a multi-host deployment a hospital can create its own key pair with
-:func:`write_supernode_keypair` and send only the ``.pub`` file to the coordinator.
+TLS keys are ECDSA P-256; SuperNode keys (made at each site) are ECDSA P-384.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from semiofed.shared.atomic import atomic_write_bytes
 from semiofed.shared.errors import SemioFedError
+
+from .code_signing import write_signing_key
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "superlink")
 VALID_DAYS = 825
@@ -56,8 +59,13 @@ class ConsortiumPaths:
     def superlink_key(self) -> Path:
         return self.root / "superlink.key"
 
-    def supernode_key(self, site: str) -> Path:
-        return self.root / "supernodes" / f"{site}.key"
+    @property
+    def fab_signing_key(self) -> Path:
+        return self.root / "fab-signing.key"
+
+    @property
+    def fab_signing_pub(self) -> Path:
+        return self.root / "fab-signing.pub"
 
     def supernode_pub(self, site: str) -> Path:
         return self.root / "supernodes" / f"{site}.pub"
@@ -184,38 +192,42 @@ def issue_server_cert(paths: ConsortiumPaths, hosts: list[str]) -> None:
     atomic_write_bytes(paths.superlink_cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
-def write_supernode_keypair(private_path: Path, public_path: Path) -> None:
-    """An ECDSA P-384 SuperNode auth key pair (OpenSSH private key and public line)."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    _write_private(private_path, private)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    atomic_write_bytes(public_path, public + b"\n")
+def add_site_key(paths: ConsortiumPaths, site: str, public_key: Path) -> Path:
+    """Register-ready copy of the SuperNode public key a site sent (``site keygen``)."""
+    check_site_name(site)
+    try:
+        text = public_key.read_text(encoding="utf-8").strip()
+        key = serialization.load_ssh_public_key(text.encode())
+    except (OSError, ValueError, UnicodeDecodeError, UnsupportedAlgorithm) as exc:
+        raise SemioFedError(f"{public_key}: not an OpenSSH public key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SemioFedError(f"{public_key}: a SuperNode key must be ECDSA (NIST curve)")
+    target = paths.supernode_pub(site)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, text.encode() + b"\n")
+    return target
+
+
+def check_site_name(site: str) -> None:
+    if not site or "/" in site or site.startswith("."):
+        raise SemioFedError(f"invalid site name {site!r}")
 
 
 def init_consortium(
-    out: Path, sites: list[str], hosts: list[str] | None = None, force: bool = False
+    out: Path, hosts: list[str] | None = None, force: bool = False
 ) -> ConsortiumPaths:
-    """Create the CA, the SuperLink certificate and one auth key pair per site."""
+    """Create the CA, the SuperLink certificate and the FAB-signing key."""
     paths = ConsortiumPaths(Path(out))
     if paths.ca_key.exists() and not force:
         raise SemioFedError(
             f"{paths.ca_key}: a consortium CA already exists; use --force to replace it "
             "(every site then needs the new ca.crt)"
         )
-    for site in sites:
-        if not site or "/" in site or site.startswith("."):
-            raise SemioFedError(f"invalid site name {site!r}")
     paths.root.mkdir(parents=True, exist_ok=True)
     create_ca(paths)
     issue_server_cert(paths, list(hosts or DEFAULT_HOSTS))
     (paths.root / "supernodes").mkdir(exist_ok=True)
-    for site in sites:
-        write_supernode_keypair(paths.supernode_key(site), paths.supernode_pub(site))
+    for old in (paths.fab_signing_key, paths.fab_signing_pub):
+        old.unlink(missing_ok=True)  # --force: a new consortium, a new signer
+    write_signing_key(paths.fab_signing_key, paths.fab_signing_pub)
     return paths

@@ -14,9 +14,13 @@ The exact commands (built by :mod:`semiofed.shared.flower_commands`, which
         --database STATE/superlink.db
     flwr supernode register CERTS/supernodes/SITE.pub local      (FLWR_HOME with config.toml)
     flower-supernode --superlink HOST:PORT --root-certificates CERTS/ca.crt
-        --auth-supernode-private-key CERTS/supernodes/SITE.key --port SITEPORT
-        --node-config 'site-name="SITE" data-dir="…" state-dir="…"'
-    flwr run APP_DIR local --run-config 'config-file="…" out-dir="…"' --format json
+        --auth-supernode-private-key SITEKEYS/SITE.key --trusted-entities STATE/trusted_entities.yaml
+        --port SITEPORT --node-config 'site-name="SITE" data-dir="…" state-dir="…"'
+    flwr run @semiofed/semiofed-federation==0.1.0 local --run-config 'semiofed="…"' --format json
+
+Each site's key pair is made at the site (``semiofed site keygen``); the coordinator holds only
+the public keys. The FAB is signed with ``CERTS/fab-signing.key`` and served to the SuperLink
+by :class:`~semiofed.server.code_signing.AppIndex` while a run is submitted.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from semiofed.privacy.approval import TRUSTED_ENTITIES_FILE, trusted_signers_file
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.fab import APP_SPEC, build_fab, write_app_dir
 from semiofed.shared.flower_commands import (
     flower_bin,
     flower_env,
@@ -43,7 +49,7 @@ from semiofed.shared.flower_commands import (
 )
 
 from .certs import ConsortiumPaths
-from .fab import write_app_dir
+from .code_signing import INDEX_URL_ENV, AppIndex, index_url, load_signing_key, sign_fab
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ OFFLINE_TIMEOUT = 90.0
 # Every `flwr` CLI call is a fresh Python process (~1.5 s of CPU): CPU the sites' ClientApps
 # need on a small machine. Waits therefore ask the SuperLink sparingly.
 CLI_POLL_SECONDS = 2.0
+# … and on a heavily loaded machine one such process can take over a minute of wall time.
+CLI_TIMEOUT = 300.0
 RUN_STATUS_EVERY_S = 30.0  # while a run's progress file says it is not finished
 PROGRESS_POLL_SECONDS = 0.5
 
@@ -100,6 +108,7 @@ class Site:
     name: str
     data_dir: Path
     state_dir: Path
+    key_path: Path | None = None  # the site's own SuperNode private key (site keygen)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -115,15 +124,18 @@ class Consortium:
         port: int | None = None,
         verbose: bool = False,
         superlink: str | None = None,
+        index_port: int | None = None,
     ) -> None:
         """``certs=None`` means insecure transport (only for ``--insecure`` debugging).
         ``superlink="HOST:PORT"`` talks to a SuperLink running elsewhere (only its CA
-        certificate is needed) instead of one this object starts on 127.0.0.1."""
+        certificate is needed) instead of one this object starts on 127.0.0.1.
+        ``index_port`` is where the signed FAB is served to the SuperLink (127.0.0.1)."""
         self.workdir = Path(workdir)
         self.certs = certs
         self.port = port or free_port()
         self.address = superlink or f"127.0.0.1:{self.port}"
         self.verbose = verbose
+        self.index_port = index_port or free_port()
         self.sites: dict[str, Site] = {}
         self.node_ids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -218,7 +230,12 @@ class Consortium:
     def start_superlink(self) -> None:
         """Start the SuperLink (TLS and SuperNode authentication unless insecure)."""
         cmd = self.superlink_command()
-        self.superlink = self._spawn("superlink", cmd, self.workdir / "superlink-home")
+        self.superlink = self._spawn(
+            "superlink",
+            cmd,
+            self.workdir / "superlink-home",
+            {INDEX_URL_ENV: index_url(self.index_port)},
+        )
         _wait_port("127.0.0.1", self.port, STARTUP_TIMEOUT, self.superlink)
         self._write_cli_config()
 
@@ -240,7 +257,7 @@ class Consortium:
             lines.append(f'root-certificates = "{self.certs.ca_cert.resolve()}"')
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+    def flwr(self, *args: str, timeout: float = CLI_TIMEOUT) -> dict[str, Any]:
         """Run a ``flwr`` CLI command against this SuperLink; returns its JSON output."""
         cmd = [flower_bin("flwr"), *args, "--format", "json"]
         try:
@@ -279,13 +296,18 @@ class Consortium:
         self.node_ids[site] = int(data["node-id"])
         return self.node_ids[site]
 
-    def add_site(self, name: str, data_dir: Path, state_dir: Path) -> Site:
-        site = Site(name, Path(data_dir), Path(state_dir))
+    def add_site(
+        self, name: str, data_dir: Path, state_dir: Path, key_path: Path | None = None
+    ) -> Site:
+        """A site with its data, state and own SuperNode private key (not needed insecure)."""
+        site = Site(name, Path(data_dir), Path(state_dir), key_path)
         self.sites[name] = site
         return site
 
     def start_supernode(self, name: str, key_path: Path | None = None) -> subprocess.Popen[bytes]:
-        """Start (or restart) the SuperNode of ``name`` with its key (or ``key_path``)."""
+        """Start (or restart) the SuperNode of ``name`` with its key (or ``key_path``); it
+        runs only FABs signed by a signer in ``STATE/trusted_entities.yaml`` (the
+        officer's approvals; insecure: only when that file exists)."""
         site = self.sites[name]
         if site.proc is not None and site.proc.poll() is None:
             raise SemioFedError(f"the SuperNode of {name} is already running")
@@ -293,6 +315,13 @@ class Consortium:
             self._wait_offline(self.node_ids[name])
         site.port = free_port()
         certs = self.certs
+        trusted: Path | None = site.state_dir.resolve() / TRUSTED_ENTITIES_FILE
+        if certs is not None:
+            if (key_path or site.key_path) is None:
+                raise SemioFedError(f"site {name} has no SuperNode key (semiofed site keygen)")
+            trusted = trusted_signers_file(trusted)
+        elif not trusted.is_file():
+            trusted = None
         cmd = supernode_command(
             superlink=self.address,
             port=site.port,
@@ -300,7 +329,8 @@ class Consortium:
             data_dir=site.data_dir.resolve(),
             state_dir=site.state_dir.resolve(),
             ca_cert=certs.ca_cert if certs else None,
-            auth_key=(key_path or certs.supernode_key(name)) if certs else None,
+            auth_key=(key_path or site.key_path) if certs else None,
+            trusted_entities=trusted,
             insecure=certs is None,
         )
         site.state_dir.mkdir(parents=True, exist_ok=True)
@@ -350,13 +380,25 @@ class Consortium:
 
     # -- runs -------------------------------------------------------------------------------
     def submit(
-        self, run_config: dict[str, str | int | float | bool], app_dir: Path | None = None
+        self,
+        run_config: dict[str, str | int | float | bool],
+        app_dir: Path | None = None,
+        signing_key: Path | None = None,
+        signed: bool = True,
     ) -> int:
         """Submit the SemioFed Flower app (or ``app_dir``) with ``run_config``; returns the
-        Flower run id."""
-        app_dir = app_dir or write_app_dir(self.workdir / "app")
+        Flower run id. The FAB is signed with ``signing_key`` (default
+        ``CERTS/fab-signing.key``) and fetched by the SuperLink from :class:`AppIndex`;
+        ``signed=False`` (or insecure without a key) submits it unsigned from its folder."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        data = self.flwr("run", str(app_dir), "local", "--run-config", overrides)
+        key_path = signing_key or (self.certs.fab_signing_key if self.certs else None)
+        if not signed or key_path is None:
+            folder = app_dir or write_app_dir(self.workdir / "app")
+            data = self.flwr("run", str(folder), "local", "--run-config", overrides)
+            return int(data["run-id"])
+        fab = build_fab(app_dir)
+        with AppIndex(self.index_port, fab, [sign_fab(fab, load_signing_key(key_path))]):
+            data = self.flwr("run", APP_SPEC, "local", "--run-config", overrides)
         return int(data["run-id"])
 
     def run_status(self, run_id: int) -> dict[str, Any]:

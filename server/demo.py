@@ -1,8 +1,11 @@
 """``semiofed demo``: the whole consortium on this machine (what ``make demo`` runs).
 
-Generates the synthetic consortium, creates the consortium CA and SuperNode keys, lets each
-site's (simulated) privacy officer approve the demo configuration, starts one SuperLink and
-one SuperNode per site on 127.0.0.1 with TLS and SuperNode authentication, federates with
+Generates the synthetic consortium, creates the consortium CA and the FAB-signing key, lets
+each site make its own SuperNode key pair in its own folder (``semiofed site keygen``; the
+coordinator receives only the public key) and each site's (simulated) privacy officer approve
+the demo configuration, the FAB and its signer, starts one SuperLink and one SuperNode per
+site on 127.0.0.1 with TLS, SuperNode authentication and ``--trusted-entities``, signs and
+submits the FAB, federates with
 patient-level DP and SecAgg+, prints per round the aggregated metrics and each site's
 cumulative ε, then calibrates the final model through each site's DP summaries
 (:mod:`.demo_privacy`) and prints each site's cumulative ε over training, evaluation and
@@ -29,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.fab import build_fab, fab_hash
 from semiofed.shared.run_config import approval_fields, encode_payload, load_run_config
 
 from . import demo_privacy
 from .app import PROGRESS_FILE
-from .certs import init_consortium
+from .certs import add_site_key, init_consortium
 from .consortium import Consortium
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
@@ -56,10 +60,13 @@ def approve_as_officer(
     site: str,
     data_dir: Path,
     reset_reason: str | None = None,
+    fab_hash: str | None = None,
+    signer: str | None = None,
 ) -> None:
     """What each site's privacy officer does before the run (demo: a fresh officer key):
-    approve the configuration and, for a state folder without one, create the site's
-    ledger bound to its patients with the approved budget."""
+    approve the whole configuration for the FAB ``fab_hash`` signed by ``signer`` (both
+    ``None``: simulation, where no FAB exists) and, for a state folder without one, create
+    the site's ledger bound to its patients with the approved budget."""
     from semiofed.privacy.approval import approve
     from semiofed.privacy.keys import generate_keypair, load_private_key
     from semiofed.privacy.ledger import LEDGER_FILE
@@ -67,7 +74,14 @@ def approve_as_officer(
 
     key_path = officer_key_path(officer_root, site)
     key = load_private_key(key_path) if key_path.exists() else generate_keypair(key_path)
-    approve(approval_fields(cfg), state_dir, key, source="semiofed demo")
+    approve(
+        approval_fields(cfg),
+        state_dir,
+        key,
+        fab_hash=fab_hash,
+        signer=signer,
+        source="semiofed demo",
+    )
     if not (state_dir / LEDGER_FILE).exists():
         priv = cfg["privacy"]
         init_ledger(
@@ -87,6 +101,20 @@ def anchor_as_officer(state_dir: Path, officer_root: Path, site: str) -> str:
 
     a = make_anchor(state_dir, officer_key_path(officer_root, site))
     return f"{site}: trail entry {a['trail_seq']}, {a['closed']} closed ledger runs"
+
+
+def site_keys(site_dir: Path, site: str) -> tuple[Path, Path]:
+    """What each site does before it joins (demo): ``semiofed site keygen`` makes its own
+    SuperNode key pair in its own folder; only the ``.pub`` goes to the coordinator."""
+    keys = site_dir / "keys"
+    private, public = keys / f"{site}.key", keys / f"{site}.pub"
+    if not private.exists():
+        cmd = [sys.executable, "-m", "semiofed.shared.cli", "site", "keygen", "--out", str(keys),
+               "--name", site]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise SemioFedError(f"{site}: `semiofed site keygen` failed: {res.stderr.strip()}")
+    return private, public
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -167,21 +195,29 @@ def run_demo(
     )
     if not all((data_root / s).is_dir() for s in names):
         generate_consortium(data_root, sites, patients_per_site, minutes_per_patient, seed)
-    certs = None if insecure else init_consortium(out / "certs", names, force=True)
+    certs = None if insecure else init_consortium(out / "certs", force=True)
     print(
-        "[2/4] consortium CA + SuperLink certificate + SuperNode keys: "
-        + ("NONE (--insecure)" if insecure else str(out / "certs")),
+        "[2/4] consortium CA + SuperLink certificate + FAB-signing key: "
+        + ("NONE (--insecure)" if insecure else str(out / "certs"))
+        + f"; each site makes its own SuperNode key pair in {out / 'sites'}/SITE/keys and "
+        "sends the coordinator only the .pub",
         flush=True,
     )
     run_dir = out / "run"
+    signer = None if certs is None else certs.fab_signing_pub.read_text(encoding="utf-8")
+    code = None if certs is None else fab_hash(build_fab())
     with Consortium(out / "work", certs) as c:
         c.start_superlink()
         for s in names:
             state = out / "state" / s
-            approve_as_officer(cfg, state, out / "officers", s, data_root / s, DEMO_RESET)
+            approve_as_officer(
+                cfg, state, out / "officers", s, data_root / s, DEMO_RESET, code, signer
+            )
+            key, pub = site_keys(out / "sites" / s, s)
             if certs is not None:
+                add_site_key(certs, s, pub)
                 c.register(s)
-            c.add_site(s, data_root / s, state)
+            c.add_site(s, data_root / s, state, key)
             c.start_supernode(s)
         c.wait_connected(len(names))
         print(

@@ -11,23 +11,22 @@ from semiofed.shared.errors import SemioFedError
 
 from . import superlink_cli
 from .certs import DEFAULT_HOSTS, ConsortiumPaths
+from .code_signing import DEFAULT_INDEX_PORT
 
 
 def register_server(cmds: argparse._SubParsersAction) -> None:
     p = cmds.add_parser(
         "init",
-        help="create the consortium CA, the SuperLink TLS certificate and SuperNode auth keys",
+        help="create the consortium CA, the SuperLink TLS certificate and the FAB-signing key",
         description=(
             "Create CERTS/ca.crt (give it to every site), CERTS/superlink.crt/.key (the "
-            "SuperLink's TLS identity) and, per site, CERTS/supernodes/SITE.key (send to that "
-            "hospital only) and SITE.pub (registered with `flwr supernode register`)."
+            "SuperLink's TLS identity) and CERTS/fab-signing.key/.pub (signs the app bundle; "
+            "give the .pub to every site's privacy officer). No site key is made here: each "
+            "site runs `semiofed site keygen` and sends only its .pub (`server add-site`)."
         ),
     )
     p.add_argument(
         "--out", type=out_folder, required=True, help="consortium certificate folder (CERTS)"
-    )
-    p.add_argument(
-        "--sites", nargs="+", default=[], metavar="SITE", help="site names to create keys for"
     )
     p.add_argument(
         "--host",
@@ -40,6 +39,19 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_init)
 
     superlink_cli.register(cmds)
+
+    p = cmds.add_parser(
+        "add-site",
+        help="take a hospital's SuperNode public key (made at the site by `site keygen`)",
+        description=(
+            "Check PUB (an OpenSSH ECDSA public key, never a private key) and store it as "
+            "CERTS/supernodes/SITE.pub, ready for `semiofed server register SITE`."
+        ),
+    )
+    p.add_argument("site", metavar="SITE", help="site name, e.g. site-01")
+    p.add_argument("pub", type=Path, metavar="PUB", help="the .pub file the site sent")
+    p.add_argument("--certs", type=Path, required=True, help="consortium certificate folder")
+    p.set_defaults(func=_add_site)
 
     p = cmds.add_parser(
         "register",
@@ -61,8 +73,8 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
         "run",
         help="submit a federated run to a running SuperLink",
         description=(
-            "Validate CONFIG, build the SemioFed Flower app and submit it to the SuperLink "
-            "(`flwr run`). The ServerApp writes checkpoints and the final run directory to "
+            "Validate CONFIG, build the SemioFed Flower app, sign it with "
+            "CERTS/fab-signing.key and submit it to the SuperLink (`flwr run`). The ServerApp writes checkpoints and the final run directory to "
             "--out on the SuperLink host; re-submitting with the same --out and config resumes "
             "after the last completed round."
         ),
@@ -80,6 +92,13 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
         "--certs", type=Path, help="consortium certificate folder (only its ca.crt is read)"
     )
     p.add_argument("--insecure", action="store_true", help="no TLS (debugging only)")
+    p.add_argument(
+        "--app-index-port",
+        type=int,
+        default=DEFAULT_INDEX_PORT,
+        help="127.0.0.1 port the SuperLink fetches the signed FAB from, as given to "
+        f"`server superlink` (default {DEFAULT_INDEX_PORT}; run this on the SuperLink host)",
+    )
     p.add_argument("--wait", action="store_true", help="wait until the run finishes")
     p.set_defaults(func=_run)
 
@@ -123,8 +142,10 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the whole consortium on this machine (what `make demo` runs)",
         description=(
-            "Synthetic consortium → CA and SuperNode keys → officers approve → SuperLink + one "
-            "SuperNode per site on 127.0.0.1 (TLS, SuperNode auth) → federated training with "
+            "Synthetic consortium → CA and FAB-signing key → each site makes its own SuperNode "
+            "key pair → officers approve config, FAB and signer → SuperLink + one SuperNode per "
+            "site on 127.0.0.1 (TLS, SuperNode auth, trusted FAB signers) → signed FAB → "
+            "federated training with "
             "patient-level DP and SecAgg+ → per-round metrics and each site's cumulative ε → "
             "federated vs centralized non-private vs local-only on held-out patients."
         ),
@@ -146,14 +167,22 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from semiofed.shared.fab import build_fab, fab_hash
+
     from .certs import init_consortium
 
-    paths = init_consortium(args.out, args.sites, args.hosts, force=args.force)
+    paths = init_consortium(args.out, args.hosts, force=args.force)
     print(f"CA: {paths.ca_cert}\nSuperLink: {paths.superlink_cert}")
-    for site in args.sites:
-        print(
-            f"{site}: {paths.supernode_key(site)} (to the site) / {paths.supernode_pub(site)} (register)"
-        )
+    print(f"FAB signer: {paths.fab_signing_pub} (give it to every site's privacy officer)")
+    print(f"FAB: sha256 {fab_hash(build_fab())} (what the officers approve)")
+    return 0
+
+
+def _add_site(args: argparse.Namespace) -> int:
+    from .certs import add_site_key
+
+    path = add_site_key(ConsortiumPaths(args.certs), args.site, args.pub)
+    print(f"{args.site}: {path} (register with `semiofed server register {args.site}`)")
     return 0
 
 
@@ -178,7 +207,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.insecure and args.certs is None:
         raise SemioFedError("--certs CERTS is required (or --insecure for debugging)")
     certs = None if args.insecure else ConsortiumPaths(args.certs)
-    c = Consortium(args.out.resolve() / "cli", certs, superlink=args.superlink)
+    c = Consortium(
+        args.out.resolve() / "cli",
+        certs,
+        superlink=args.superlink,
+        index_port=args.app_index_port,
+    )
     run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(args.out.resolve()))})
     print(f"submitted Flower run {run_id}; run directory {args.out}")
     if args.wait:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.fab import CLIENTAPP
 from semiofed.shared.run_config import SIM_PAYLOAD_ENV, encode_payload, load_run_config
 
 from .demo import approve_as_officer
-from .fab import CLIENTAPP
 
 DATA_SITES = 3
 #: Virtual sites share data folders: each further ledger on one is a signed reset.

@@ -14,6 +14,7 @@ from semiofed.shared.errors import SemioFedError
 from semiofed.shared.flower_commands import flower_env, start_flower, superlink_command
 
 from .certs import ConsortiumPaths
+from .code_signing import DEFAULT_INDEX_PORT, INDEX_URL_ENV, index_url
 
 DEFAULT_PORT = 8000
 
@@ -29,6 +30,11 @@ SuperNode whose public key was registered (`flwr supernode register CERTS/supern
 may join. Runtime dependency installation is disabled: ServerApps run with the packages of
 this installation. The database (registered SuperNodes, runs) is STATE/superlink.db; Flower's
 own files go to STATE/flwr-home. The SuperLink serves SuperNodes and the `flwr` CLI on --port.
+
+Signed code: the SuperLink fetches each run's FAB and its signature from
+http://127.0.0.1:APP_INDEX_PORT (FLWR_SUPERGRID_API_URL), which `semiofed server run`
+(on this host) serves while it submits the run; sites run only FABs signed by a key their
+privacy officer trusts.
 
 The command it runs (then exits with flower-superlink's exit code):
   flower-superlink --ssl-ca-certfile CERTS/ca.crt --ssl-certfile CERTS/superlink.crt
@@ -70,6 +76,13 @@ def register(cmds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument(
+        "--app-index-port",
+        type=int,
+        default=DEFAULT_INDEX_PORT,
+        help="127.0.0.1 port where `semiofed server run` serves the signed FAB "
+        f"(default {DEFAULT_INDEX_PORT})",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="DEBUGGING ONLY: no TLS and no SuperNode authentication (anyone may join)",
@@ -99,7 +112,9 @@ def build(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         keyfile=certs.superlink_key if certs else None,
         insecure=certs is None,
     )
-    return cmd, flower_env(state / "flwr-home")
+    env = flower_env(state / "flwr-home")
+    env[INDEX_URL_ENV] = index_url(args.app_index_port)
+    return cmd, env
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:

@@ -103,23 +103,29 @@ def supernode_command(
     state_dir: Path | str,
     ca_cert: Path | str | None = None,
     auth_key: Path | str | None = None,
+    trusted_entities: Path | str | None = None,
     insecure: bool = False,
 ) -> list[str]:
     """``flower-supernode`` connecting to ``superlink`` (HOST:PORT), verifying it with
-    ``ca_cert`` and authenticating with ``auth_key``, or ``--insecure`` (debugging only).
-    ``port`` is the SuperNode's local ClientApp API (not reachable from outside)."""
+    ``ca_cert``, authenticating with ``auth_key`` and running only FABs signed by a key in
+    ``trusted_entities`` (YAML, written by the officer's approval), or ``--insecure``
+    (debugging only: no TLS, no authentication, and no FAB check unless
+    ``trusted_entities`` is given). ``port`` is the SuperNode's local ClientApp API (not
+    reachable from outside)."""
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink]
     if insecure:
         cmd.append("--insecure")
     else:
-        if ca_cert is None or auth_key is None:
-            raise ValueError("a secure SuperNode needs ca_cert and auth_key")
+        if ca_cert is None or auth_key is None or trusted_entities is None:
+            raise ValueError("a secure SuperNode needs ca_cert, auth_key and trusted_entities")
         cmd += [
             "--root-certificates",
             str(ca_cert),
             "--auth-supernode-private-key",
             str(auth_key),
         ]
+    if trusted_entities is not None:
+        cmd += ["--trusted-entities", str(trusted_entities)]
     cmd += ["--port", str(port), "--node-config", node_config(site_name, data_dir, state_dir)]
     return cmd
 

@@ -18,8 +18,8 @@ Tables (every key optional; defaults below)::
                   quantization-range
     [central-dp]  enabled, noise-multiplier, clip-norm, delta
 
-:func:`approval_fields` is the subset a site's privacy officer approves; a site trains only
-for a configuration whose approval fields match an approved record.
+:func:`approval_fields` is what a site's privacy officer approves (the whole configuration);
+a site trains only for a configuration whose approval fields match an approved record.
 """
 
 from __future__ import annotations
@@ -217,20 +217,6 @@ def model_config(cfg: dict[str, Any]) -> Any:
         raise RunConfigError(f"[model]: {exc}") from None
 
 
-def strategy_fields(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The strategy and only the parameters it uses."""
-    name = cfg["federation"]["strategy"]
-    used = {
-        "fedprox": ("proximal-mu",),
-        "fedtrimmedavg": ("trim-beta",),
-        "krum": ("num-malicious",),
-        "multikrum": ("num-malicious", "num-keep"),
-    }.get(name, ())
-    if server_optimizer(cfg):
-        used += ("server-learning-rate", "server-momentum")
-    return {"name": name, **{k: cfg["strategy"][k] for k in used}}
-
-
 def server_optimizer(cfg: dict[str, Any]) -> bool:
     """Whether the server applies SGD with momentum to the aggregate (not plain averaging)."""
     st = cfg["strategy"]
@@ -238,39 +224,14 @@ def server_optimizer(cfg: dict[str, Any]) -> bool:
 
 
 def approval_fields(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What a privacy officer approves: the architecture hash, the DP parameters, and every
-    field that changes what is computed on patient data (seed and split fractions, learning
-    rate, rounds, strategy, aggregation and central DP)."""
+    """What a privacy officer approves: the architecture hash and the **whole** validated
+    configuration (every field of every table, defaults included), so that changing any
+    single field, e.g. a timeout or a SecAgg+ parameter, needs a new approval."""
     from .model import architecture_hash
 
-    priv, tr, fed = cfg["privacy"], cfg["training"], cfg["federation"]
     return {
         "architecture_hash": architecture_hash(model_config(cfg)),
-        "dp": {
-            "privacy_unit": priv["unit"],
-            "noise_multiplier": priv["noise-multiplier"],
-            "clip_norm": priv["clip-norm"],
-            "delta": priv["delta"],
-            "site_budget": priv["site-budget"],
-            "accountant": priv["accountant"],
-            "eval_noise_multiplier": priv["eval-noise-multiplier"],
-            "local_epochs": tr["local-epochs"],
-            "batch_size": tr["batch-size"],
-        },
-        "data": {
-            "seed": fed["seed"],
-            "val_fraction": tr["val-fraction"],
-            "test_fraction": tr["test-fraction"],
-        },
-        "learning_rate": tr["learning-rate"],
-        "rounds": fed["rounds"],
-        "strategy": strategy_fields(cfg),
-        "secure_aggregation": cfg["secagg"]["enabled"],
-        "central_dp": (
-            {**cfg["central-dp"], "fraction_train": fed["fraction-train"]}
-            if cfg["central-dp"]["enabled"]
-            else None
-        ),
+        "run_config": copy.deepcopy(cfg),
     }
 
 

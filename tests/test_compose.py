@@ -2,7 +2,8 @@
 
 Every service's command parses with the real ``semiofed`` parser; sites are isolated (no
 volume or host path shared between two sites but the public CA certificate, each SuperNode
-mounts only its own key, nobody mounts the CA private key); ports agree; no service runs as
+mounts only its own site-made key, nobody mounts the CA private key, only the submitter the
+FAB-signing key, and it shares the SuperLink's network); ports agree; no service runs as
 root; each site's privacy officer has a service whose key volume no SuperNode mounts; the
 registry serves TLS; the image installs as the Makefile does. The checker is tested on broken copies of the file so that it can fail.
 Also: the Flower command lines and the two thin CLI wrappers that exec them.
@@ -26,8 +27,11 @@ import pytest
 import yaml
 
 from semiofed.client import supernode_cli
+from semiofed.client.keygen_cli import write_supernode_keypair
+from semiofed.privacy.approval import TRUSTED_ENTITIES_FILE, NotApproved, approve
+from semiofed.privacy.keys import generate_keypair
 from semiofed.server import superlink_cli
-from semiofed.server.certs import init_consortium
+from semiofed.server.certs import ConsortiumPaths, init_consortium
 from semiofed.server.consortium import Consortium
 from semiofed.server.registry_cli import cmd_serve
 from semiofed.shared.cli import build_parser, main
@@ -215,7 +219,19 @@ def problems(compose: dict[str, Any], image_user: str | None = None) -> list[str
     if sl.port not in [c for _, c in published(services[sl_name])]:
         found.append(f"{sl_name}: --port {sl.port} is not a published container port")
     expected = f"{sl_name}:{sl.port}"
-    for name in [*nodes, *submitters]:
+    for name in submitters:  # it serves the signed FAB to the SuperLink on 127.0.0.1
+        if services[name].get("network_mode") != f"service:{sl_name}":
+            found.append(f"{name}: does not share the network of {sl_name}")
+        if parsed[name].superlink != f"127.0.0.1:{sl.port}":
+            found.append(f"{name}: --superlink {parsed[name].superlink} is not 127.0.0.1:{sl.port}")
+    for name, svc in services.items():
+        for m in mounts(svc):
+            if not m.named and PurePosixPath(m.source).name == "fab-signing.key":
+                if name not in submitters:
+                    found.append(f"{name}: mounts the FAB-signing key {m.source}")
+                elif not m.read_only:
+                    found.append(f"{name}: the FAB-signing key is mounted read-write")
+    for name in nodes:
         if parsed[name].superlink != expected:
             found.append(
                 f"{name}: --superlink {parsed[name].superlink} but the SuperLink is {expected}"
@@ -339,8 +355,16 @@ def _parent_data(c: dict[str, Any]) -> None:
 def _key_folder(c: dict[str, Any]) -> None:
     svc = _service(c, "site-02")
     svc["volumes"] = [v for v in svc["volumes"] if "site-02.key" not in v]
-    svc["volumes"].append("./certs/supernodes:/keys:ro")
-    _set_arg(svc["command"], "--key", "/keys/site-02.key")
+    svc["volumes"].append("./sites:/keys:ro")
+    _set_arg(svc["command"], "--key", "/keys/site-02/site-02.key")
+
+
+def _signing_key_to_site(c: dict[str, Any]) -> None:
+    _service(c, "site-01")["volumes"].append("./certs/fab-signing.key:/k/fab-signing.key:ro")
+
+
+def _submitter_own_network(c: dict[str, Any]) -> None:
+    del c["services"]["serverapp"]["network_mode"]
 
 
 def _other_key(c: dict[str, Any]) -> None:
@@ -425,7 +449,9 @@ BREAKAGES = [  # (breakage, what the checker must say)
     (_share_data, "share storage: data/site-01 / data/site-01"),
     (_share_state, "share storage: site-01-state / site-01-state"),
     (_parent_data, "share storage: data/site-01 / data"),
-    (_key_folder, "supernode-site-02: mount certs/supernodes exposes the key of site-01"),
+    (_key_folder, "supernode-site-02: mount sites exposes the key of site-01"),
+    (_signing_key_to_site, "supernode-site-01: mounts the FAB-signing key"),
+    (_submitter_own_network, "serverapp: does not share the network of superlink"),
     (_other_key, "not the site's own site-02.key"),
     (_whole_certs, "supernode-site-01: a mount exposes the CA private key"),
     (_ca_key_to_superlink, "superlink: a mount exposes the CA private key"),
@@ -531,26 +557,40 @@ def test_supernode_command_is_secure_by_default() -> None:
         state_dir="/state",
         ca_cert="/certs/ca.crt",
         auth_key="/keys/site-01.key",
+        trusted_entities="/state/trusted_entities.yaml",
     )
     assert Path(cmd[0]).name == "flower-supernode"
     assert cmd[cmd.index("--root-certificates") + 1] == "/certs/ca.crt"
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == "/keys/site-01.key"
+    assert cmd[cmd.index("--trusted-entities") + 1] == "/state/trusted_entities.yaml"
     assert cmd[cmd.index("--node-config") + 1] == (
         'site-name="site-01" data-dir="/data" state-dir="/state"'
     )
     assert "--insecure" not in cmd
     # SuperNodes never install runtime dependencies (Flower's default; no opt-in flag)
     assert "--allow-runtime-dependency-installation" not in cmd
+    site = {"superlink": "s:1", "port": 1, "site_name": "a", "data_dir": "d", "state_dir": "s"}
     with pytest.raises(ValueError):
-        supernode_command(
-            superlink="s:1", port=1, site_name="a", data_dir="d", state_dir="s", ca_cert="ca"
-        )
+        supernode_command(**site, ca_cert="ca")
+    with pytest.raises(ValueError, match="trusted_entities"):  # it would run any FAB
+        supernode_command(**site, ca_cert="ca", auth_key="k")
     with pytest.raises(SemioFedError, match="double quote"):
         node_config("a", 'we"ird', "s")
 
 
+def _site(tmp_path: Path, certs: ConsortiumPaths) -> Path:
+    """site-01's own key and its officer's approval of the coordinator's FAB signer."""
+    key = tmp_path / "site" / "site-01.key"
+    write_supernode_keypair(key, key.with_suffix(".pub"))
+    officer = generate_keypair(tmp_path / "officer.pem")
+    signer = certs.fab_signing_pub.read_text()
+    approve({"x": 1}, tmp_path / "state", officer, fab_hash="ab" * 32, signer=signer)
+    return key
+
+
 def test_consortium_uses_the_shared_command_lines(tmp_path: Path) -> None:
-    certs = init_consortium(tmp_path / "certs", ["site-01"])
+    certs = init_consortium(tmp_path / "certs")
+    key = _site(tmp_path, certs)
     c = Consortium(tmp_path / "work", certs, port=8123)
     assert c.superlink_command() == superlink_command(
         host="127.0.0.1",
@@ -562,7 +602,7 @@ def test_consortium_uses_the_shared_command_lines(tmp_path: Path) -> None:
     )
     spawned: list[list[str]] = []
     c._spawn = lambda name, cmd, home, extra=None: spawned.append(cmd)  # type: ignore[method-assign,assignment,return-value]
-    site = c.add_site("site-01", tmp_path / "data", tmp_path / "state")
+    site = c.add_site("site-01", tmp_path / "data", tmp_path / "state", key)
     c.start_supernode("site-01")
     assert spawned == [
         supernode_command(
@@ -572,9 +612,14 @@ def test_consortium_uses_the_shared_command_lines(tmp_path: Path) -> None:
             data_dir=(tmp_path / "data").resolve(),
             state_dir=(tmp_path / "state").resolve(),
             ca_cert=certs.ca_cert,
-            auth_key=certs.supernode_key("site-01"),
+            auth_key=key,
+            trusted_entities=(tmp_path / "state").resolve() / TRUSTED_ENTITIES_FILE,
         )
     ]
+    (tmp_path / "state" / TRUSTED_ENTITIES_FILE).write_text("{}")  # no signer: refused
+    site.proc = None
+    with pytest.raises(NotApproved, match="names no trusted FAB signer"):
+        c.start_supernode("site-01")
     insecure = Consortium(tmp_path / "work2", None, port=8124)
     assert "--insecure" in insecure.superlink_command()
 
@@ -605,7 +650,8 @@ def _site_argv(tmp_path: Path, key: Path, *extra: str) -> list[str]:
 def test_site_supernode_refuses_a_missing_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], execs: list[Any]
 ) -> None:
-    init_consortium(tmp_path / "certs", ["site-01"])
+    certs = init_consortium(tmp_path / "certs")
+    key = _site(tmp_path, certs)
     missing = tmp_path / "elsewhere" / "site-01.key"
     assert main(_site_argv(tmp_path, missing)) == 2
     assert str(missing) in capsys.readouterr().err
@@ -613,23 +659,27 @@ def test_site_supernode_refuses_a_missing_key(
     with pytest.raises(SemioFedError, match=re.escape(str(missing))):
         supernode_cli.build(args)
     # --ca missing too
-    argv = _site_argv(tmp_path, tmp_path / "certs" / "supernodes" / "site-01.key")
+    argv = _site_argv(tmp_path, key)
     argv[argv.index("--ca") + 1] = str(tmp_path / "no-ca.crt")
     assert main(argv) == 2
     assert "no-ca.crt" in capsys.readouterr().err
+    # no trusted FAB signer: refused (the SuperNode would run any FAB)
+    assert main(_site_argv(tmp_path, key, "--trusted-entities", str(tmp_path / "none"))) == 2
+    assert "no trusted FAB signer" in capsys.readouterr().err
     assert execs == []
 
 
 def test_site_supernode_execs_the_secure_command(tmp_path: Path, execs: list[Any]) -> None:
-    certs = init_consortium(tmp_path / "certs", ["site-01"])
-    assert main(_site_argv(tmp_path, certs.supernode_key("site-01"))) == 0
+    certs = init_consortium(tmp_path / "certs")
+    key = _site(tmp_path, certs)
+    assert main(_site_argv(tmp_path, key)) == 0
     [(cmd, env)] = execs
     assert Path(cmd[0]).name == "flower-supernode"
     assert cmd[cmd.index("--superlink") + 1] == "coordinator.example.org:8000"
     assert cmd[cmd.index("--root-certificates") + 1] == str(certs.ca_cert.resolve())
-    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(
-        certs.supernode_key("site-01").resolve()
-    )
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key.resolve())
+    trusted = tmp_path / "state" / TRUSTED_ENTITIES_FILE
+    assert cmd[cmd.index("--trusted-entities") + 1] == str(trusted.resolve())
     assert 'site-name="site-01"' in cmd[cmd.index("--node-config") + 1]
     assert "--insecure" not in cmd
     assert env["FLWR_HOME"] == str((tmp_path / "state" / "flwr-home").resolve())
@@ -650,7 +700,7 @@ def test_site_supernode_insecure_only_when_asked(tmp_path: Path, execs: list[Any
 def test_server_superlink_refuses_missing_certificates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], execs: list[Any]
 ) -> None:
-    certs = init_consortium(tmp_path / "certs", ["site-01"])
+    certs = init_consortium(tmp_path / "certs")
     certs.superlink_key.unlink()
     argv = ["server", "superlink", "--certs", str(certs.root), "--state", str(tmp_path / "sl")]
     assert main(argv) == 2
@@ -661,7 +711,7 @@ def test_server_superlink_refuses_missing_certificates(
 
 
 def test_server_superlink_execs_the_secure_command(tmp_path: Path, execs: list[Any]) -> None:
-    certs = init_consortium(tmp_path / "certs", [])
+    certs = init_consortium(tmp_path / "certs")
     state = tmp_path / "sl"
     argv = ["server", "superlink", "--certs", str(certs.root), "--state", str(state)]
     assert main([*argv, "--port", "8443"]) == 0
@@ -673,5 +723,6 @@ def test_server_superlink_execs_the_secure_command(tmp_path: Path, execs: list[A
     assert cmd[cmd.index("--port") + 1] == "8443"
     assert cmd[cmd.index("--database") + 1] == str(state.resolve() / "superlink.db")
     assert env["FLWR_HOME"] == str(state.resolve() / "flwr-home")
+    assert env["FLWR_SUPERGRID_API_URL"] == "http://127.0.0.1:9095"  # the signed FAB's index
     assert main([*argv, "--insecure", "--dry-run"]) == 0
     assert len(execs) == 1  # --dry-run prints, does not exec

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from semiofed.privacy.approval import approve
+from semiofed.client.keygen_cli import write_supernode_keypair
+from semiofed.privacy.approval import TRUSTED_ENTITIES_FILE, approve
 from semiofed.privacy.keys import generate_keypair
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.privacy.ledger_binding import init_ledger
 from semiofed.server.app import PROGRESS_FILE
-from semiofed.server.certs import init_consortium, write_supernode_keypair
+from semiofed.server.certs import add_site_key, init_consortium
+from semiofed.server.code_signing import write_signing_key
 from semiofed.server.consortium import Consortium
-from semiofed.server.fab import write_app_dir
+from semiofed.shared.fab import build_fab, fab_hash, write_app_dir
 from semiofed.shared.release import ALLOWED_METRICS
 from semiofed.shared.run_config import approval_fields, encode_payload, validate
 
@@ -56,20 +58,25 @@ RESILIENT = validate(
 def consortium(tmp_path_factory):
     root = tmp_path_factory.mktemp("federation")
     data = synth_consortium(root / "data", sites=3, patients=3)
-    certs = init_consortium(root / "certs", SITES)
+    certs = init_consortium(root / "certs")  # holds no site private key
     write_supernode_keypair(root / "intruder.key", root / "intruder.pub")  # never registered
+    signer = certs.fab_signing_pub.read_text()
+    code = fab_hash(build_fab())
     with Consortium(root / "work", certs) as c:
         c.start_superlink()
         for s in SITES:
             state = root / "state" / s
+            key = root / "sites" / s / f"{s}.key"  # made at the site; only the .pub is sent
+            write_supernode_keypair(key, key.with_suffix(".pub"))
+            add_site_key(certs, s, key.with_suffix(".pub"))
             officer = generate_keypair(root / "officers" / f"{s}.pem")
             for cfg in (MAIN, RESILIENT, ONE_ROUND):  # never UNAPPROVED
-                approve(approval_fields(cfg), state, officer)
+                approve(approval_fields(cfg), state, officer, fab_hash=code, signer=signer)
             # site-03 has (almost) no budget left: it must decline, not crash
             budget = 0.05 if s == "site-03" else TINY["privacy"]["site-budget"]
             init_ledger(state, data / s, root / "officers" / f"{s}.pem", budget, 1e-3, "rdp")
             c.register(s)
-            c.add_site(s, data / s, state)
+            c.add_site(s, data / s, state, key)
             c.start_supernode(s)
         c.wait_connected(3)
         yield c, root
@@ -81,7 +88,11 @@ def _run_json(out: Path) -> dict:
 
 def test_supernode_without_registered_key_is_rejected(consortium):
     c, root = consortium
-    c.add_site("intruder", root / "data" / "site-01", root / "state" / "intruder")
+    state = root / "state" / "intruder"
+    state.mkdir(parents=True, exist_ok=True)  # it trusts the consortium's FAB signer, too
+    trusted = root / "state" / "site-01" / TRUSTED_ENTITIES_FILE
+    (state / TRUSTED_ENTITIES_FILE).write_text(trusted.read_text())
+    c.add_site("intruder", root / "data" / "site-01", state)
     proc = c.start_supernode("intruder", key_path=root / "intruder.key")
     proc.wait(timeout=90)  # the SuperLink refuses to activate it and it gives up
     log = (c.logs / "supernode-intruder.log").read_text(errors="replace")
@@ -93,12 +104,15 @@ def test_supernode_without_registered_key_is_rejected(consortium):
 def test_register_command_registers_a_new_site(consortium):
     c, root = consortium
     certs = root / "certs"
-    write_supernode_keypair(
-        certs / "supernodes" / "site-04.key", certs / "supernodes" / "site-04.pub"
-    )
+    write_supernode_keypair(root / "site-04.key", root / "site-04.pub")  # at the site
+    semiofed = str(Path(sys.executable).parent / "semiofed")
+    added = subprocess.run(
+        [semiofed, "server", "add-site", "site-04", str(root / "site-04.pub"), "--certs", str(certs)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
     res = subprocess.run(
-        [str(Path(sys.executable).parent / "semiofed"), "server", "register", "site-04",
-         "--certs", str(certs), "--superlink", c.address],
+        [semiofed, "server", "register", "site-04", "--certs", str(certs), "--superlink", c.address],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -174,6 +188,43 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
         "federated evaluation of the round-1 model",  # inside round 2's train message
         "federated evaluation of the final model",
     ]
+
+
+def _supernode_logs(c: Consortium) -> dict[str, str]:
+    return {s: (c.logs / f"supernode-{s}.log").read_text(errors="replace") for s in SITES}
+
+
+@pytest.mark.parametrize(
+    ("how", "refusal"),
+    [
+        ("unsigned", "App verification is not supported"),  # no verification record at all
+        ("foreign key", "FAB verification failed"),  # signed, by a key no officer trusts
+    ],
+)
+def test_supernodes_refuse_a_fab_no_trusted_signer_signed(consortium, how, refusal):
+    """The approved FAB, unsigned or signed by another key: Flower refuses it at every
+    SuperNode (``--trusted-entities``) before any ClientApp runs; the run is then stopped."""
+    c, root = consortium
+    foreign = root / "foreign-signing.key"
+    if not foreign.exists():
+        write_signing_key(foreign, foreign.with_suffix(".pub"))
+    outboxes = {s: root / "state" / s / "outbox.jsonl" for s in SITES}
+    before = {s: p.read_text() if p.exists() else "" for s, p in outboxes.items()}
+    seen = {s: log.count(refusal) for s, log in _supernode_logs(c).items()}
+    payload = {"semiofed": encode_payload(ONE_ROUND, out_dir=str(root / f"run-{how}"))}
+    if how == "unsigned":
+        run_id = c.submit(payload, signed=False)
+    else:
+        run_id = c.submit(payload, signing_key=foreign)
+    _wait(
+        lambda: all(log.count(refusal) > seen[s] for s, log in _supernode_logs(c).items()),
+        120,
+        f"every SuperNode to refuse the {how} FAB",
+    )
+    c.stop_run(run_id)
+    c.wait_run(run_id, 60)
+    for s in SITES:  # no ClientApp ran: nothing was sent, nothing recorded
+        assert (outboxes[s].read_text() if outboxes[s].exists() else "") == before[s]
 
 
 def test_unapproved_configuration_is_declined_by_every_site(consortium):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import (
     Code,
@@ -26,7 +27,9 @@ from semiofed.client.allowlist import OUTBOX_FILE, ForbiddenContent, check_reply
 from semiofed.client.app import SiteClient, allowlist_mod
 from semiofed.privacy.approval import approve
 from semiofed.privacy.ledger import PrivacyLedger
-from semiofed.server.certs import ConsortiumPaths, init_consortium
+from semiofed.server.certs import ConsortiumPaths, add_site_key, init_consortium
+from semiofed.shared.cli import main
+from semiofed.shared.errors import SemioFedError
 from semiofed.shared.run_config import (
     RunConfigError,
     approval_fields,
@@ -46,7 +49,7 @@ def test_shipped_configs_validate():
         cfg = load_run_config(ROOT / "configs" / name)
         fields = approval_fields(cfg)
         assert len(fields["architecture_hash"]) == 64
-        assert fields["dp"]["privacy_unit"] == "patient"
+        assert fields["run_config"] == cfg  # the whole configuration is approved
 
 
 def test_config_errors_name_file_and_field(tmp_path):
@@ -83,20 +86,31 @@ def test_robust_strategy_with_secagg_is_refused():
 
 
 def test_init_consortium_chain_and_keys(tmp_path):
-    paths = init_consortium(tmp_path / "certs", ["site-01"], ["localhost", "127.0.0.1"])
+    paths = init_consortium(tmp_path / "certs", ["localhost", "127.0.0.1"])
     ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     leaf = x509.load_pem_x509_certificate(paths.superlink_cert.read_bytes())
     leaf.verify_directly_issued_by(ca)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in san.get_values_for_type(x509.DNSName)
-    assert paths.supernode_key("site-01").stat().st_mode & 0o077 == 0
-    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-
+    assert paths.fab_signing_key.stat().st_mode & 0o077 == 0
+    assert paths.fab_signing_pub.read_text().startswith("ssh-ed25519 ")
+    # the coordinator holds no site private key: each site makes its own pair …
+    assert not [p for p in paths.root.rglob("*.key") if "site" in p.name]
+    assert main(["site", "keygen", "--out", str(tmp_path / "site"), "--name", "site-01"]) == 0
+    site_key, site_pub = tmp_path / "site" / "site-01.key", tmp_path / "site" / "site-01.pub"
+    assert site_key.stat().st_mode & 0o077 == 0
+    assert main(["site", "keygen", "--out", str(tmp_path / "site"), "--name", "site-01"]) == 2
+    # … and sends only the public key, which the coordinator checks and registers
     assert isinstance(
-        load_ssh_public_key(paths.supernode_pub("site-01").read_bytes()), ec.EllipticCurvePublicKey
+        load_ssh_public_key(add_site_key(paths, "site-01", site_pub).read_bytes()),
+        ec.EllipticCurvePublicKey,
     )
-    with pytest.raises(Exception, match="already exists"):
-        init_consortium(tmp_path / "certs", ["site-01"])
+    with pytest.raises(SemioFedError, match="not an OpenSSH public key"):
+        add_site_key(paths, "site-02", site_key)  # a private key is refused
+    with pytest.raises(SemioFedError, match="must be ECDSA"):
+        add_site_key(paths, "site-02", paths.fab_signing_pub)
+    with pytest.raises(SemioFedError, match="already exists"):
+        init_consortium(tmp_path / "certs")
     assert ConsortiumPaths(tmp_path / "certs").sites() == ["site-01"]
 
 
@@ -192,7 +206,7 @@ def test_unapproved_configuration_is_declined(tiny, tmp_path):
     approve(approval_fields(other), tmp_path, officer(tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
     assert res.num_examples == 0 and res.metrics["decline-reason"] == "not-approved"
-    assert "noise_multiplier" in _decline_details(tmp_path)[-1]
+    assert "noise-multiplier" in _decline_details(tmp_path)[-1]
     assert not (tmp_path / "privacy_ledger.json").exists() or not PrivacyLedger(tmp_path).history()
 
 
@@ -364,8 +378,6 @@ def test_server_momentum_steps_the_aggregate_with_heavy_ball_momentum():
     np.testing.assert_allclose(w1, 1.0)
     w2 = round_(2, [w1], (0.0, 2.0))  # mean change 1: v = 0.9·2 + 1 = 2.8, w = 1 + 1.4
     np.testing.assert_allclose(w2, 2.4, rtol=1e-6)
-    plain = validate({**TINY, "secagg": {"enabled": False}})
-    assert "server-momentum" not in approval_fields(plain)["strategy"]
 
 
 class _Manager:
@@ -376,3 +388,20 @@ class _Manager:
 
     def sample(self, num_clients: int, min_num_clients: int | None = None, criterion=None):
         return [_Site("1"), _Site("2")][:num_clients]
+
+
+def test_the_clientapp_finds_the_hash_of_the_fab_it_runs(tmp_path, monkeypatch):
+    """Flower installs a FAB in FLWR_HOME/apps/… and puts that folder on sys.path; the
+    ClientApp rebuilds the FAB from it (Flower's builds are deterministic) and gets its hash."""
+    from flwr.cli.install import install_from_fab
+
+    from semiofed.shared.fab import build_fab, fab_hash, running_fab_hash, write_app_dir
+
+    assert running_fab_hash() is None  # no FAB: simulation, in-process tests
+    fab = build_fab()
+    assert fab_hash(build_fab()) == fab_hash(fab)
+    other = write_app_dir(tmp_path / "other", clientapp="rogue:app")
+    for bundle in (fab, build_fab(other)):
+        installed = install_from_fab(bundle, tmp_path / fab_hash(bundle), skip_prompt=True)
+        monkeypatch.syspath_prepend(str(installed))
+        assert running_fab_hash() == fab_hash(bundle)
