@@ -29,20 +29,33 @@ import importlib.util
 import json
 import logging
 import zipfile
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from semiofed.shared.atomic import atomic_write
-from semiofed.shared.dataset import FeaturesFn, FrameFeatures, file_features
+from semiofed.shared.dataset import (
+    FeaturesFn,
+    FrameFeatures,
+    PatientWindows,
+    StreamEmbeddings,
+    WindowDataset,
+    collate,
+    file_features,
+)
 from semiofed.shared.features import STREAM_NAMES
+from semiofed.shared.model import SemioNet, embed_windows
 from semiofed.shared.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "feature-cache"
+EMBEDDING_DIR = "embeddings"  # under CACHE_DIR
+EMBED_BATCH = 256  # windows per no-grad encoder pass
 #: The modules whose code decides the cached values (their source is the feature version).
 FEATURE_MODULES = (
     "semiofed.shared.features",
@@ -52,6 +65,7 @@ FEATURE_MODULES = (
     "semiofed.shared.windows",
 )
 _FORMAT = "semiofed-feature-cache-1"
+_EMBED_FORMAT = "semiofed-embedding-cache-1"
 
 
 @cache
@@ -164,3 +178,113 @@ class FeatureCache:
 def site_features(state_dir: Path | None) -> FeaturesFn:
     """The ``features`` hook for a site: its cache when it has a state folder, else compute."""
     return FeatureCache(Path(state_dir)) if state_dir is not None else file_features
+
+
+def windows_digest(pw: PatientWindows) -> str:
+    """SHA-256 of a patient's window inputs (every stream's windows and masks): the feature
+    key of its embeddings."""
+    return _digest(
+        {
+            **{f"x_{s}": pw.x[s] for s in STREAM_NAMES},
+            **{f"m_{s}": pw.mask[s] for s in STREAM_NAMES},
+        }
+    )
+
+
+class EmbeddingCache:
+    """The frozen encoders' embeddings of each patient's windows in
+    ``STATE/feature-cache/embeddings`` (never sent). An entry is keyed by the model's
+    :meth:`~semiofed.shared.model.SemioNet.embedding_key` (pretrained digest, architecture
+    hash, encoder weights) and :func:`windows_digest` (the windows the features give); it
+    carries a digest of its content like a feature entry and is recomputed when unreadable,
+    altered or of another key. A patient's entries of other keys are removed when a new one
+    is written."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / CACHE_DIR / EMBEDDING_DIR
+        self.hits = 0
+        self.misses = 0
+
+    def _entry(self, pw: PatientWindows, key: str) -> Path:
+        who = hashlib.sha256(f"{pw.site}/{pw.patient}".encode()).hexdigest()[:16]
+        return self.dir / f"{who}-{key[:32]}.npz"
+
+    def read(self, pw: PatientWindows, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The embeddings and presence of ``pw``'s entry under ``key``, None when missing or
+        not trusted (a miss)."""
+        self.misses += 1
+        entry = self._entry(pw, key)
+        if not entry.is_file():
+            return None
+        try:
+            with np.load(entry, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in z.files}
+            digest = str(arrays.pop("digest"))
+            if str(arrays["format"]) != _EMBED_FORMAT or str(arrays["key"]) != key:
+                raise ValueError("format or key does not match")
+            if _digest(arrays) != digest or len(arrays["emb"]) != len(pw):
+                raise ValueError("digest or size does not match")
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            log.warning("embedding cache entry %s not used (%s); recomputing", entry, exc)
+            return None
+        self.misses -= 1
+        self.hits += 1
+        return arrays["emb"], arrays["present"]
+
+    def write(self, pw: PatientWindows, key: str, emb: StreamEmbeddings) -> None:
+        entry = self._entry(pw, key)
+        arrays = {
+            "format": np.asarray(_EMBED_FORMAT),
+            "key": np.asarray(key),
+            "emb": np.asarray(emb.emb),
+            "present": np.asarray(emb.present),
+        }
+        arrays["digest"] = np.asarray(_digest(arrays))
+        try:
+            atomic_write(entry, lambda fh: np.savez(fh, **arrays), binary=True)
+        except OSError as exc:  # the embeddings in memory are still right
+            log.warning("embedding cache entry %s not written: %s", entry, exc)
+            return
+        who = entry.name.split("-")[0]
+        for old in self.dir.glob(f"{who}-*.npz"):
+            if old != entry:
+                old.unlink(missing_ok=True)
+
+
+def embed_patients(
+    model: SemioNet, patients: Sequence[PatientWindows], cache: EmbeddingCache | None = None
+) -> list[PatientWindows]:
+    """``patients`` with their windows' embeddings under ``model``'s frozen encoders
+    attached (:attr:`~semiofed.shared.dataset.PatientWindows.embedded`), read from the
+    site's ``cache`` when it has them, else computed in batched no-grad passes (and cached
+    there). Unchanged when the model's encoders train."""
+    model_key = model.embedding_key()
+    if model_key is None:
+        return list(patients)
+    keys = [
+        hashlib.sha256(f"{model_key}|{windows_digest(p)}".encode()).hexdigest() for p in patients
+    ]
+    found: list[StreamEmbeddings | None] = [None] * len(patients)
+    for i, (p, k) in enumerate(zip(patients, keys, strict=True)):
+        arrays = cache.read(p, k) if cache is not None else None
+        if arrays is not None:
+            found[i] = StreamEmbeddings(model_key, *arrays)
+    todo = [i for i, e in enumerate(found) if e is None]
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            WindowDataset([patients[i] for i in todo]),
+            batch_size=EMBED_BATCH,
+            shuffle=False,
+            collate_fn=collate,
+        )
+        emb, present = embed_windows(model, loader)
+        start = 0
+        for i in todo:
+            n = len(patients[i])
+            found[i] = computed = StreamEmbeddings(
+                model_key, emb[start : start + n], present[start : start + n]
+            )
+            start += n
+            if cache is not None:
+                cache.write(patients[i], keys[i], computed)
+    return [replace(p, embedded=e) for p, e in zip(patients, found, strict=True)]

@@ -3,7 +3,9 @@ ledger, and evaluate a received model on its held-out patients through the DP ev
 table (:mod:`.dp_evaluation`, charged to the same ledger). Imported lazily by the ClientApp
 (torch); the DP-SGD stack (Opacus) only when training, since every message runs in a fresh
 process. The site's recordings are featurised once and then read from its feature cache
-(:mod:`.feature_cache`, in the state folder). What it returns is exactly what the release inventory allows
+(:mod:`.feature_cache`, in the state folder); with frozen encoders so are the windows'
+embeddings, and every step runs the trainable top only (same DP-SGD: same Poisson patient
+sampling, same per-patient clipping over the same trainable parameters, same steps charged). What it returns is exactly what the release inventory allows
 (:mod:`semiofed.shared.release`)."""
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from semiofed.shared.splits import stable_patient_split
 
 from .analyze_cli import REVIEWED_DATA
 from .evaluation import evaluate, predict
-from .feature_cache import site_features
+from .feature_cache import EmbeddingCache, embed_patients, site_features
 
 if TYPE_CHECKING:
     from semiofed.privacy.ledger import PrivacyLedger
@@ -43,11 +45,15 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     :func:`~semiofed.shared.splits.stable_patient_split`; validation patients are used by no
     round, only by the demo's comparison), with the reviewed events of ``state_dir``
     (``STATE/review/data``) when there are any; with ``state_dir`` the per-frame features come
-    from the site's feature cache there."""
+    from the site's feature cache there and, when the run's encoders are frozen, every
+    window carries its embeddings from the site's embedding cache (:func:`embed_patients`):
+    training, evaluation and calibration then run the trainable top only."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(
         Path(data_dir), extra_dirs=extra, features=site_features(state_dir)
     )
+    if state_dir is not None:
+        patients = embed_patients(build_model(cfg), patients, EmbeddingCache(Path(state_dir)))
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
     tr = cfg["training"]

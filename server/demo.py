@@ -158,21 +158,22 @@ def run_demo(
     cmp_cfg = out / "demo_config.toml"
     _write_toml(cfg, cmp_cfg)
     priv = cfg["privacy"]
+    print(f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration", flush=True)
     calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
     demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
     print(
-        "[4/4] on held-out patients: federated DP vs centralized (non-private), local-only, "
-        "motion energy and detectors that know nothing",
+        f"[4/4] ({time.perf_counter() - t_start:.0f} s) on held-out patients: federated DP vs "
+        "centralized (non-private), local-only, motion energy and detectors that know nothing",
         flush=True,
     )
     res = subprocess.run(
         [sys.executable, "-m", "semiofed.client.baselines", "--config", str(cmp_cfg),
          "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir),
-         "--tuning-dir", str(out / "public-tuning")],
-        capture_output=True, text=True, check=False,
+         "--tuning-dir", str(out / "public-tuning"), "--state-root", str(out / "state")],
+        stdout=subprocess.PIPE, text=True, check=False,
     )  # fmt: skip
     if res.returncode != 0:
-        raise SemioFedError(f"baseline comparison failed: {res.stderr.strip()[-2000:]}")
+        raise SemioFedError(f"baseline comparison failed (exit {res.returncode}; see above)")
     comparison = json.loads(res.stdout)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     eps = demo_privacy.cumulative_epsilon(out / "state", names, priv["delta"], priv["accountant"])
