@@ -97,6 +97,41 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+_UNTRUSTED = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)
+
+
+def _read_entry(entry: Path, fmt: str, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache entry; None when it is missing, unreadable, of another format
+    or key, or altered (its digest does not match)."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        digest = str(arrays.pop("digest"))
+        if str(arrays["format"]) != fmt or str(arrays["key"]) != key:
+            raise ValueError("format or key does not match")
+        if _digest(arrays) != digest:
+            raise ValueError("digest does not match")
+    except _UNTRUSTED as exc:
+        log.warning("cache entry %s not used (%s); recomputing", entry, exc)
+        return None
+    return arrays
+
+
+def _write_entry(entry: Path, fmt: str, key: str, arrays: dict[str, np.ndarray]) -> bool:
+    """Write a cache entry atomically with its format, key and digest; False when the
+    state folder refuses it (the values in memory are still right)."""
+    doc = {"format": np.asarray(fmt), "key": np.asarray(key), **arrays}
+    doc["digest"] = np.asarray(_digest(doc))
+    try:
+        atomic_write(entry, lambda fh: np.savez(fh, **doc), binary=True)
+    except OSError as exc:
+        log.warning("cache entry %s not written: %s", entry, exc)
+        return False
+    return True
+
+
 class FeatureCache:
     """The ``features`` hook of ``load_patient_windows`` backed by ``STATE/feature-cache``.
 
@@ -129,23 +164,12 @@ class FeatureCache:
         return x, mask, first_time
 
     def _read(self, entry: Path, key: str) -> FrameFeatures | None:
-        if not entry.is_file():
+        arrays = _read_entry(entry, _FORMAT, key)
+        if arrays is None:
             return None
-        try:
-            with np.load(entry, allow_pickle=False) as z:
-                arrays = {name: z[name] for name in z.files}
-            digest = str(arrays.pop("digest"))
-            if str(arrays["format"]) != _FORMAT or str(arrays["key"]) != key:
-                raise ValueError("format or key does not match")
-            if _digest(arrays) != digest:
-                raise ValueError("digest does not match")
-            x = {s: arrays[f"x_{s}"] for s in STREAM_NAMES}
-            mask = {s: arrays[f"m_{s}"] for s in STREAM_NAMES}
-            first_time = float(arrays["first_time"])
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            log.warning("feature cache entry %s not used (%s); recomputing", entry, exc)
-            return None
-        return x, mask, first_time
+        x = {s: arrays[f"x_{s}"] for s in STREAM_NAMES}
+        mask = {s: arrays[f"m_{s}"] for s in STREAM_NAMES}
+        return x, mask, float(arrays["first_time"])
 
     def _write(
         self,
@@ -156,17 +180,11 @@ class FeatureCache:
         first_time: float,
     ) -> None:
         arrays: dict[str, np.ndarray] = {
-            "format": np.asarray(_FORMAT),
-            "key": np.asarray(key),
             "first_time": np.asarray(first_time, dtype=np.float64),
             **{f"x_{s}": np.asarray(x[s]) for s in STREAM_NAMES},
             **{f"m_{s}": np.asarray(mask[s]) for s in STREAM_NAMES},
         }
-        arrays["digest"] = np.asarray(_digest(arrays))
-        try:
-            atomic_write(entry, lambda fh: np.savez(fh, **arrays), binary=True)
-        except OSError as exc:  # a full or read-only state folder: the features are still right
-            log.warning("feature cache entry %s not written: %s", entry, exc)
+        if not _write_entry(entry, _FORMAT, key, arrays):
             return
         # entries of this file's earlier contents are never read again
         where, content = entry.name.split("-")[:2]
@@ -212,38 +230,17 @@ class EmbeddingCache:
     def read(self, pw: PatientWindows, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The embeddings and presence of ``pw``'s entry under ``key``, None when missing or
         not trusted (a miss)."""
-        self.misses += 1
-        entry = self._entry(pw, key)
-        if not entry.is_file():
+        arrays = _read_entry(self._entry(pw, key), _EMBED_FORMAT, key)
+        if arrays is None or len(arrays["emb"]) != len(pw):
+            self.misses += 1
             return None
-        try:
-            with np.load(entry, allow_pickle=False) as z:
-                arrays = {name: z[name] for name in z.files}
-            digest = str(arrays.pop("digest"))
-            if str(arrays["format"]) != _EMBED_FORMAT or str(arrays["key"]) != key:
-                raise ValueError("format or key does not match")
-            if _digest(arrays) != digest or len(arrays["emb"]) != len(pw):
-                raise ValueError("digest or size does not match")
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            log.warning("embedding cache entry %s not used (%s); recomputing", entry, exc)
-            return None
-        self.misses -= 1
         self.hits += 1
         return arrays["emb"], arrays["present"]
 
     def write(self, pw: PatientWindows, key: str, emb: StreamEmbeddings) -> None:
         entry = self._entry(pw, key)
-        arrays = {
-            "format": np.asarray(_EMBED_FORMAT),
-            "key": np.asarray(key),
-            "emb": np.asarray(emb.emb),
-            "present": np.asarray(emb.present),
-        }
-        arrays["digest"] = np.asarray(_digest(arrays))
-        try:
-            atomic_write(entry, lambda fh: np.savez(fh, **arrays), binary=True)
-        except OSError as exc:  # the embeddings in memory are still right
-            log.warning("embedding cache entry %s not written: %s", entry, exc)
+        arrays = {"emb": np.asarray(emb.emb), "present": np.asarray(emb.present)}
+        if not _write_entry(entry, _EMBED_FORMAT, key, arrays):
             return
         who = entry.name.split("-")[0]
         for old in self.dir.glob(f"{who}-*.npz"):

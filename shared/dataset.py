@@ -225,6 +225,9 @@ class _WindowsBase(torch.utils.data.Dataset):
         if embeddings is not None and augment:
             raise ValueError("input-space augmentation cannot pass through cached embeddings")
         self.embeddings = embeddings
+        sizes = [len(p) for p in self.patients]
+        self.index_patient = np.repeat(np.arange(len(sizes)), sizes)
+        self.index_window = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0)
 
     def _item(self, p: int, i: int) -> dict[str, torch.Tensor]:
         pw = self.patients[p]
@@ -257,18 +260,6 @@ class WindowDataset(_WindowsBase):
     (S,) instead — then ``y_detect``, ``y_type``, ``y_lat`` (index into
     :data:`LATERALITY`), ``patient_idx``.
     """
-
-    def __init__(
-        self,
-        patients: list[PatientWindows],
-        augment: bool = False,
-        seed: int = 0,
-        embeddings: str | None = None,
-    ):
-        super().__init__(patients, augment, seed, embeddings)
-        sizes = [len(p) for p in self.patients]
-        self.index_patient = np.repeat(np.arange(len(sizes)), sizes)
-        self.index_window = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0)
 
     def __len__(self) -> int:
         return int(self.index_patient.shape[0])

@@ -28,18 +28,9 @@ from semiofed.shared.model import (
 
 from .test_feature_cache import _write_site
 from .test_model import random_batch
+from .test_pretrained_model import SMALL as PRETRAIN_SMALL
 
-SMALL = ModelConfig(
-    channels=(8, 8),
-    strides=(3, 2),
-    motion_channels=(8,),
-    motion_strides=(3,),
-    embed_dim=16,
-    groups=4,
-    semiology_hidden=16,
-    streams=MODEL_STREAMS,
-    frozen=("encoders",),
-)
+SMALL = replace(PRETRAIN_SMALL, frozen=("encoders",))
 
 
 def _model(cfg: ModelConfig = SMALL, seed: int = 0) -> SemioNet:
