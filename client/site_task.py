@@ -10,7 +10,9 @@ sampling, same per-patient clipping over the same trainable parameters, same ste
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,3 +201,21 @@ def evaluate_patients(
         "auroc-seizure": num("auroc_seizure"),
         "detect-accuracy": acc,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semiofed.client.site_task --config C --data DIR --state DIR``: load the
+    site once, filling its feature and embedding caches (``semiofed demo`` runs it per site
+    before the federation); prints nothing but errors."""
+    from semiofed.shared.run_config import load_run_config
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    for name in ("--config", "--data", "--state"):
+        p.add_argument(name, type=Path, required=True)
+    args = p.parse_args(argv)
+    load_site(args.data, load_run_config(args.config), args.state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,45 +124,64 @@ def run_demo(
     names = [f"site-{i:02d}" for i in range(1, sites + 1)]
     data_root = out / "data"
     print(
-        f"[1/4] synthetic consortium: {sites} sites × {patients_per_site} patients → {data_root}",
+        f"[1/5] synthetic consortium: {sites} sites × {patients_per_site} patients → {data_root}",
         flush=True,
     )
     if not all((data_root / s).is_dir() for s in names):
         generate_consortium(data_root, sites, patients_per_site, minutes_per_patient, seed)
-    certs = None if insecure else init_consortium(out / "certs", names, force=True)
-    print(
-        "[2/4] consortium CA + SuperLink certificate + SuperNode keys: "
-        + ("NONE (--insecure)" if insecure else str(out / "certs")),
-        flush=True,
-    )
-    run_dir = out / "run"
-    with Consortium(out / "work", certs) as c:
-        c.start_superlink()
-        for s in names:
-            state = out / "state" / s
-            approve_as_officer(cfg, state, out / "officers", s)
-            if certs is not None:
-                c.register(s)
-            c.add_site(s, data_root / s, state)
-            c.start_supernode(s)
-        c.wait_connected(len(names))
-        print(
-            f"[3/4] federating: {len(names)} SuperNodes, {rounds} rounds, strategy "
-            f"{cfg['federation']['strategy']}, SecAgg+ {'on' if cfg['secagg']['enabled'] else 'off'}, "
-            f"patient-level DP σ={cfg['privacy']['noise-multiplier']} C={cfg['privacy']['clip-norm']} "
-            f"δ={cfg['privacy']['delta']:g} ({cfg['privacy']['accountant']})",
-            flush=True,
-        )
-        run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(run_dir), run_name="demo")})
-        status = follow_run(c, run_id, run_dir, names, timeout)
     cmp_cfg = out / "demo_config.toml"
     _write_toml(cfg, cmp_cfg)
+    print(
+        f"[2/5] ({time.perf_counter() - t_start:.0f} s) each site fills its feature and embedding "
+        "caches (its state folder), while the consortium starts",
+        flush=True,
+    )
+    preparing = [prepare_site(cmp_cfg, data_root / s, out / "state" / s) for s in names]
+    try:
+        certs = None if insecure else init_consortium(out / "certs", names, force=True)
+        print(
+            "[3/5] consortium CA + SuperLink certificate + SuperNode keys: "
+            + ("NONE (--insecure)" if insecure else str(out / "certs")),
+            flush=True,
+        )
+        run_dir = out / "run"
+        with Consortium(out / "work", certs) as c:
+            c.start_superlink()
+            for s in names:
+                state = out / "state" / s
+                approve_as_officer(cfg, state, out / "officers", s)
+                if certs is not None:
+                    c.register(s)
+                c.add_site(s, data_root / s, state)
+                c.start_supernode(s)
+            c.wait_connected(len(names))
+            for s, proc in zip(names, preparing, strict=True):
+                if proc.wait() != 0:
+                    raise SemioFedError(
+                        f"{s}: preparing its caches failed (exit {proc.returncode})"
+                    )
+            print(
+                f"[4/5] ({time.perf_counter() - t_start:.0f} s) federating: {len(names)} SuperNodes, "
+                f"{rounds} rounds, strategy {cfg['federation']['strategy']}, SecAgg+ "
+                f"{'on' if cfg['secagg']['enabled'] else 'off'}, patient-level DP "
+                f"σ={cfg['privacy']['noise-multiplier']} C={cfg['privacy']['clip-norm']} "
+                f"δ={cfg['privacy']['delta']:g} ({cfg['privacy']['accountant']})",
+                flush=True,
+            )
+            payload = encode_payload(cfg, out_dir=str(run_dir), run_name="demo")
+            run_id = c.submit({"semiofed": payload})
+            status = follow_run(c, run_id, run_dir, names, timeout)
+    finally:
+        for proc in preparing:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     priv = cfg["privacy"]
     print(f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration", flush=True)
     calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
     demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
     print(
-        f"[4/4] ({time.perf_counter() - t_start:.0f} s) on held-out patients: federated DP vs "
+        f"[5/5] ({time.perf_counter() - t_start:.0f} s) on held-out patients: federated DP vs "
         "centralized (non-private), local-only, motion energy and detectors that know nothing",
         flush=True,
     )
@@ -188,6 +207,15 @@ def run_demo(
         "wall_seconds": wall,
         "status": status,
     }
+
+
+def prepare_site(config: Path, data_dir: Path, state_dir: Path) -> subprocess.Popen:
+    """What a site does before it joins: load its data once, which fills its feature cache
+    and (frozen encoders) its embedding cache (``python -m semiofed.client.site_task``; server/
+    does not import client/); so the first round costs what the others cost."""
+    cmd = [sys.executable, "-m", "semiofed.client.site_task", "--config", str(config),
+           "--data", str(data_dir), "--state", str(state_dir)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
 def _eps_cell(name: str, site: str, eps: dict[str, float | None]) -> str:
