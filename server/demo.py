@@ -80,20 +80,28 @@ def follow_run(
     when the ServerApp reports it finished, and otherwise every ``STATUS_EVERY_S`` seconds to
     notice a failed run."""
     shown, end, last_ls, finished = 0, time.monotonic() + timeout, time.monotonic(), False
-    while time.monotonic() < end:
+
+    def show(all_rounds: bool) -> bool:
+        nonlocal shown
         progress = out_dir / PROGRESS_FILE
-        if progress.exists():
-            state = json.loads(progress.read_text(encoding="utf-8"))
-            finished = bool(state.get("finished"))
-            for r in state["rounds"][shown:]:
-                if "federated_eval" not in r and not finished:
-                    break  # its evaluation arrives with the next round's train replies
-                print_round(r, sites)
-                shown += 1
+        if not progress.exists():
+            return False
+        state = json.loads(progress.read_text(encoding="utf-8"))
+        done = bool(state.get("finished")) or all_rounds
+        for r in state["rounds"][shown:]:
+            if "federated_eval" not in r and not done:
+                break  # its evaluation arrives with the next round's train replies
+            print_round(r, sites)
+            shown += 1
+        return done
+
+    while time.monotonic() < end:
+        finished = show(False)
         if finished or time.monotonic() - last_ls > STATUS_EVERY_S:
             last_ls = time.monotonic()
             status = c.run_status(run_id)
             if str(status.get("status", "")).startswith("finished"):
+                show(True)  # the rounds checkpointed since the last look
                 if not str(status["status"]).endswith("completed"):
                     raise SemioFedError(
                         f"run {run_id} {status['status']}: {status.get('status-details')}; logs in {c.logs}"
