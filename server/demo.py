@@ -25,6 +25,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .consortium import Consortium
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 STATUS_EVERY_S = 30.0
+PUBLIC_TUNING = "public-tuning"
 NON_PRIVATE = ("centralized", "local-only", "fed + local tune")
 
 
@@ -145,6 +147,8 @@ def run_demo(
         flush=True,
     )
     preparing = [prepare_site(cmp_cfg, data_root / s, out / "state" / s) for s in names]
+    background = ThreadPoolExecutor(1)  # the public tuning data, while the sites federate
+    tuning = background.submit(make_tuning_data, out / PUBLIC_TUNING)
     try:
         certs = None if insecure else init_consortium(out / "certs", names, force=True)
         print(
@@ -184,6 +188,8 @@ def run_demo(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        background.shutdown(wait=True, cancel_futures=True)
+    tuning.result()
     priv = cfg["privacy"]
     print(f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration", flush=True)
     calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
@@ -196,7 +202,7 @@ def run_demo(
     res = subprocess.run(
         [sys.executable, "-m", "semiofed.client.baselines", "--config", str(cmp_cfg),
          "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir),
-         "--tuning-dir", str(out / "public-tuning"), "--state-root", str(out / "state")],
+         "--tuning-dir", str(out / PUBLIC_TUNING), "--state-root", str(out / "state")],
         stdout=subprocess.PIPE, text=True, check=False,
     )  # fmt: skip
     if res.returncode != 0:
@@ -215,6 +221,22 @@ def run_demo(
         "wall_seconds": wall,
         "status": status,
     }
+
+
+def make_tuning_data(folder: Path) -> None:
+    """The public tuning consortium of :func:`~semiofed.shared.public_data.tuning_patients`
+    (no patient data), generated unless it is there."""
+    from semiofed.shared import public_data as pub
+    from semiofed.shared.synth.consortium import generate_consortium
+
+    if not all((folder / f"site-{i:02d}").is_dir() for i in range(1, pub.TUNING_SITES + 1)):
+        generate_consortium(
+            folder,
+            pub.TUNING_SITES,
+            pub.TUNING_PATIENTS_PER_SITE,
+            pub.TUNING_MINUTES,
+            pub.TUNING_SEED,
+        )
 
 
 def prepare_site(config: Path, data_dir: Path, state_dir: Path) -> subprocess.Popen:
