@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    site_task.small_work_threads()
     res = compare(
         args.config,
         args.data_root,

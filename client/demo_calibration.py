@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(name, type=Path, required=True)
     p.add_argument("--sites", nargs="+", required=True)
     args = p.parse_args(argv)
+    site_task.small_work_threads()
     res = calibrate(args.config, args.data_root, args.sites, args.run_dir, args.state_root)
     json.dump(res, sys.stdout)
     return 0

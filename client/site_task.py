@@ -67,6 +67,13 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     return SiteData(train, test, val)
 
 
+def small_work_threads() -> None:
+    """One torch thread: the trainable top's operations are too small to split, and on a
+    busy machine idle threads spinning for work cost more CPU than the work (a demo
+    reference fit: 3 s of CPU with one thread, 42 s with two at load 13)."""
+    torch.set_num_threads(1)
+
+
 def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> SemioNet:
     torch.manual_seed(cfg["federation"]["seed"])
     model = SemioNet(model_config(cfg))
@@ -121,6 +128,7 @@ def train_round(
     """One round of local DP training; raises ``BudgetExceeded`` before any step."""
     from .dp_training import TrainConfig, train_local
 
+    small_work_threads()
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     tr, priv = cfg["training"], cfg["privacy"]
     tcfg = TrainConfig(
@@ -158,6 +166,7 @@ def evaluate_dp(
     ``BudgetExceeded`` before anything is computed."""
     from .dp_evaluation import noisy_table
 
+    small_work_threads()
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     priv = cfg["privacy"]
     return noisy_table(
