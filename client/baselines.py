@@ -11,6 +11,12 @@ detectors that know nothing (flag everything, coin flip, random 10 %), all score
 ClientApp uses. The non-private references are trained with steps scaled to their data and
 early-stopped on their validation patients (:func:`fit_plain`).
 
+Every model of the table shares the round-0 model's frozen, publicly pretrained encoders, so
+each site's windows are read with their embeddings from the site's embedding cache
+(``--state-root``, built by the federated rounds; it never leaves the site) and the public
+tuning patients are embedded once in memory: every model trains and scores its trainable top
+only, the same function as the full forward pass.
+
 Operating point: every learned detector's decision threshold and event rule (smoothing,
 minimum duration: :func:`~.evaluation.select_event_rule`) are chosen on PUBLIC tuning
 patients (:mod:`semiofed.shared.public_data`), the same procedure for each. For the
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from semiofed.shared import baseline
 from semiofed.shared.atomic import atomic_write_bytes, json_safe
@@ -44,6 +51,7 @@ from semiofed.shared.recording import load_recording
 from semiofed.shared.run_config import load_run_config
 
 from . import site_task
+from .demo_calibration import Progress
 from .dp_training import TrainConfig, train_local
 from .evaluation import (
     DEFAULT_WINDOW,
@@ -55,6 +63,7 @@ from .evaluation import (
     recording_refs,
     select_event_rule,
 )
+from .feature_cache import embed_patients
 
 #: Windows per step of the non-private references (the run's batch-size counts patients per
 #: DP step; plain training over windows uses ordinary mini-batches). A reference is trained as
@@ -134,8 +143,12 @@ class Tuning:
         return select_event_rule(self.patients, score, self.refs)
 
 
-def load_tuning(data: Path) -> Tuning:
+def load_tuning(data: Path, model: Any = None) -> Tuning:
+    """The public tuning patients, with their embeddings under ``model``'s frozen encoders
+    (computed in memory: public data) when it has them."""
     patients = tuning_patients(data)
+    if model is not None:
+        patients = embed_patients(model, patients)
     refs: dict[Any, RecordingRef] = {}
     for site in dict.fromkeys(p.site for p in patients):
         refs.update(recording_refs(data / site, [p for p in patients if p.site == site]))
@@ -221,7 +234,8 @@ def score_table(
             raise SemioFedError(f"{s}: no validation patient (training.val-fraction is 0)")
     rng = np.random.default_rng(REFERENCE_SEED)
     points: dict[int, tuple[float, EventRule]] = {}
-    for model in {id(m): m for ms in models.values() for m in ms.values()}.values():
+    distinct = {id(m): m for ms in models.values() for m in ms.values()}.values()
+    for model in tqdm(distinct, desc="operating points", unit="model", disable=None):
         points[id(model)] = tuning.operating_point(model, device)
     out: dict[str, Any] = {
         "plain_batch": PLAIN_BATCH,
@@ -273,27 +287,40 @@ def compare(
     run_dir: Path,
     tuning_dir: Path,
     device: str,
+    state_root: Path | None = None,
 ) -> dict[str, Any]:
-    """The demo's table: the federated model of ``run_dir`` beside the references."""
+    """The demo's table: the federated model of ``run_dir`` beside the references. With
+    ``state_root``, each site's windows come through its feature and embedding caches
+    (``STATE_ROOT/<site>``, as in the federated rounds)."""
     from safetensors.torch import load_file
 
+    progress = Progress("comparison")
     cfg = load_run_config(config)
-    data = {s: site_task.load_site(data_root / s, cfg) for s in sites}
+    data = {
+        s: site_task.load_site(data_root / s, cfg, state_root / s if state_root else None)
+        for s in sites
+    }
+    progress(f"{len(sites)} sites loaded")
     federated = site_task.build_model(cfg)
     federated.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    tuning = load_tuning(tuning_dir, federated)
+    progress(f"{len(tuning.patients)} public tuning patients loaded")
     pooled = [p for s in sites for p in data[s].train]
     central = fit_plain(cfg, pooled, [p for s in sites for p in data[s].val], device)
+    progress("centralized reference trained")
     arrays = site_task.get_arrays(federated)
-    models = {
-        s: {
+    models = {}
+    for s in tqdm(sites, desc="site references", unit="site", disable=None):
+        models[s] = {
             "federated": federated,
             "centralized": central,
             "local-only": fit_plain(cfg, data[s].train, data[s].val, device),
             FINE_TUNED: fit_plain(cfg, data[s].train, data[s].val, device, init=arrays),
         }
-        for s in sites
-    }
-    return score_table(data, data_root, models, load_tuning(tuning_dir), device)
+    progress("local-only and fed + local tune references trained")
+    table = score_table(data, data_root, models, tuning, device)
+    progress("every detector scored")
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,10 +332,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tuning-dir", type=Path, required=True, help="public tuning data (made if absent)"
     )
+    p.add_argument(
+        "--state-root", type=Path, help="the sites' state folders (feature and embedding caches)"
+    )
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    site_task.small_work_threads()
     res = compare(
-        args.config, args.data_root, args.sites, args.run_dir, args.tuning_dir, args.device
+        args.config,
+        args.data_root,
+        args.sites,
+        args.run_dir,
+        args.tuning_dir,
+        args.device,
+        args.state_root,
     )
     doc = json.dumps(json_safe(res))
     atomic_write_bytes(args.run_dir / COMPARISON_FILE, doc.encode())

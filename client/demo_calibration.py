@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,19 @@ from semiofed.shared.run_config import load_run_config
 
 from . import site_task
 from .dp_release import labelled_outputs, share_calibration
+
+
+class Progress:
+    """One line per stage on stderr with the seconds since the start (the demo shows them;
+    stdout carries the JSON result)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.start = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        print(f"    {self.what}: {stage} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
 
 
 def calibrate(
@@ -44,6 +58,7 @@ def calibrate(
     patients used and the ε of each of its summaries."""
     from safetensors.torch import load_file
 
+    progress = Progress("calibration")
     cfg = load_run_config(config)
     model = site_task.build_model(cfg)
     model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
@@ -51,9 +66,11 @@ def calibrate(
     outputs, report = {}, {}
     for s in sites:
         data = site_task.load_site(data_root / s, cfg, state_root / s)  # its feature cache
+        progress(f"{s}: {len(data.train + data.val + data.test)} patients loaded")
         held = labelled_outputs(model, data.val + data.test)
         use_all = len(held) < cal.MIN_PATIENTS
         outputs[s] = labelled_outputs(model, data.train) + held if use_all else held
+        progress(f"{s}: outputs of {len(outputs[s])} patients")
         report[s] = {
             "held_out_patients": len(held),
             "patients": len(outputs[s]),
@@ -78,6 +95,7 @@ def calibrate(
         else:
             threshold, mass = cal.merge_conformal(summaries, coverage)
             merged.update(conformal_threshold=threshold, noisy_patients=mass, coverage=coverage)
+        progress(f"{kind} summaries released and merged")
     return {
         **merged,
         "noise_multiplier": noise_multiplier,
@@ -93,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(name, type=Path, required=True)
     p.add_argument("--sites", nargs="+", required=True)
     args = p.parse_args(argv)
+    site_task.small_work_threads()
     res = calibrate(args.config, args.data_root, args.sites, args.run_dir, args.state_root)
     json.dump(res, sys.stdout)
     return 0

@@ -78,17 +78,22 @@ def release_gaussian(
 def labelled_outputs(
     model: nn.Module, patients: Sequence[PatientWindows]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(type logits, labels) of each patient's windows with a type label; patients without
-    one are left out (they contribute nothing to a calibration summary)."""
-    from semiofed.shared.analysis.pipeline import outputs_for
+    """(type logits, labels) of each patient's windows with a type label, from one batched
+    pass over every patient (their cached embeddings when they carry them); patients
+    without one are left out (they contribute nothing to a calibration summary)."""
     from semiofed.shared.labels import IGNORE_INDEX
 
-    out = []
+    from .evaluation import predict
+
+    if not patients:
+        return []
+    logits = predict(model, list(patients))["type_logits"]
+    out, start = [], 0
     for p in patients:
-        o = outputs_for(model, [p])
-        lab = o["y_type"] != IGNORE_INDEX
+        z, start = logits[start : start + len(p)], start + len(p)
+        lab = p.y_type != IGNORE_INDEX
         if lab.any():
-            out.append((o["type_logits"][lab], o["y_type"][lab]))
+            out.append((z[lab], p.y_type[lab]))
     return out
 
 

@@ -37,6 +37,15 @@ sent, logged or stored, so two DP runs of the same configuration and seed differ
 * Window picking, augmentation and dropout: a NumPy PCG64 seeded with 128 ``os.urandom``
   bits, and torch's global generator seeded with 64.
 
+Frozen encoders (the model's ``embedding_key`` is not None): when the training patients
+carry the windows' cached embeddings (:func:`.feature_cache.embed_patients`, the site's
+embedding cache in its state folder, never sent), every step feeds them to the trainable top
+instead of running the encoders: the same function of the same windows, so the same Poisson
+patient sampling, the same per-patient clipping over the same trainable parameters and the
+same steps charged to the ledger. Input-space augmentation (``augment``) cannot pass through
+cached embeddings; with frozen encoders it is off whether or not a cache is used, so the
+result does not depend on the cache (measured on public data: README "Feature cache").
+
 The public seed (``cfg.seed``) only drives non-DP runs, which stay reproducible; the
 model's initialisation and the patient split are the caller's and keep the public seed.
 """
@@ -65,9 +74,9 @@ from semiofed.privacy.accounting import epsilon, noise_for_target
 from semiofed.privacy.ledger import PRIVACY_UNITS, LedgerRun, PlannedRun, PrivacyLedger
 from semiofed.shared.dataset import PatientWindows, WindowDataset, collate
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.model import loss_per_window, resolve_device
+from semiofed.shared.model import SemioNet, loss_per_window, resolve_device
 
-from .evaluation import evaluate
+from .evaluation import cached_embeddings, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +109,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     type_loss_weight: float = 1.0
-    augment: bool = True
+    augment: bool = True  # input-space augmentation; only when the encoders train (docstring)
     grad_sample_mode: str = "hooks"  # or "functorch"
     steps_per_epoch: int | None = None  # non-DP only: cap the batches of an epoch
     commit_every: int = 1  # ledger reservation granularity (steps)
@@ -229,7 +238,9 @@ def train_local(
     seed = secret_seed() if cfg.dp else cfg.seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(secrets.randbits(128) if cfg.dp else cfg.seed)
-    dataset = WindowDataset(train_patients, augment=cfg.augment, seed=seed)
+    augment = cfg.augment and not (isinstance(model, SemioNet) and model.embedding_key())
+    embeddings = None if augment else cached_embeddings(model, train_patients)
+    dataset = WindowDataset(train_patients, augment=augment, seed=seed, embeddings=embeddings)
     picker = WindowPicker(train_patients, cfg.event_fraction, rng)
     model.to(device)
     t_start = time.perf_counter()

@@ -33,6 +33,7 @@ from semiofed.shared.dataset import (
     PatientWindows,
     WindowDataset,
     collate,
+    embeddings_key,
     events_path,
     patient_folders,
 )
@@ -48,7 +49,7 @@ from semiofed.shared.metrics import (
     window_metrics,
     windows_to_events,
 )
-from semiofed.shared.model import resolve_device
+from semiofed.shared.model import SemioNet, resolve_device
 from semiofed.shared.recording import SUFFIX, read_header
 from semiofed.shared.windows import WindowConfig
 
@@ -89,21 +90,36 @@ def recording_refs(
 def predict(
     model: nn.Module, patients: list[PatientWindows], device: str = "auto", batch_size: int = 256
 ) -> dict[str, np.ndarray]:
-    """Detection probabilities and type predictions of every window, in WindowDataset order."""
+    """Detection probabilities, type logits and type predictions of every window, in
+    WindowDataset order; from the windows' cached embeddings when every patient carries them
+    for ``model``'s frozen encoders (:func:`cached_embeddings`)."""
     dev = resolve_device(device)
     model.to(dev)
     was_training = model.training
     model.eval()
+    dataset = WindowDataset(patients, embeddings=cached_embeddings(model, patients))
     loader = torch.utils.data.DataLoader(
-        WindowDataset(patients), batch_size=batch_size, shuffle=False, collate_fn=collate
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate
     )
-    probs, types = [], []
+    probs, logits = [], []
     for batch in loader:
         out = model({k: v.to(dev) for k, v in batch.items()})
         probs.append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
-        types.append(out["type_logits"].argmax(dim=1).cpu().numpy())
+        logits.append(out["type_logits"].cpu().numpy())
     model.train(was_training)
-    return {"detect_prob": np.concatenate(probs), "type_pred": np.concatenate(types)}
+    type_logits = np.concatenate(logits)
+    return {
+        "detect_prob": np.concatenate(probs),
+        "type_logits": type_logits,
+        "type_pred": type_logits.argmax(axis=1),
+    }
+
+
+def cached_embeddings(model: nn.Module, patients: list[PatientWindows]) -> str | None:
+    """The embedding key ``model`` can read from every patient's cached embeddings, or
+    None (then the windows go through the encoders)."""
+    key = model.embedding_key() if isinstance(model, SemioNet) else None
+    return embeddings_key(patients, key)
 
 
 @dataclass(frozen=True)

@@ -29,20 +29,33 @@ import importlib.util
 import json
 import logging
 import zipfile
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from semiofed.shared.atomic import atomic_write
-from semiofed.shared.dataset import FeaturesFn, FrameFeatures, file_features
+from semiofed.shared.dataset import (
+    FeaturesFn,
+    FrameFeatures,
+    PatientWindows,
+    StreamEmbeddings,
+    WindowDataset,
+    collate,
+    file_features,
+)
 from semiofed.shared.features import STREAM_NAMES
+from semiofed.shared.model import SemioNet, embed_windows
 from semiofed.shared.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "feature-cache"
+EMBEDDING_DIR = "embeddings"  # under CACHE_DIR
+EMBED_BATCH = 256  # windows per no-grad encoder pass
 #: The modules whose code decides the cached values (their source is the feature version).
 FEATURE_MODULES = (
     "semiofed.shared.features",
@@ -52,6 +65,7 @@ FEATURE_MODULES = (
     "semiofed.shared.windows",
 )
 _FORMAT = "semiofed-feature-cache-1"
+_EMBED_FORMAT = "semiofed-embedding-cache-1"
 
 
 @cache
@@ -81,6 +95,41 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+_UNTRUSTED = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)
+
+
+def _read_entry(entry: Path, fmt: str, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache entry; None when it is missing, unreadable, of another format
+    or key, or altered (its digest does not match)."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        digest = str(arrays.pop("digest"))
+        if str(arrays["format"]) != fmt or str(arrays["key"]) != key:
+            raise ValueError("format or key does not match")
+        if _digest(arrays) != digest:
+            raise ValueError("digest does not match")
+    except _UNTRUSTED as exc:
+        log.warning("cache entry %s not used (%s); recomputing", entry, exc)
+        return None
+    return arrays
+
+
+def _write_entry(entry: Path, fmt: str, key: str, arrays: dict[str, np.ndarray]) -> bool:
+    """Write a cache entry atomically with its format, key and digest; False when the
+    state folder refuses it (the values in memory are still right)."""
+    doc = {"format": np.asarray(fmt), "key": np.asarray(key), **arrays}
+    doc["digest"] = np.asarray(_digest(doc))
+    try:
+        atomic_write(entry, lambda fh: np.savez(fh, **doc), binary=True)
+    except OSError as exc:
+        log.warning("cache entry %s not written: %s", entry, exc)
+        return False
+    return True
 
 
 class FeatureCache:
@@ -115,23 +164,12 @@ class FeatureCache:
         return x, mask, first_time
 
     def _read(self, entry: Path, key: str) -> FrameFeatures | None:
-        if not entry.is_file():
+        arrays = _read_entry(entry, _FORMAT, key)
+        if arrays is None:
             return None
-        try:
-            with np.load(entry, allow_pickle=False) as z:
-                arrays = {name: z[name] for name in z.files}
-            digest = str(arrays.pop("digest"))
-            if str(arrays["format"]) != _FORMAT or str(arrays["key"]) != key:
-                raise ValueError("format or key does not match")
-            if _digest(arrays) != digest:
-                raise ValueError("digest does not match")
-            x = {s: arrays[f"x_{s}"] for s in STREAM_NAMES}
-            mask = {s: arrays[f"m_{s}"] for s in STREAM_NAMES}
-            first_time = float(arrays["first_time"])
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            log.warning("feature cache entry %s not used (%s); recomputing", entry, exc)
-            return None
-        return x, mask, first_time
+        x = {s: arrays[f"x_{s}"] for s in STREAM_NAMES}
+        mask = {s: arrays[f"m_{s}"] for s in STREAM_NAMES}
+        return x, mask, float(arrays["first_time"])
 
     def _write(
         self,
@@ -142,17 +180,11 @@ class FeatureCache:
         first_time: float,
     ) -> None:
         arrays: dict[str, np.ndarray] = {
-            "format": np.asarray(_FORMAT),
-            "key": np.asarray(key),
             "first_time": np.asarray(first_time, dtype=np.float64),
             **{f"x_{s}": np.asarray(x[s]) for s in STREAM_NAMES},
             **{f"m_{s}": np.asarray(mask[s]) for s in STREAM_NAMES},
         }
-        arrays["digest"] = np.asarray(_digest(arrays))
-        try:
-            atomic_write(entry, lambda fh: np.savez(fh, **arrays), binary=True)
-        except OSError as exc:  # a full or read-only state folder: the features are still right
-            log.warning("feature cache entry %s not written: %s", entry, exc)
+        if not _write_entry(entry, _FORMAT, key, arrays):
             return
         # entries of this file's earlier contents are never read again
         where, content = entry.name.split("-")[:2]
@@ -164,3 +196,92 @@ class FeatureCache:
 def site_features(state_dir: Path | None) -> FeaturesFn:
     """The ``features`` hook for a site: its cache when it has a state folder, else compute."""
     return FeatureCache(Path(state_dir)) if state_dir is not None else file_features
+
+
+def windows_digest(pw: PatientWindows) -> str:
+    """SHA-256 of a patient's window inputs (every stream's windows and masks): the feature
+    key of its embeddings."""
+    return _digest(
+        {
+            **{f"x_{s}": pw.x[s] for s in STREAM_NAMES},
+            **{f"m_{s}": pw.mask[s] for s in STREAM_NAMES},
+        }
+    )
+
+
+class EmbeddingCache:
+    """The frozen encoders' embeddings of each patient's windows in
+    ``STATE/feature-cache/embeddings`` (never sent). An entry is keyed by the model's
+    :meth:`~semiofed.shared.model.SemioNet.embedding_key` (pretrained digest, architecture
+    hash, encoder weights) and :func:`windows_digest` (the windows the features give); it
+    carries a digest of its content like a feature entry and is recomputed when unreadable,
+    altered or of another key. A patient's entries of other keys are removed when a new one
+    is written."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / CACHE_DIR / EMBEDDING_DIR
+        self.hits = 0
+        self.misses = 0
+
+    def _entry(self, pw: PatientWindows, key: str) -> Path:
+        who = hashlib.sha256(f"{pw.site}/{pw.patient}".encode()).hexdigest()[:16]
+        return self.dir / f"{who}-{key[:32]}.npz"
+
+    def read(self, pw: PatientWindows, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The embeddings and presence of ``pw``'s entry under ``key``, None when missing or
+        not trusted (a miss)."""
+        arrays = _read_entry(self._entry(pw, key), _EMBED_FORMAT, key)
+        if arrays is None or len(arrays["emb"]) != len(pw):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return arrays["emb"], arrays["present"]
+
+    def write(self, pw: PatientWindows, key: str, emb: StreamEmbeddings) -> None:
+        entry = self._entry(pw, key)
+        arrays = {"emb": np.asarray(emb.emb), "present": np.asarray(emb.present)}
+        if not _write_entry(entry, _EMBED_FORMAT, key, arrays):
+            return
+        who = entry.name.split("-")[0]
+        for old in self.dir.glob(f"{who}-*.npz"):
+            if old != entry:
+                old.unlink(missing_ok=True)
+
+
+def embed_patients(
+    model: SemioNet, patients: Sequence[PatientWindows], cache: EmbeddingCache | None = None
+) -> list[PatientWindows]:
+    """``patients`` with their windows' embeddings under ``model``'s frozen encoders
+    attached (:attr:`~semiofed.shared.dataset.PatientWindows.embedded`), read from the
+    site's ``cache`` when it has them, else computed in batched no-grad passes (and cached
+    there). Unchanged when the model's encoders train."""
+    model_key = model.embedding_key()
+    if model_key is None:
+        return list(patients)
+    keys = [
+        hashlib.sha256(f"{model_key}|{windows_digest(p)}".encode()).hexdigest() for p in patients
+    ]
+    found: list[StreamEmbeddings | None] = [None] * len(patients)
+    for i, (p, k) in enumerate(zip(patients, keys, strict=True)):
+        arrays = cache.read(p, k) if cache is not None else None
+        if arrays is not None:
+            found[i] = StreamEmbeddings(model_key, *arrays)
+    todo = [i for i, e in enumerate(found) if e is None]
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            WindowDataset([patients[i] for i in todo]),
+            batch_size=EMBED_BATCH,
+            shuffle=False,
+            collate_fn=collate,
+        )
+        emb, present = embed_windows(model, loader)
+        start = 0
+        for i in todo:
+            n = len(patients[i])
+            found[i] = computed = StreamEmbeddings(
+                model_key, emb[start : start + n], present[start : start + n]
+            )
+            start += n
+            if cache is not None:
+                cache.write(patients[i], keys[i], computed)
+    return [replace(p, embedded=e) for p, e in zip(patients, found, strict=True)]

@@ -3,12 +3,16 @@ ledger, and evaluate a received model on its held-out patients through the DP ev
 table (:mod:`.dp_evaluation`, charged to the same ledger). Imported lazily by the ClientApp
 (torch); the DP-SGD stack (Opacus) only when training, since every message runs in a fresh
 process. The site's recordings are featurised once and then read from its feature cache
-(:mod:`.feature_cache`, in the state folder). What it returns is exactly what the release inventory allows
+(:mod:`.feature_cache`, in the state folder); with frozen encoders so are the windows'
+embeddings, and every step runs the trainable top only (same DP-SGD: same Poisson patient
+sampling, same per-patient clipping over the same trainable parameters, same steps charged). What it returns is exactly what the release inventory allows
 (:mod:`semiofed.shared.release`)."""
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +28,7 @@ from semiofed.shared.splits import stable_patient_split
 
 from .analyze_cli import REVIEWED_DATA
 from .evaluation import evaluate, predict
-from .feature_cache import site_features
+from .feature_cache import EmbeddingCache, embed_patients, site_features
 
 if TYPE_CHECKING:
     from semiofed.privacy.ledger import PrivacyLedger
@@ -43,11 +47,15 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     :func:`~semiofed.shared.splits.stable_patient_split`; validation patients are used by no
     round, only by the demo's comparison), with the reviewed events of ``state_dir``
     (``STATE/review/data``) when there are any; with ``state_dir`` the per-frame features come
-    from the site's feature cache there."""
+    from the site's feature cache there and, when the run's encoders are frozen, every
+    window carries its embeddings from the site's embedding cache (:func:`embed_patients`):
+    training, evaluation and calibration then run the trainable top only."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(
         Path(data_dir), extra_dirs=extra, features=site_features(state_dir)
     )
+    if state_dir is not None:
+        patients = embed_patients(build_model(cfg), patients, EmbeddingCache(Path(state_dir)))
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
     tr = cfg["training"]
@@ -57,6 +65,13 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     if not train:
         raise SemioFedError(f"{data_dir}: the split leaves no training patient")
     return SiteData(train, test, val)
+
+
+def small_work_threads() -> None:
+    """One torch thread: the trainable top's operations are too small to split, and on a
+    busy machine idle threads spinning for work cost more CPU than the work (a demo
+    reference fit: 3 s of CPU with one thread, 42 s with two at load 13)."""
+    torch.set_num_threads(1)
 
 
 def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> SemioNet:
@@ -115,6 +130,7 @@ def train_round(
     """One round of local DP training; raises ``BudgetExceeded`` before any step."""
     from .dp_training import TrainConfig, train_local
 
+    small_work_threads()
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     ledger.check_patients(p.patient for p in data.train)
     tr, priv = cfg["training"], cfg["privacy"]
@@ -153,6 +169,7 @@ def evaluate_dp(
     ``BudgetExceeded`` before anything is computed."""
     from .dp_evaluation import noisy_table
 
+    small_work_threads()
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     ledger.check_patients(p.patient for p in data.test)
     priv = cfg["privacy"]
@@ -197,3 +214,21 @@ def evaluate_patients(
         "auroc-seizure": num("auroc_seizure"),
         "detect-accuracy": acc,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semiofed.client.site_task --config C --data DIR --state DIR``: load the
+    site once, filling its feature and embedding caches (``semiofed demo`` runs it per site
+    before the federation); prints nothing but errors."""
+    from semiofed.shared.run_config import load_run_config
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    for name in ("--config", "--data", "--state"):
+        p.add_argument(name, type=Path, required=True)
+    args = p.parse_args(argv)
+    load_site(args.data, load_run_config(args.config), args.state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,6 +28,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .consortium import Consortium
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 STATUS_EVERY_S = 30.0
+PUBLIC_TUNING = "public-tuning"
 NON_PRIVATE = ("centralized", "local-only", "fed + local tune")
 #: A demo re-run with a deleted state folder but kept synthetic data signs this reset.
 DEMO_RESET = "semiofed demo: new state folder for the demo's synthetic data"
@@ -146,20 +148,28 @@ def follow_run(
     when the ServerApp reports it finished, and otherwise every ``STATUS_EVERY_S`` seconds to
     notice a failed run."""
     shown, end, last_ls, finished = 0, time.monotonic() + timeout, time.monotonic(), False
-    while time.monotonic() < end:
+
+    def show(all_rounds: bool) -> bool:
+        nonlocal shown
         progress = out_dir / PROGRESS_FILE
-        if progress.exists():
-            state = json.loads(progress.read_text(encoding="utf-8"))
-            finished = bool(state.get("finished"))
-            for r in state["rounds"][shown:]:
-                if "federated_eval" not in r and not finished:
-                    break  # its evaluation arrives with the next round's train replies
-                print_round(r, sites)
-                shown += 1
+        if not progress.exists():
+            return False
+        state = json.loads(progress.read_text(encoding="utf-8"))
+        done = bool(state.get("finished")) or all_rounds
+        for r in state["rounds"][shown:]:
+            if "federated_eval" not in r and not done:
+                break  # its evaluation arrives with the next round's train replies
+            print_round(r, sites)
+            shown += 1
+        return done
+
+    while time.monotonic() < end:
+        finished = show(False)
         if finished or time.monotonic() - last_ls > STATUS_EVERY_S:
             last_ls = time.monotonic()
             status = c.run_status(run_id)
             if str(status.get("status", "")).startswith("finished"):
+                show(True)  # the rounds checkpointed since the last look
                 if not str(status["status"]).endswith("completed"):
                     raise SemioFedError(
                         f"run {run_id} {status['status']}: {status.get('status-details')}; logs in {c.logs}"
@@ -190,48 +200,72 @@ def run_demo(
     names = [f"site-{i:02d}" for i in range(1, sites + 1)]
     data_root = out / "data"
     print(
-        f"[1/4] synthetic consortium: {sites} sites × {patients_per_site} patients → {data_root}",
+        f"[1/5] synthetic consortium: {sites} sites × {patients_per_site} patients → {data_root}",
         flush=True,
     )
     if not all((data_root / s).is_dir() for s in names):
         generate_consortium(data_root, sites, patients_per_site, minutes_per_patient, seed)
-    certs = None if insecure else init_consortium(out / "certs", force=True)
-    print(
-        "[2/4] consortium CA + SuperLink certificate + FAB-signing key: "
-        + ("NONE (--insecure)" if insecure else str(out / "certs"))
-        + f"; each site makes its own SuperNode key pair in {out / 'sites'}/SITE/keys and "
-        "sends the coordinator only the .pub",
-        flush=True,
-    )
-    run_dir = out / "run"
-    signer = None if certs is None else certs.fab_signing_pub.read_text(encoding="utf-8")
-    code = None if certs is None else fab_hash(build_fab())
-    with Consortium(out / "work", certs) as c:
-        c.start_superlink()
-        for s in names:
-            state = out / "state" / s
-            approve_as_officer(
-                cfg, state, out / "officers", s, data_root / s, DEMO_RESET, code, signer
-            )
-            key, pub = site_keys(out / "sites" / s, s)
-            if certs is not None:
-                add_site_key(certs, s, pub)
-                c.register(s)
-            c.add_site(s, data_root / s, state, key)
-            c.start_supernode(s)
-        c.wait_connected(len(names))
-        print(
-            f"[3/4] federating: {len(names)} SuperNodes, {rounds} rounds, strategy "
-            f"{cfg['federation']['strategy']}, SecAgg+ {'on' if cfg['secagg']['enabled'] else 'off'}, "
-            f"patient-level DP σ={cfg['privacy']['noise-multiplier']} C={cfg['privacy']['clip-norm']} "
-            f"δ={cfg['privacy']['delta']:g} ({cfg['privacy']['accountant']})",
-            flush=True,
-        )
-        run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(run_dir), run_name="demo")})
-        status = follow_run(c, run_id, run_dir, names, timeout)
     cmp_cfg = out / "demo_config.toml"
     _write_toml(cfg, cmp_cfg)
+    print(
+        f"[2/5] ({time.perf_counter() - t_start:.0f} s) each site fills its feature and embedding "
+        "caches (its state folder), while the consortium starts",
+        flush=True,
+    )
+    preparing = [prepare_site(cmp_cfg, data_root / s, out / "state" / s) for s in names]
+    background = ThreadPoolExecutor(1)  # the public tuning data, while the sites federate
+    tuning = background.submit(make_tuning_data, out / PUBLIC_TUNING)
+    try:
+        certs = None if insecure else init_consortium(out / "certs", force=True)
+        print(
+            "[3/5] consortium CA + SuperLink certificate + FAB-signing key: "
+            + ("NONE (--insecure)" if insecure else str(out / "certs"))
+            + f"; each site makes its own SuperNode key pair in {out / 'sites'}/SITE/keys and "
+            "sends the coordinator only the .pub",
+            flush=True,
+        )
+        run_dir = out / "run"
+        signer = None if certs is None else certs.fab_signing_pub.read_text(encoding="utf-8")
+        code = None if certs is None else fab_hash(build_fab())
+        with Consortium(out / "work", certs) as c:
+            c.start_superlink()
+            for s in names:
+                state = out / "state" / s
+                approve_as_officer(
+                    cfg, state, out / "officers", s, data_root / s, DEMO_RESET, code, signer
+                )
+                key, pub = site_keys(out / "sites" / s, s)
+                if certs is not None:
+                    add_site_key(certs, s, pub)
+                    c.register(s)
+                c.add_site(s, data_root / s, state, key)
+                c.start_supernode(s)
+            c.wait_connected(len(names))
+            for s, proc in zip(names, preparing, strict=True):
+                if proc.wait() != 0:
+                    raise SemioFedError(
+                        f"{s}: preparing its caches failed (exit {proc.returncode})"
+                    )
+            print(
+                f"[4/5] ({time.perf_counter() - t_start:.0f} s) federating: {len(names)} SuperNodes, "
+                f"{rounds} rounds, strategy {cfg['federation']['strategy']}, SecAgg+ "
+                f"{'on' if cfg['secagg']['enabled'] else 'off'}, patient-level DP "
+                f"σ={cfg['privacy']['noise-multiplier']} C={cfg['privacy']['clip-norm']} "
+                f"δ={cfg['privacy']['delta']:g} ({cfg['privacy']['accountant']})",
+                flush=True,
+            )
+            payload = encode_payload(cfg, out_dir=str(run_dir), run_name="demo")
+            run_id = c.submit({"semiofed": payload})
+            status = follow_run(c, run_id, run_dir, names, timeout)
+    finally:
+        for proc in preparing:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        background.shutdown(wait=True, cancel_futures=True)
+    tuning.result()
     priv = cfg["privacy"]
+    print(f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration", flush=True)
     calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
     demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
     anchored = [anchor_as_officer(out / "state" / s, out / "officers", s) for s in names]
@@ -241,18 +275,18 @@ def run_demo(
         flush=True,
     )
     print(
-        "[4/4] on held-out patients: federated DP vs centralized (non-private), local-only, "
-        "motion energy and detectors that know nothing",
+        f"[5/5] ({time.perf_counter() - t_start:.0f} s) on held-out patients: federated DP vs "
+        "centralized (non-private), local-only, motion energy and detectors that know nothing",
         flush=True,
     )
     res = subprocess.run(
         [sys.executable, "-m", "semiofed.client.baselines", "--config", str(cmp_cfg),
          "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir),
-         "--tuning-dir", str(out / "public-tuning")],
-        capture_output=True, text=True, check=False,
+         "--tuning-dir", str(out / PUBLIC_TUNING), "--state-root", str(out / "state")],
+        stdout=subprocess.PIPE, text=True, check=False,
     )  # fmt: skip
     if res.returncode != 0:
-        raise SemioFedError(f"baseline comparison failed: {res.stderr.strip()[-2000:]}")
+        raise SemioFedError(f"baseline comparison failed (exit {res.returncode}; see above)")
     comparison = json.loads(res.stdout)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     eps = demo_privacy.cumulative_epsilon(out / "state", names, priv["delta"], priv["accountant"])
@@ -267,6 +301,31 @@ def run_demo(
         "wall_seconds": wall,
         "status": status,
     }
+
+
+def make_tuning_data(folder: Path) -> None:
+    """The public tuning consortium of :func:`~semiofed.shared.public_data.tuning_patients`
+    (no patient data), generated unless it is there."""
+    from semiofed.shared import public_data as pub
+    from semiofed.shared.synth.consortium import generate_consortium
+
+    if not all((folder / f"site-{i:02d}").is_dir() for i in range(1, pub.TUNING_SITES + 1)):
+        generate_consortium(
+            folder,
+            pub.TUNING_SITES,
+            pub.TUNING_PATIENTS_PER_SITE,
+            pub.TUNING_MINUTES,
+            pub.TUNING_SEED,
+        )
+
+
+def prepare_site(config: Path, data_dir: Path, state_dir: Path) -> subprocess.Popen:
+    """What a site does before it joins: load its data once, which fills its feature cache
+    and (frozen encoders) its embedding cache (``python -m semiofed.client.site_task``; server/
+    does not import client/); so the first round costs what the others cost."""
+    cmd = [sys.executable, "-m", "semiofed.client.site_task", "--config", str(config),
+           "--data", str(data_dir), "--state", str(state_dir)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
 def _eps_cell(name: str, site: str, eps: dict[str, float | None]) -> str:

@@ -34,10 +34,10 @@ def run_calibration(
         [sys.executable, "-m", "semiofed.client.demo_calibration", "--config", str(config),
          "--data-root", str(data_root), "--sites", *sites, "--run-dir", str(run_dir),
          "--state-root", str(state_root)],
-        capture_output=True, text=True, check=False,
+        stdout=subprocess.PIPE, text=True, check=False,
     )  # fmt: skip
     if res.returncode != 0:
-        raise SemioFedError(f"federated calibration failed: {res.stderr.strip()[-2000:]}")
+        raise SemioFedError(f"federated calibration failed (exit {res.returncode}; see above)")
     calib = json.loads(res.stdout)
     used = ", ".join(
         f"{s} {r['patients']} ({r['patients_used']}; {r['held_out_patients']} held out)"

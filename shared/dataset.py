@@ -28,6 +28,7 @@ from .augment import augment as augment_window
 from .errors import FormatError, SemioFedError
 from .events import read_events
 from .features import STREAM_NAMES
+from .model import EMBEDDINGS, PRESENCE
 from .recording import SUFFIX, load_recording
 from .windows import (
     LAT_DTYPE,
@@ -43,8 +44,10 @@ __all__ = [
     "STREAM_NAMES",
     "PatientDataset",
     "PatientWindows",
+    "StreamEmbeddings",
     "WindowDataset",
     "collate",
+    "embeddings_key",
     "events_path",
     "file_features",
     "load_patient_windows",
@@ -71,6 +74,16 @@ def file_features(path: Path, cfg: WindowConfig) -> FrameFeatures:
     return recording_features(load_recording(path), cfg)
 
 
+@dataclass(frozen=True)
+class StreamEmbeddings:
+    """Per-stream embeddings of a patient's windows under the frozen encoders named by
+    ``key`` (:meth:`~.model.SemioNet.embedding_key`)."""
+
+    key: str
+    emb: np.ndarray  # (N, S, D) float32
+    present: np.ndarray  # (N, S) bool
+
+
 @dataclass
 class PatientWindows:
     """All windows of one patient, numpy, already normalised."""
@@ -84,6 +97,7 @@ class PatientWindows:
     lateralization: np.ndarray  # (N,) <U9
     t0: np.ndarray  # (N,) float64 window start (s) in its recording
     recording: np.ndarray  # (N,) <U64 recording id
+    embedded: StreamEmbeddings | None = None  # the windows' embeddings, when a site cached them
 
     def __len__(self) -> int:
         return int(self.y_detect.shape[0])
@@ -186,23 +200,51 @@ def _lat_index(lat: str) -> int:
     return _LAT_INDEX.get(str(lat), _LAT_INDEX["unknown"])
 
 
+def embeddings_key(patients: Sequence[PatientWindows], key: str | None) -> str | None:
+    """``key`` when every patient carries embeddings under it (a model with that
+    :meth:`~.model.SemioNet.embedding_key` can read them), else None."""
+    if key is None or not patients:
+        return None
+    ok = all(p.embedded is not None and p.embedded.key == key for p in patients)
+    return key if ok else None
+
+
 class _WindowsBase(torch.utils.data.Dataset):
-    def __init__(self, patients: list[PatientWindows], augment: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        patients: list[PatientWindows],
+        augment: bool = False,
+        seed: int = 0,
+        embeddings: str | None = None,
+    ):
         self.patients = list(patients)
         self.augment = augment
         self.rng = np.random.default_rng(seed)
+        if embeddings is not None and embeddings_key(self.patients, embeddings) is None:
+            raise ValueError("not every patient carries embeddings under the requested key")
+        if embeddings is not None and augment:
+            raise ValueError("input-space augmentation cannot pass through cached embeddings")
+        self.embeddings = embeddings
+        sizes = [len(p) for p in self.patients]
+        self.index_patient = np.repeat(np.arange(len(sizes)), sizes)
+        self.index_window = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0)
 
     def _item(self, p: int, i: int) -> dict[str, torch.Tensor]:
         pw = self.patients[p]
-        x = {s: pw.x[s][i] for s in STREAM_NAMES}
-        mask = {s: pw.mask[s][i] for s in STREAM_NAMES}
         lat = str(pw.lateralization[i])
-        if self.augment:
-            x, mask, lat = augment_window(x, mask, lat, self.rng)
         item: dict[str, torch.Tensor] = {}
-        for s in STREAM_NAMES:
-            item[f"x_{s}"] = torch.tensor(np.asarray(x[s], dtype=np.float32))
-            item[f"m_{s}"] = torch.tensor(np.asarray(mask[s], dtype=np.float32))
+        if self.embeddings is not None:
+            assert pw.embedded is not None
+            item[EMBEDDINGS] = torch.from_numpy(pw.embedded.emb[i])
+            item[PRESENCE] = torch.from_numpy(pw.embedded.present[i])
+        else:
+            x = {s: pw.x[s][i] for s in STREAM_NAMES}
+            mask = {s: pw.mask[s][i] for s in STREAM_NAMES}
+            if self.augment:
+                x, mask, lat = augment_window(x, mask, lat, self.rng)
+            for s in STREAM_NAMES:
+                item[f"x_{s}"] = torch.tensor(np.asarray(x[s], dtype=np.float32))
+                item[f"m_{s}"] = torch.tensor(np.asarray(mask[s], dtype=np.float32))
         item["y_detect"] = torch.tensor(int(pw.y_detect[i]), dtype=torch.int64)
         item["y_type"] = torch.tensor(int(pw.y_type[i]), dtype=torch.int64)
         item["y_lat"] = torch.tensor(_lat_index(lat), dtype=torch.int64)
@@ -213,15 +255,11 @@ class _WindowsBase(torch.utils.data.Dataset):
 class WindowDataset(_WindowsBase):
     """Every window of every patient (flat); items carry ``patient_idx`` into ``patients``.
 
-    Item keys: ``x_<stream>`` (T, V, C), ``m_<stream>`` (T,), ``y_detect``, ``y_type``,
-    ``y_lat`` (index into :data:`LATERALITY`), ``patient_idx``.
+    Item keys: ``x_<stream>`` (T, V, C), ``m_<stream>`` (T,) — or, with ``embeddings`` (a
+    key every patient's :class:`StreamEmbeddings` carries), ``emb`` (S, D) and ``present``
+    (S,) instead — then ``y_detect``, ``y_type``, ``y_lat`` (index into
+    :data:`LATERALITY`), ``patient_idx``.
     """
-
-    def __init__(self, patients: list[PatientWindows], augment: bool = False, seed: int = 0):
-        super().__init__(patients, augment, seed)
-        sizes = [len(p) for p in self.patients]
-        self.index_patient = np.repeat(np.arange(len(sizes)), sizes)
-        self.index_window = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0)
 
     def __len__(self) -> int:
         return int(self.index_patient.shape[0])

@@ -26,6 +26,14 @@ after its hash is checked; parameters under the ``frozen`` name prefixes get
 only) and the allowlist leave them out. Both are fields of the configuration, so the
 architecture hash an officer approves covers them.
 
+Cached path: :meth:`SemioNet.encode` is the encoders' part of the forward pass (per-stream
+embeddings and presence); ``forward`` runs the gated fusion and heads on it, or on a batch's
+``emb``/``present`` (:data:`EMBEDDINGS`, :data:`PRESENCE`) when the caller precomputed them
+with :func:`embed_windows`. With frozen encoders (:meth:`SemioNet.embedding_key` not None)
+a window's embeddings depend only on the window and the encoder weights, so a site computes
+them once and trains and evaluates the trainable top on them: the same function (same
+modules, same state-dict names, same architecture hash), without the encoders' cost.
+
 Every learnable layer is ``nn.Linear``, ``nn.Conv2d``, ``nn.GroupNorm`` or ``nn.LayerNorm``,
 so Opacus computes per-sample gradients without ``ModuleValidator.fix``.
 """
@@ -35,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -56,6 +65,8 @@ SEMIOLOGY = "semiology"
 MODEL_STREAMS: tuple[str, ...] = (*STREAM_NAMES, SEMIOLOGY)
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 PRETRAINED_ENV = "SEMIOFED_PRETRAINED_DIR"
+#: Batch keys of precomputed stream embeddings (:meth:`SemioNet.encode`) and their presence.
+EMBEDDINGS, PRESENCE = "emb", "present"
 
 
 @dataclass(frozen=True)
@@ -243,20 +254,29 @@ class SemioNet(nn.Module):
             if any(name == f or name.startswith(f + ".") for f in prefixes):
                 p.requires_grad_(False)
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        embs, logits, present = [], [], []
+    def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-stream embeddings (B, S, D) and presence (B, S) bool of a batch of windows,
+        streams in ``cfg.streams`` order: what the encoders compute."""
+        embs, present = [], []
         for s in self.cfg.streams:
             if s == SEMIOLOGY:
                 emb, here = self.encoders[s](batch)
             else:
                 emb, here = self.encoders[s](batch[f"x_{s}"], batch[f"m_{s}"])
-            out[f"emb_{s}"] = emb
             embs.append(emb)
-            logits.append(self.gates[s](emb))
             present.append(here)
-        stacked = torch.stack(embs, dim=1)  # (B, S, D)
-        here = torch.stack(present, dim=1)  # (B, S) bool
+        return torch.stack(embs, dim=1), torch.stack(present, dim=1)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Outputs of a batch of windows; a batch with ``emb``/``present`` (the
+        :meth:`encode` of its windows, e.g. from a site's embedding cache) skips the
+        encoders and runs the same fusion and heads on them."""
+        if EMBEDDINGS in batch:
+            stacked, here = batch[EMBEDDINGS], batch[PRESENCE].bool()
+        else:
+            stacked, here = self.encode(batch)
+        out: dict[str, Tensor] = {f"emb_{s}": stacked[:, i] for i, s in enumerate(self.cfg.streams)}
+        logits = [self.gates[s](stacked[:, i]) for i, s in enumerate(self.cfg.streams)]
         gate_logits = torch.cat(logits, dim=1).masked_fill(~here, -1e9)
         gates = torch.softmax(gate_logits, dim=1) * here.to(stacked.dtype)
         fused = (gates.unsqueeze(-1) * stacked).sum(dim=1)
@@ -266,6 +286,40 @@ class SemioNet(nn.Module):
         out["fused"] = fused
         out["gates"] = gates
         return out
+
+    def embedding_key(self) -> str | None:
+        """The key of this model's window embeddings when its encoders are frozen (every
+        encoder parameter without gradient): SHA-256 of the pretrained digest, the
+        :func:`architecture_hash` and the encoders' actual weights, so embeddings made with
+        other encoder weights never match; None when the encoders train."""
+        enc = dict(self.encoders.named_parameters())
+        if any(p.requires_grad for p in enc.values()):
+            return None
+        h = hashlib.sha256(f"{self.cfg.pretrained}|{architecture_hash(self.cfg)}|".encode())
+        for name, p in sorted(enc.items()):
+            h.update(name.encode() + b"\0" + p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+@torch.no_grad()
+def embed_windows(
+    model: SemioNet, batches: Iterable[dict[str, Tensor]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`SemioNet.encode` of every window of ``batches`` (no gradient, eval mode):
+    embeddings (N, S, D) float32 and presence (N, S) bool."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    embs, present = [], []
+    for batch in batches:
+        e, h = model.encode({k: v.to(dev) for k, v in batch.items()})
+        embs.append(e.cpu().numpy())
+        present.append(h.cpu().numpy())
+    model.train(was_training)
+    s, d = len(model.cfg.streams), model.cfg.embed_dim
+    if not embs:
+        return np.zeros((0, s, d), np.float32), np.zeros((0, s), bool)
+    return np.concatenate(embs), np.concatenate(present)
 
 
 def loss_per_window(out: dict[str, Tensor], batch: dict[str, Tensor], type_weight: float) -> Tensor:
