@@ -14,7 +14,6 @@ import torch
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.client.evaluation import predict
 from semiofed.client.feature_cache import CACHE_DIR, EMBEDDING_DIR, EmbeddingCache, embed_patients
-from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.dataset import PatientWindows, WindowDataset, collate, load_patient_windows
 from semiofed.shared.features import STREAM_NAMES
 from semiofed.shared.model import (
@@ -26,6 +25,7 @@ from semiofed.shared.model import (
     embed_windows,
 )
 
+from .ledger_helpers import new_ledger
 from .test_feature_cache import _write_site
 from .test_model import random_batch
 from .test_pretrained_model import SMALL as PRETRAIN_SMALL
@@ -134,8 +134,7 @@ def test_dp_steps_on_cached_embeddings_clip_the_trainable_parameters(tmp_path: P
     site, state = _write_site(tmp_path), tmp_path / "state"
     model = _model()
     cached = embed_patients(model, load_patient_windows(site))
-    ledger = PrivacyLedger(state)
-    ledger.set_budget(50.0, 1e-3, "rdp")
+    ledger = new_ledger(state, 50.0, 1e-3, "rdp", site)  # the officer creates the ledger
     seen: list[set[str]] = []
 
     def check(batch: dict, gsm: torch.nn.Module, _: object) -> None:
