@@ -117,7 +117,7 @@ def free_port() -> int:
 def make_tls(folder: Path) -> ConsortiumPaths:
     """A CA and a server certificate for 127.0.0.1/localhost (the SuperLink's, from
     ``server init``'s own code), for a registry served over TLS."""
-    return init_consortium(folder, [], hosts=["127.0.0.1", "localhost"])
+    return init_consortium(folder, hosts=["127.0.0.1", "localhost"])
 
 
 class LiveServer:
