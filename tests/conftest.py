@@ -10,8 +10,11 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``make test``: two workers on two cores) each worker computes on
-    one torch thread, so two workers do not oversubscribe the cores."""
+    one torch thread, so two workers do not oversubscribe the cores; a test that pins two
+    threads (for its weights' sake) gets OpenMP threads that sleep rather than spin while the
+    other worker holds a core (set before torch loads; results do not change)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
 
         torch.set_num_threads(1)
