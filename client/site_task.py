@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--config", "--data", "--state"):
         p.add_argument(name, type=Path, required=True)
     args = p.parse_args(argv)
+    small_work_threads()  # the ClientApp's thread count: the same cached embeddings' bits
     load_site(args.data, load_run_config(args.config), args.state)
     return 0
 

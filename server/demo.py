@@ -25,6 +25,7 @@ The default consortium has the shape of epilepsy monitoring units: 3 sites × 40
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -325,7 +326,17 @@ def prepare_site(config: Path, data_dir: Path, state_dir: Path) -> subprocess.Po
     does not import client/); so the first round costs what the others cost."""
     cmd = [sys.executable, "-m", "semiofed.client.site_task", "--config", str(config),
            "--data", str(data_dir), "--state", str(state_dir)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=one_thread_env())
+
+
+def one_thread_env() -> dict[str, str]:
+    """The environment of a demo child that does numeric work beside the others: one BLAS /
+    OpenMP thread (the sites' processes share the machine; idle OpenMP threads spinning for
+    work cost more CPU than they save), as the SuperNodes' ClientApps have."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
+    return env
 
 
 def _eps_cell(name: str, site: str, eps: dict[str, float | None]) -> str:
