@@ -46,7 +46,7 @@ from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
 from semiofed.shared.metrics import EventCounts, paired_bootstrap, window_metrics
-from semiofed.shared.public_data import tuning_patients
+from semiofed.shared.public_data import TUNING_CACHE, tuning_patients
 from semiofed.shared.recording import load_recording
 from semiofed.shared.run_config import load_run_config
 
@@ -63,7 +63,7 @@ from .evaluation import (
     recording_refs,
     select_event_rule,
 )
-from .feature_cache import embed_patients
+from .feature_cache import EmbeddingCache, embed_patients, site_features
 
 #: Windows per step of the non-private references (the run's batch-size counts patients per
 #: DP step; plain training over windows uses ordinary mini-batches). A reference is trained as
@@ -145,10 +145,12 @@ class Tuning:
 
 def load_tuning(data: Path, model: Any = None) -> Tuning:
     """The public tuning patients, with their embeddings under ``model``'s frozen encoders
-    (computed in memory: public data) when it has them."""
-    patients = tuning_patients(data)
+    when it has them; features and embeddings are cached in ``data/cache``
+    (:data:`~semiofed.shared.public_data.TUNING_CACHE`; public data, so a plain folder)."""
+    cache = data / TUNING_CACHE
+    patients = tuning_patients(data, site_features(cache))
     if model is not None:
-        patients = embed_patients(model, patients)
+        patients = embed_patients(model, patients, EmbeddingCache(cache))
     refs: dict[Any, RecordingRef] = {}
     for site in dict.fromkeys(p.site for p in patients):
         refs.update(recording_refs(data / site, [p for p in patients if p.site == site]))

@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = "feature-cache"
 EMBEDDING_DIR = "embeddings"  # under CACHE_DIR
-EMBED_BATCH = 64  # windows per no-grad encoder pass (bitwise the same embeddings as 256, ~25 % less CPU)
+#: Windows per no-grad encoder pass (the same embeddings, bit for bit, as 256; ~25 % less CPU).
+EMBED_BATCH = 64
 #: The modules whose code decides the cached values (their source is the feature version).
 FEATURE_MODULES = (
     "semiofed.shared.features",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,15 +218,18 @@ def evaluate_patients(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m semiofed.client.site_task --config C --data DIR --state DIR``: load the
-    site once, filling its feature and embedding caches (``semiofed demo`` runs it per site
-    before the federation); prints nothing but errors."""
+    """``python -m semiofed.client.site_task --config C --data DIR --state DIR
+    [--low-priority]``: load the site once, filling its feature and embedding caches
+    (``semiofed demo`` runs it per site before the federation); prints nothing but errors."""
     from semiofed.shared.run_config import load_run_config
 
     p = argparse.ArgumentParser(description=main.__doc__)
     for name in ("--config", "--data", "--state"):
         p.add_argument(name, type=Path, required=True)
+    p.add_argument("--low-priority", action="store_true", help="run at nice 10")
     args = p.parse_args(argv)
+    if args.low_priority:
+        os.nice(10)
     small_work_threads()  # the ClientApp's thread count: the same cached embeddings' bits
     load_site(args.data, load_run_config(args.config), args.state)
     return 0

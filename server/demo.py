@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -215,7 +216,9 @@ def run_demo(
     )
     preparing = [prepare_site(cmp_cfg, data_root / s, out / "state" / s) for s in names]
     background = ThreadPoolExecutor(1)  # the public tuning data, while the sites federate
-    tuning = background.submit(make_tuning_data, out / PUBLIC_TUNING)
+    tuning_procs: list[subprocess.Popen] = []
+    stop = threading.Event()
+    tuning = background.submit(make_tuning_data, out / PUBLIC_TUNING, cmp_cfg, tuning_procs, stop)
     try:
         certs = None if insecure else init_consortium(out / "certs", force=True)
         print(
@@ -258,11 +261,14 @@ def run_demo(
             payload = encode_payload(cfg, out_dir=str(run_dir), run_name="demo")
             run_id = c.submit({"semiofed": payload})
             status = follow_run(c, run_id, run_dir, names, timeout)
-    finally:
-        for proc in preparing:
+    except BaseException:
+        stop.set()
+        for proc in [*preparing, *tuning_procs]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        raise
+    finally:
         background.shutdown(wait=True, cancel_futures=True)
     tuning.result()
     priv = cfg["privacy"]
@@ -304,13 +310,18 @@ def run_demo(
     }
 
 
-def make_tuning_data(folder: Path) -> None:
+def make_tuning_data(
+    folder: Path, config: Path, procs: list[subprocess.Popen], stop: threading.Event
+) -> None:
     """The public tuning consortium of :func:`~semiofed.shared.public_data.tuning_patients`
-    (no patient data), generated unless it is there."""
+    (no patient data), generated unless it is there, and its features and embeddings cached
+    in ``folder/cache`` where the comparison reads them (each preparation's process is
+    appended to ``procs``, which the demo ends on error; none starts once ``stop`` is set)."""
     from semiofed.shared import public_data as pub
     from semiofed.shared.synth.consortium import generate_consortium
 
-    if not all((folder / f"site-{i:02d}").is_dir() for i in range(1, pub.TUNING_SITES + 1)):
+    sites = [folder / f"site-{i:02d}" for i in range(1, pub.TUNING_SITES + 1)]
+    if not all(s.is_dir() for s in sites):
         generate_consortium(
             folder,
             pub.TUNING_SITES,
@@ -318,14 +329,24 @@ def make_tuning_data(folder: Path) -> None:
             pub.TUNING_MINUTES,
             pub.TUNING_SEED,
         )
+    for site in sites:
+        if stop.is_set():
+            return
+        procs.append(prepare_site(config, site, folder / pub.TUNING_CACHE, nice=True))
+        procs[-1].wait()  # one at a time: the federating sites need the CPU more
 
 
-def prepare_site(config: Path, data_dir: Path, state_dir: Path) -> subprocess.Popen:
+def prepare_site(
+    config: Path, data_dir: Path, state_dir: Path, nice: bool = False
+) -> subprocess.Popen:
     """What a site does before it joins: load its data once, which fills its feature cache
     and (frozen encoders) its embedding cache (``python -m semiofed.client.site_task``; server/
-    does not import client/); so the first round costs what the others cost."""
+    does not import client/); so the first round costs what the others cost. ``nice``: at
+    low priority (work done beside the federation)."""
     cmd = [sys.executable, "-m", "semiofed.client.site_task", "--config", str(config),
            "--data", str(data_dir), "--state", str(state_dir)]  # fmt: skip
+    if nice:
+        cmd.append("--low-priority")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=one_thread_env())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dataset import PatientWindows, load_patient_windows
+from .dataset import FeaturesFn, PatientWindows, file_features, load_patient_windows
 
 #: Simulator seed of the public pretraining data; no consortium of sites may use it.
 PUBLIC_SEED = 104_729
@@ -20,22 +20,30 @@ TUNING_SEED = PUBLIC_SEED + 1
 TUNING_SITES = 2
 TUNING_PATIENTS_PER_SITE = 10
 TUNING_MINUTES = 3.0
+#: Folder under the public tuning data where its features and embeddings are cached.
+TUNING_CACHE = "cache"
 
 
 def public_patients(
-    data: Path, sites: int, patients_per_site: int, minutes: float, seed: int
+    data: Path,
+    sites: int,
+    patients_per_site: int,
+    minutes: float,
+    seed: int,
+    features: FeaturesFn = file_features,
 ) -> list[PatientWindows]:
-    """Windows of a public simulated consortium, generated under ``data`` unless it is there."""
+    """Windows of a public simulated consortium, generated under ``data`` unless it is there
+    (per-frame ``features`` as in :func:`~.dataset.load_patient_windows`)."""
     from .synth.consortium import generate_consortium
 
     names = [f"site-{i:02d}" for i in range(1, sites + 1)]
     if not all((data / s).is_dir() for s in names):
         generate_consortium(data, sites, patients_per_site, minutes, seed)
-    return [p for s in names for p in load_patient_windows(data / s)]
+    return [p for s in names for p in load_patient_windows(data / s, features=features)]
 
 
-def tuning_patients(data: Path) -> list[PatientWindows]:
+def tuning_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
     """The public tuning patients (``TUNING_SEED``), generated under ``data``."""
     return public_patients(
-        data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED
+        data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED, features
     )
