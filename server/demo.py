@@ -272,29 +272,42 @@ def run_demo(
         background.shutdown(wait=True, cancel_futures=True)
     tuning.result()
     priv = cfg["privacy"]
-    print(f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration", flush=True)
-    calibration = demo_privacy.run_calibration(cmp_cfg, data_root, names, run_dir, out / "state")
-    demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
-    anchored = [anchor_as_officer(out / "state" / s, out / "officers", s) for s in names]
     print(
-        f"  each officer countersigned its site's audit trail and ledger (officer keys and "
-        f"anchors in {out / 'officers'}, outside STATE): {'; '.join(anchored)}",
+        f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration (the comparison "
+        "of [5/5] runs beside it)",
         flush=True,
     )
-    print(
-        f"[5/5] ({time.perf_counter() - t_start:.0f} s) on held-out patients: federated DP vs "
-        "centralized (non-private), local-only, motion energy and detectors that know nothing",
-        flush=True,
-    )
-    res = subprocess.run(
+    comparing = subprocess.Popen(
         [sys.executable, "-m", "semiofed.client.baselines", "--config", str(cmp_cfg),
          "--data-root", str(data_root), "--sites", *names, "--run-dir", str(run_dir),
          "--tuning-dir", str(out / PUBLIC_TUNING), "--state-root", str(out / "state")],
-        stdout=subprocess.PIPE, text=True, check=False,
+        stdout=subprocess.PIPE, text=True, env=one_thread_env(),
     )  # fmt: skip
-    if res.returncode != 0:
-        raise SemioFedError(f"baseline comparison failed (exit {res.returncode}; see above)")
-    comparison = json.loads(res.stdout)
+    try:
+        calibration = demo_privacy.run_calibration(
+            cmp_cfg, data_root, names, run_dir, out / "state"
+        )
+        demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
+        anchored = [anchor_as_officer(out / "state" / s, out / "officers", s) for s in names]
+        print(
+            f"  each officer countersigned its site's audit trail and ledger (officer keys and "
+            f"anchors in {out / 'officers'}, outside STATE): {'; '.join(anchored)}",
+            flush=True,
+        )
+        print(
+            f"[5/5] ({time.perf_counter() - t_start:.0f} s) on held-out patients: federated DP "
+            "vs centralized (non-private), local-only, motion energy and detectors that know "
+            "nothing",
+            flush=True,
+        )
+        stdout, _ = comparing.communicate()
+    except BaseException:
+        comparing.kill()
+        comparing.wait()
+        raise
+    if comparing.returncode != 0:
+        raise SemioFedError(f"baseline comparison failed (exit {comparing.returncode}; see above)")
+    comparison = json.loads(stdout)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     eps = demo_privacy.cumulative_epsilon(out / "state", names, priv["delta"], priv["accountant"])
     print_comparison(comparison, eps, priv["delta"])
