@@ -36,10 +36,10 @@ from safetensors import safe_open
 from semiofed.shared.atomic import json_safe
 from semiofed.shared.errors import FormatError
 from semiofed.shared.labels import CLASSES
+from semiofed.shared.manifest import CARD_FORMAT
 
 from .storage import NotSafetensors, check_safetensors
 
-CARD_FORMAT = "semiofed-model-card/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 RUN_FILE = "run.json"
