@@ -47,14 +47,14 @@ from semiofed.shared.manifest import (
     ManifestError,
     validate_manifest,
 )
+from semiofed.shared.model_folder import CONFIG_FILE, WEIGHTS_FILE
 from semiofed.shared.registry_http import CA_HELP, registry_client
 from semiofed.shared.retirement import retirement_problem
 
 from . import site_audit
 
 TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
-MODEL_CONFIG = "model_config.json"
-WEIGHTS, CURRENT = "model.safetensors", "current"
+CURRENT = "current"
 
 
 class VerificationError(SignatureError):
@@ -251,13 +251,17 @@ def _pull_verified(
             "(pass --version to install an older version on purpose)"
         )
     final = models / version
-    if final.is_dir() and (final / WEIGHTS).is_file() and sha256_file(final / WEIGHTS) == sha:
+    if (
+        final.is_dir()
+        and (final / WEIGHTS_FILE).is_file()
+        and sha256_file(final / WEIGHTS_FILE) == sha
+    ):
         _set_current(models, version)
         return InstalledModel(version, final, sha, manifest["card"], already_installed=True)
 
     incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{version}.", dir=models))
     try:
-        got = _download(client, version, incoming / WEIGHTS, size, headers)
+        got = _download(client, version, incoming / WEIGHTS_FILE, size, headers)
         if got != sha:
             raise VerificationError(
                 f"{version}: downloaded weights have SHA-256 {got}, the signed manifest says {sha}; "
@@ -268,7 +272,7 @@ def _pull_verified(
         atomic_write_json(incoming / CARD_FILE, manifest["card"])
         architecture = manifest["card"].get("model", {}).get("architecture")
         if isinstance(architecture, dict):  # signed with the card: `site analyze --model` reads it
-            atomic_write_json(incoming / MODEL_CONFIG, architecture)
+            atomic_write_json(incoming / CONFIG_FILE, architecture)
         if final.exists():  # a stale or damaged earlier copy: replaced by the verified one
             shutil.rmtree(final)
         os.rename(incoming, final)

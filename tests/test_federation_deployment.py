@@ -145,7 +145,7 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert model_cfg["model"]["embed_dim"] == 16 and model_cfg["architecture_hash"]
     # the run directory is what the registry publishes and `site analyze` loads
     from semiofed.server.registry.cards import build_card
-    from semiofed.shared.analysis.pipeline import load_model
+    from semiofed.shared.model_folder import load_model_folder
 
     card = build_card(out)
     training = card["training"]
@@ -159,7 +159,7 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
         1e-3,
     )
     assert site01["epsilon_final"] == pytest.approx(eps[-1])
-    load_model(out, "cpu")
+    load_model_folder(out, "cpu")
     outbox = (root / "state" / "site-01" / "outbox.jsonl").read_text().splitlines()
     # 4 SecAgg+ stages per round (the train reply also evaluates the model received), and
     # one evaluate message for the final model

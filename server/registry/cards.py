@@ -37,11 +37,10 @@ from semiofed.shared.atomic import json_safe
 from semiofed.shared.errors import FormatError
 from semiofed.shared.labels import CLASSES
 from semiofed.shared.manifest import CARD_FORMAT
+from semiofed.shared.model_folder import CONFIG_FILE, WEIGHTS_FILE
 
 from .storage import NotSafetensors, check_safetensors
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
 RUN_FILE = "run.json"
 
 DEFAULT_INTENDED_USE = (

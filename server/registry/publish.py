@@ -42,10 +42,11 @@ from semiofed.privacy.keys import (
 )
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.manifest import Manifest, ManifestError, new_manifest, validate_manifest
+from semiofed.shared.model_folder import WEIGHTS_FILE
 from semiofed.shared.registry_http import registry_client
 from semiofed.shared.retirement import retirement_problem, retirement_statement
 
-from .cards import WEIGHTS_FILE, build_card
+from .cards import build_card
 from .db import AuditEvent, ModelVersion, open_database, utcnow
 from .storage import ArtifactStore
 

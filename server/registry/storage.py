@@ -26,8 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.manifest import SHA256_RE, VERSION_RE
-
-WEIGHTS = "model.safetensors"
+from semiofed.shared.model_folder import WEIGHTS_FILE as WEIGHTS
 
 
 class UploadTooLarge(SemioFedError):

@@ -2,15 +2,14 @@
 calibrated type probabilities and prediction sets, open-set flag, evolution, semiology,
 explanations — everything :mod:`.report` renders.
 
-A model folder holds ``model.safetensors`` and ``model_config.json`` (written by
-``semiofed site train``) and, after ``semiofed site calibrate``, ``calibration.json``
+A model folder (``shared/model_folder.py``) holds, after ``semiofed site calibrate``, also
+``calibration.json``
 (:class:`SiteCalibration`: temperature, conformal threshold, open-set scorer, all fitted on
 held-out patients).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from ..events import Event
 from ..features import STREAM_NAMES
 from ..labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
 from ..metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
-from ..model import ModelConfig, SemioNet, resolve_device
 from ..recording import Recording
 from ..windows import WindowConfig, assemble_windows, windows_from_recording
 from . import calibration as cal
@@ -89,36 +87,6 @@ class SiteCalibration:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FormatError(path, f"not a readable calibration file ({exc})") from None
-
-
-def _config_from(cls: type, d: dict):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
-    return cls(**kw)
-
-
-def load_model(model_dir: str | Path, device: str = "auto") -> tuple[SemioNet, WindowConfig, dict]:
-    """SemioNet, its window config and the raw config document of a model folder."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    cfg_path, weights = model_dir / "model_config.json", model_dir / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise SemioFedError(f"{model_dir}: not a model folder ({p.name} missing)")
-    try:
-        doc = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise FormatError(cfg_path, f"not valid JSON ({exc})") from None
-    mcfg = _config_from(ModelConfig, doc.get("model", doc))
-    wcfg = _config_from(WindowConfig, doc.get("window", {}))
-    dev = resolve_device(device)
-    model = SemioNet(mcfg)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError) as exc:
-        raise FormatError(weights, f"weights do not fit model_config.json ({exc})") from None
-    return model.to(dev).eval(), wcfg, doc
 
 
 @torch.no_grad()
