@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from semiofed.shared.model_folder import write_model_folder
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.audit_trail import read_entries, site_trail, verify
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.cli import main
 from semiofed.shared.model import ModelConfig, SemioNet
+from semiofed.shared.model_folder import write_model_folder
 from semiofed.shared.synth import generate_consortium
 from semiofed.shared.windows import WindowConfig
 from tests.ledger_helpers import new_ledger
