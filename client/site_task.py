@@ -23,6 +23,7 @@ import torch
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet
+from semiofed.shared.model_arrays import get_arrays, set_arrays
 from semiofed.shared.run_config import model_config
 from semiofed.shared.splits import stable_patient_split
 
@@ -80,23 +81,6 @@ def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> 
     if arrays is not None:
         set_arrays(model, arrays)
     return model
-
-
-def get_arrays(model: torch.nn.Module) -> list[np.ndarray]:
-    return [p.detach().cpu().numpy().copy() for p in model.parameters() if p.requires_grad]
-
-
-def set_arrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if len(params) != len(arrays):
-        raise SemioFedError(f"got {len(arrays)} arrays for a model with {len(params)} parameters")
-    with torch.no_grad():
-        for p, a in zip(params, arrays, strict=True):
-            if tuple(a.shape) != tuple(p.shape):
-                raise SemioFedError(
-                    f"array of shape {a.shape} for a parameter of shape {tuple(p.shape)}"
-                )
-            p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
 
 
 def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:

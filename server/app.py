@@ -117,11 +117,11 @@ def _initial_arrays(cfg: dict[str, Any]) -> tuple[Any, list[np.ndarray]]:
     import torch
 
     from semiofed.shared.model import SemioNet
+    from semiofed.shared.model_arrays import get_arrays
 
     torch.manual_seed(cfg["federation"]["seed"])
     model = SemioNet(model_config(cfg))
-    arrays = [p.detach().cpu().numpy().copy() for p in model.parameters() if p.requires_grad]
-    return model, arrays
+    return model, get_arrays(model)
 
 
 def _site_level_epsilon(cfg: dict[str, Any], rounds: int) -> dict[str, Any] | None:
@@ -164,6 +164,8 @@ def _per_site_privacy(rounds: dict[int, dict[str, Any]]) -> dict[str, list[dict[
 
 def run_federation(grid: Grid, context: Context) -> None:
     """The round loop (see the module docstring)."""
+    from semiofed.shared.model_arrays import set_arrays
+
     payload = payload_of(context.run_config)
     cfg = payload["config"]
     out_dir = Path(payload["out_dir"])
@@ -243,22 +245,14 @@ def run_federation(grid: Grid, context: Context) -> None:
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], True)
     )
-    _set_params(model, final)
+
+    set_arrays(model, final)  # count and shapes checked
     run = _run_record(cfg, recorder, round_times, started)
     run["flower_run_id"] = context.run_id
     run["resumed_after_round"] = start_round - 1 if resumed is not None else None
     run["run_name"] = payload.get("run_name", out_dir.name)
     write_run_dir(out_dir, model, model_config(cfg), WindowConfig(), run)
     _write_progress(out_dir, cfg, recorder, round_times, finished=True)
-
-
-def _set_params(model: Any, arrays: list[np.ndarray]) -> None:
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.no_grad():
-        for p, a in zip(params, arrays, strict=True):
-            p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
 
 
 def _run_record(

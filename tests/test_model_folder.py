@@ -1,16 +1,19 @@
-"""The model folder (shared/model_folder.py): what its writer writes, its reader reads back."""
+"""The model folder (shared/model_folder.py) and the round arrays (shared/model_arrays.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from semiofed.shared.errors import FormatError, SemioFedError
 from semiofed.shared.model import ModelConfig, SemioNet, architecture_hash
+from semiofed.shared.model_arrays import get_arrays, set_arrays
 from semiofed.shared.model_folder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -47,3 +50,21 @@ def test_weights_of_another_architecture_are_one_line_error(tmp_path: Path) -> N
         load_model_folder(tmp_path / "m", "cpu")
     with pytest.raises(SemioFedError, match=f"not a model folder \\({CONFIG_FILE} missing"):
         load_model_folder(tmp_path, "cpu")
+
+
+def test_round_arrays_are_the_trainable_parameters_with_checked_shapes() -> None:
+    model = SemioNet(dataclasses.replace(SMALL, frozen=("encoders",)))
+    arrays = get_arrays(model)
+    assert (
+        len(arrays)
+        == sum(p.requires_grad for p in model.parameters())
+        < len(list(model.parameters()))
+    )
+    before = [a.copy() for a in get_arrays(model)]
+    with pytest.raises(SemioFedError, match="array 0 of shape"):
+        set_arrays(model, [np.zeros(arrays[0].size + 1, np.float32), *arrays[1:]])
+    assert all((a == b).all() for a, b in zip(get_arrays(model), before, strict=True))
+    with pytest.raises(SemioFedError, match="got 1 arrays"):
+        set_arrays(model, arrays[:1])
+    set_arrays(model, [a + 1 for a in arrays])
+    assert all((a == b + 1).all() for a, b in zip(get_arrays(model), before, strict=True))
