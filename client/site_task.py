@@ -24,7 +24,7 @@ from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet
 from semiofed.shared.model_arrays import get_arrays, set_arrays
-from semiofed.shared.run_config import model_config
+from semiofed.shared.run_config import model_config, window_config
 from semiofed.shared.splits import stable_patient_split
 
 from .analyze_cli import REVIEWED_DATA
@@ -53,7 +53,7 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     training, evaluation and calibration then run the trainable top only."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(
-        Path(data_dir), extra_dirs=extra, features=site_features(state_dir)
+        Path(data_dir), window_config(cfg), extra_dirs=extra, features=site_features(state_dir)
     )
     if state_dir is not None:
         patients = embed_patients(build_model(cfg), patients, EmbeddingCache(Path(state_dir)))

@@ -10,6 +10,7 @@ from typing import Any
 
 from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.run_config import DEFAULT_DELTA, DEFAULT_LEARNING_RATE
 
 from . import site_audit
 from .analyze_cli import REVIEWED_DATA
@@ -83,8 +84,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--delta",
         type=float,
-        default=1e-5,
-        help="δ of the budget and of every ε reported (default 1e-5)",
+        default=DEFAULT_DELTA,
+        help=f"δ of the budget and of every ε reported (default {DEFAULT_DELTA:g})",
     )
     p.add_argument(
         "--epsilon-target",
@@ -135,7 +136,12 @@ def register(cmds: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train without differential privacy (nothing protected, nothing in the ledger)",
     )
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (Adam, default 2e-3)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=DEFAULT_LEARNING_RATE,
+        help=f"learning rate (Adam, default {DEFAULT_LEARNING_RATE:g}, as a run configuration's)",
+    )
     p.add_argument(
         "--window-seconds", type=float, default=5.0, help="window length in s (default 5)"
     )

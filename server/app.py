@@ -45,8 +45,8 @@ from semiofed.shared.run_config import (
     config_digest,
     model_config,
     payload_of,
+    window_config,
 )
-from semiofed.shared.windows import WindowConfig
 
 from .checkpoints import load_checkpoint, save_checkpoint, write_run_dir
 from .strategies import RecordingStrategy, make_strategy
@@ -251,7 +251,7 @@ def run_federation(grid: Grid, context: Context) -> None:
     run["flower_run_id"] = context.run_id
     run["resumed_after_round"] = start_round - 1 if resumed is not None else None
     run["run_name"] = payload.get("run_name", out_dir.name)
-    write_run_dir(out_dir, model, model_config(cfg), WindowConfig(), run)
+    write_run_dir(out_dir, model, model_config(cfg), window_config(cfg), run)
     _write_progress(out_dir, cfg, recorder, round_times, finished=True)
 
 
