@@ -24,6 +24,7 @@ from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet
 from semiofed.shared.model_arrays import get_arrays, set_arrays
+from semiofed.shared.release import DELTA, EPSILON_ROUND, PRIVACY_UNIT
 from semiofed.shared.run_config import model_config, window_config
 from semiofed.shared.splits import stable_patient_split
 
@@ -134,9 +135,9 @@ def train_round(
     )
     res = train_local(model, data.train, tcfg, ledger=ledger, progress=False)
     metrics = {
-        "epsilon-round": float(res.epsilon_run if res.epsilon_run is not None else math.inf),
-        "delta": float(priv["delta"]),
-        "privacy-unit": priv["unit"],
+        EPSILON_ROUND: float(res.epsilon_run if res.epsilon_run is not None else math.inf),
+        DELTA: float(priv["delta"]),
+        PRIVACY_UNIT: priv["unit"],
     }
     return get_arrays(model), metrics
 

@@ -15,16 +15,18 @@ by ``[federation] round-timeout``: a site that died mid-round is dropped from th
 again in later rounds once its SuperNode is back.
 
 Run payload: ``--run-config semiofed="<base64 JSON>"`` with the validated run
-configuration, ``out_dir`` (checkpoints, run directory) and optionally ``run_name``.
+configuration, ``out_dir`` (checkpoints, run directory) and optionally ``run_name`` and
+``data`` (what the sites train on, e.g. ``synthetic``; both go into the run record).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -40,6 +42,7 @@ from flwr.server.workflow.default_workflows import (
 )
 
 from semiofed.shared.atomic import atomic_write_json, json_safe
+from semiofed.shared.release import DELTA, EPSILON, PRIVACY_UNIT
 from semiofed.shared.run_config import (
     approval_fields,
     config_digest,
@@ -47,6 +50,7 @@ from semiofed.shared.run_config import (
     payload_of,
     window_config,
 )
+from semiofed.shared.run_record import RunRecord
 
 from .checkpoints import load_checkpoint, save_checkpoint, write_run_dir
 from .strategies import RecordingStrategy, make_strategy
@@ -154,9 +158,9 @@ def _per_site_privacy(rounds: dict[int, dict[str, Any]]) -> dict[str, list[dict[
             out.setdefault(site, []).append(
                 {
                     "round": r,
-                    "epsilon": m.get("epsilon"),
-                    "delta": m.get("delta"),
-                    "privacy_unit": m.get("privacy-unit"),
+                    "epsilon": m.get(EPSILON),
+                    "delta": m.get(DELTA),
+                    "privacy_unit": m.get(PRIVACY_UNIT),
                 }
             )
     return out
@@ -248,9 +252,13 @@ def run_federation(grid: Grid, context: Context) -> None:
 
     set_arrays(model, final)  # count and shapes checked
     run = _run_record(cfg, recorder, round_times, started)
-    run["flower_run_id"] = context.run_id
-    run["resumed_after_round"] = start_round - 1 if resumed is not None else None
-    run["run_name"] = payload.get("run_name", out_dir.name)
+    run = dataclasses.replace(
+        run,
+        flower_run_id=context.run_id,
+        resumed_after_round=start_round - 1 if resumed is not None else None,
+        run_name=payload.get("run_name", out_dir.name),
+        data=payload.get("data"),
+    )
     write_run_dir(out_dir, model, model_config(cfg), window_config(cfg), run)
     _write_progress(out_dir, cfg, recorder, round_times, finished=True)
 
@@ -260,33 +268,27 @@ def _run_record(
     rec: RecordingStrategy,
     round_times: dict[int, float],
     started: float,
-) -> dict[str, Any]:
+) -> RunRecord:
     rounds = [rec.rounds[r] | {"seconds": round_times.get(r)} for r in sorted(rec.rounds)]
     sites = sorted({s for r in rec.rounds.values() for s in r["sites"]})
-    return cast(
-        dict[str, Any],
-        json_safe(
-            {
-                "format": "semiofed-run-1",
-                "config": cfg,
-                "approval_fields": approval_fields(cfg),
-                "rounds_planned": cfg["federation"]["rounds"],
-                "rounds": rounds,
-                "participating_sites": sites,
-                "site_privacy": _per_site_privacy(rec.rounds),
-                "patient_level_dp": {
-                    "privacy_unit": cfg["privacy"]["unit"],
-                    "delta": cfg["privacy"]["delta"],
-                    "accountant": cfg["privacy"]["accountant"],
-                    "note": "epsilon per site is cumulative over that site's whole ledger "
-                    "(DP training and DP evaluation)",
-                },
-                "central_dp": _site_level_epsilon(cfg, len(rounds)),
-                "secure_aggregation": cfg["secagg"]["enabled"],
-                "started_unix": started,
-                "finished_unix": time.time(),
-            }
-        ),
+    return RunRecord(
+        config=cfg,
+        approval_fields=approval_fields(cfg),
+        rounds_planned=cfg["federation"]["rounds"],
+        rounds=rounds,
+        participating_sites=sites,
+        site_privacy=_per_site_privacy(rec.rounds),
+        patient_level_dp={
+            "privacy_unit": cfg["privacy"]["unit"],
+            "delta": cfg["privacy"]["delta"],
+            "accountant": cfg["privacy"]["accountant"],
+            "note": "epsilon per site is cumulative over that site's whole ledger "
+            "(DP training and DP evaluation)",
+        },
+        central_dp=_site_level_epsilon(cfg, len(rounds)),
+        secure_aggregation=cfg["secagg"]["enabled"],
+        started_unix=started,
+        finished_unix=time.time(),
     )
 
 

@@ -9,8 +9,9 @@ Run directory (what ``semiofed registry publish RUN_DIR`` reads)::
 
     RUN_DIR/model.safetensors   the model folder (``shared/model_folder.py``): weights,
     RUN_DIR/model_config.json   model and window configuration, architecture hash, pretraining
-    RUN_DIR/run.json            run config, rounds, participating sites, per-site ε/δ/privacy
-                                unit over rounds, federated metrics per round, central DP
+    RUN_DIR/run.json            the run record (``shared/run_record.py``): run config, rounds,
+                                participating sites, per-site ε/δ/privacy unit over rounds,
+                                federated metrics per round, central DP
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from semiofed.shared.atomic import atomic_path, atomic_write_json
 from semiofed.shared.errors import FormatError, SemioFedError
+from semiofed.shared.run_record import RunRecord, write_run_record
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -65,11 +67,11 @@ def load_checkpoint(
 
 
 def write_run_dir(
-    run_dir: Path, model: Any, model_cfg: Any, window_cfg: Any, run: dict[str, Any]
+    run_dir: Path, model: Any, model_cfg: Any, window_cfg: Any, run: RunRecord
 ) -> None:
     """The model folder (``shared/model_folder.py``, so a published model serves ``site
-    analyze``) and ``run.json``."""
+    analyze``) and the run record (``shared/run_record.py``)."""
     from semiofed.shared.model_folder import write_model_folder
 
     write_model_folder(run_dir, model, model_cfg, window_cfg)
-    atomic_write_json(run_dir / "run.json", run)
+    write_run_record(run_dir, run)
