@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,25 @@ class SiteCalibration:
 
 
 @torch.no_grad()
+def model_outputs(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
+) -> dict[str, np.ndarray]:
+    """Detection probability, type logits and fused embedding of every window of
+    ``batches`` (model inputs: windows or cached embeddings), in order; the one prediction
+    loop of site analysis, calibration and evaluation (``client/evaluation.py``)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    parts: dict[str, list[np.ndarray]] = {"detect_prob": [], "type_logits": [], "fused": []}
+    for batch in batches:
+        out = model({k: v.to(dev) for k, v in batch.items()})
+        parts["detect_prob"].append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
+        parts["type_logits"].append(out["type_logits"].cpu().numpy())
+        parts["fused"].append(out["fused"].cpu().numpy())
+    model.train(was_training)
+    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
+
+
 def predict(
     model: nn.Module,
     x: dict[str, np.ndarray],
@@ -97,24 +117,21 @@ def predict(
     batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
     """Model outputs for windows ``x``/``mask`` ({stream: (N, T, V, C)} / (N, T)), in batches."""
-    model.eval()
-    dev = next(model.parameters()).device
     n = len(next(iter(mask.values())))
-    parts: dict[str, list[np.ndarray]] = {"detect_prob": [], "type_logits": [], "fused": []}
-    for i in range(0, n, batch_size):
-        batch = {}
-        for s in STREAM_NAMES:
-            batch[f"x_{s}"] = torch.as_tensor(
-                np.ascontiguousarray(x[s][i : i + batch_size]), device=dev
-            )
-            batch[f"m_{s}"] = torch.as_tensor(
-                np.ascontiguousarray(mask[s][i : i + batch_size]), device=dev
-            )
-        out = model(batch)
-        parts["detect_prob"].append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
-        parts["type_logits"].append(out["type_logits"].cpu().numpy())
-        parts["fused"].append(out["fused"].cpu().numpy())
-    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
+    batches = (
+        {
+            **{
+                f"x_{s}": torch.as_tensor(np.ascontiguousarray(x[s][i : i + batch_size]))
+                for s in STREAM_NAMES
+            },
+            **{
+                f"m_{s}": torch.as_tensor(np.ascontiguousarray(mask[s][i : i + batch_size]))
+                for s in STREAM_NAMES
+            },
+        }
+        for i in range(0, n, batch_size)
+    )
+    return model_outputs(model, batches)
 
 
 def event_groups(patients: list, y_detect_key: str = "y_detect") -> list[tuple]:
