@@ -307,13 +307,13 @@ def run_analyze(args: argparse.Namespace) -> int:
         AnalysisConfig,
         SiteCalibration,
         analyze_recording,
-        load_model,
     )
     from semiofed.shared.analysis.report import write_report
+    from semiofed.shared.model_folder import load_model_folder
 
     if not 0.0 < args.threshold < 1.0:
         raise SemioFedError(f"--threshold must be in (0, 1), got {args.threshold}")
-    model, wcfg, _ = load_model(args.model, args.device)
+    model, wcfg, _ = load_model_folder(args.model, args.device)
     cal_path = args.calibration or args.model / CALIBRATION_FILE
     calib = SiteCalibration.load(cal_path) if cal_path.is_file() else None
     if args.calibration and calib is None:
@@ -614,8 +614,9 @@ def _share(args: argparse.Namespace, model, held: list) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from semiofed.shared.analysis.pipeline import CALIBRATION_FILE, fit_calibration, load_model
+    from semiofed.shared.analysis.pipeline import CALIBRATION_FILE, fit_calibration
     from semiofed.shared.dataset import load_patient_windows
+    from semiofed.shared.model_folder import load_model_folder
 
     from .feature_cache import site_features
 
@@ -636,7 +637,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise SemioFedError(f"--temperature must be > 0, got {args.temperature}")
     if args.share:
         _check_share(args)
-    model, wcfg, _ = load_model(args.model, args.device)
+    model, wcfg, _ = load_model_folder(args.model, args.device)
     patients = load_patient_windows(args.data, wcfg, features=site_features(args.state))
     by_name = {p.patient: p for p in patients}
     missing = [h for h in args.held_out if h not in by_name]

@@ -57,13 +57,20 @@ from flwr.common.constant import ErrorCode
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.fab import running_fab_hash
 from semiofed.shared.release import (
+    DECLINE_REASON,
+    DECLINED,
+    DELTA,
+    EPSILON,
+    EVAL_TABLE,
     EVALUATE_LOSS,
     FORBIDDEN_CONTENT,
     NOT_APPROVED,
     NUM_EXAMPLES_DECLINED,
     NUM_EXAMPLES_JOINED,
     OVER_BUDGET,
+    PRIVACY_UNIT,
     SITE_ERROR,
+    SITE_NAME,
 )
 from semiofed.shared.run_config import approval_fields, payload_of
 
@@ -163,7 +170,7 @@ class SiteClient(Client):
             return self._declined_fit(ins, server_round, OVER_BUDGET, exc)
         if server_round > 1:  # the model after the previous round (round 1: the public init)
             try:
-                metrics["eval-table"] = site_task.evaluate_dp(
+                metrics[EVAL_TABLE] = site_task.evaluate_dp(
                     data,
                     cfg,
                     incoming,
@@ -178,14 +185,14 @@ class SiteClient(Client):
                     {"round": f"evaluation in {server_round}", "reason": OVER_BUDGET,
                      "detail": str(exc)},
                 )  # fmt: skip
-        metrics["epsilon"] = site_task.site_epsilon(state)
+        metrics[EPSILON] = site_task.site_epsilon(state)
         site_audit.record(
             state,
             "round_joined",
-            {"round": server_round, "patients": len(data.train), "epsilon": metrics["epsilon"]},
+            {"round": server_round, "patients": len(data.train), "epsilon": metrics[EPSILON]},
         )
         site_audit.record_budget(state)
-        metrics["site-name"] = self.site.name
+        metrics[SITE_NAME] = self.site.name
         return FitRes(
             Status(Code.OK, "ok"), ndarrays_to_parameters(arrays), NUM_EXAMPLES_JOINED, metrics
         )
@@ -197,7 +204,7 @@ class SiteClient(Client):
         site_audit.record(
             self.site.state_dir, "round_declined", {"round": what, "reason": code, "detail": detail}
         )
-        return {"declined": 1, "decline-reason": code, "site-name": self.site.name}
+        return {DECLINED: 1, DECLINE_REASON: code, SITE_NAME: self.site.name}
 
     def _declined_fit(
         self, ins: FitIns, server_round: int, code: str, exc: BaseException
@@ -243,11 +250,11 @@ class SiteClient(Client):
         except BudgetExceeded as exc:
             return self._declined_evaluate(OVER_BUDGET, exc)
         metrics = {
-            "eval-table": table,
-            "epsilon": site_task.site_epsilon(state),
-            "delta": float(cfg["privacy"]["delta"]),
-            "privacy-unit": cfg["privacy"]["unit"],
-            "site-name": self.site.name,
+            EVAL_TABLE: table,
+            EPSILON: site_task.site_epsilon(state),
+            DELTA: float(cfg["privacy"]["delta"]),
+            PRIVACY_UNIT: cfg["privacy"]["unit"],
+            SITE_NAME: self.site.name,
         }
         site_audit.record_budget(state)
         return EvaluateRes(Status(Code.OK, "ok"), EVALUATE_LOSS, NUM_EXAMPLES_JOINED, metrics)

@@ -294,7 +294,7 @@ def compare(
     """The demo's table: the federated model of ``run_dir`` beside the references. With
     ``state_root``, each site's windows come through its feature and embedding caches
     (``STATE_ROOT/<site>``, as in the federated rounds)."""
-    from safetensors.torch import load_file
+    from semiofed.shared.model_folder import load_weights
 
     progress = Progress("comparison")
     cfg = load_run_config(config)
@@ -304,7 +304,7 @@ def compare(
     }
     progress(f"{len(sites)} sites loaded")
     federated = site_task.build_model(cfg)
-    federated.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    load_weights(run_dir, federated)
     tuning = load_tuning(tuning_dir, federated)
     progress(f"{len(tuning.patients)} public tuning patients loaded")
     pooled = [p for s in sites for p in data[s].train]

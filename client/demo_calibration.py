@@ -56,12 +56,12 @@ def calibrate(
 ) -> dict[str, Any]:
     """Both rounds for every site; the merged temperature and threshold and, per site, the
     patients used and the ε of each of its summaries."""
-    from safetensors.torch import load_file
+    from semiofed.shared.model_folder import load_weights
 
     progress = Progress("calibration")
     cfg = load_run_config(config)
     model = site_task.build_model(cfg)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    load_weights(run_dir, model)
     model.eval()
     outputs, report = {}, {}
     for s in sites:

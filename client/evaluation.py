@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from semiofed.shared.analysis.pipeline import model_outputs
 from semiofed.shared.dataset import (
     PatientWindows,
     WindowDataset,
@@ -93,25 +94,16 @@ def predict(
     """Detection probabilities, type logits and type predictions of every window, in
     WindowDataset order; from the windows' cached embeddings when every patient carries them
     for ``model``'s frozen encoders (:func:`cached_embeddings`)."""
-    dev = resolve_device(device)
-    model.to(dev)
-    was_training = model.training
-    model.eval()
+    model.to(resolve_device(device))
     dataset = WindowDataset(patients, embeddings=cached_embeddings(model, patients))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate
     )
-    probs, logits = [], []
-    for batch in loader:
-        out = model({k: v.to(dev) for k, v in batch.items()})
-        probs.append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
-        logits.append(out["type_logits"].cpu().numpy())
-    model.train(was_training)
-    type_logits = np.concatenate(logits)
+    out = model_outputs(model, loader)
     return {
-        "detect_prob": np.concatenate(probs),
-        "type_logits": type_logits,
-        "type_pred": type_logits.argmax(axis=1),
+        "detect_prob": out["detect_prob"],
+        "type_logits": out["type_logits"],
+        "type_pred": out["type_logits"].argmax(axis=1),
     }
 
 

@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,23 +38,23 @@ from semiofed.privacy.keys import (
 )
 from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.manifest import (
+    CARD_FILE,
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    VERSION_RE,
+    Manifest,
+    ManifestError,
+    validate_manifest,
+)
+from semiofed.shared.model_folder import CONFIG_FILE, WEIGHTS_FILE
 from semiofed.shared.registry_http import CA_HELP, registry_client
 from semiofed.shared.retirement import retirement_problem
 
 from . import site_audit
 
 TOKEN_ENV = "SEMIOFED_REGISTRY_TOKEN"
-MANIFEST_FORMAT = "semiofed-model-manifest/1"
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MODEL_CONFIG = "model_config.json"
-WEIGHTS, MANIFEST, SIGNATURE, CARD, CURRENT = (
-    "model.safetensors",
-    "manifest.json",
-    "manifest.sig",
-    "model_card.json",
-    "current",
-)
+CURRENT = "current"
 
 
 class VerificationError(SignatureError):
@@ -98,29 +97,17 @@ def _json(response: Any, what: str) -> Any:
         raise SemioFedError(f"registry sent invalid JSON for {what}") from None
 
 
-def _check_manifest(manifest: Any, version: str) -> tuple[str, int, int]:
-    """The signed manifest's (sha256, size, sequence), after checking it names ``version``."""
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise VerificationError(f"{version}: not a {MANIFEST_FORMAT} manifest")
-    if manifest.get("version") != version:
+def _check_manifest(manifest: Any, version: str) -> Manifest:
+    """The signed manifest, parsed by the registry's schema, after checking it names ``version``."""
+    try:
+        parsed = validate_manifest(manifest)
+    except ManifestError as exc:
+        raise VerificationError(f"{version}: {exc}; refusing to install it") from None
+    if parsed.version != version:
         raise VerificationError(
-            f"{version}: the signed manifest is for version {manifest.get('version')!r}; refusing it"
+            f"{version}: the signed manifest is for version {parsed.version!r}; refusing it"
         )
-    weights = manifest.get("weights")
-    sha = weights.get("sha256") if isinstance(weights, dict) else None
-    size = weights.get("size") if isinstance(weights, dict) else None
-    sequence = manifest.get("sequence")
-    if (
-        not (isinstance(sha, str) and SHA256_RE.match(sha))
-        or not isinstance(size, int)
-        or not isinstance(sequence, int)
-    ):
-        raise VerificationError(
-            f"{version}: manifest lacks weights.sha256, weights.size or sequence"
-        )
-    if not isinstance(manifest.get("card"), dict):
-        raise VerificationError(f"{version}: manifest has no model card")
-    return sha, size, sequence
+    return parsed
 
 
 def _refuse_retired(pinned: Any, retirement: Any, version: str, sequence: int, sha: str) -> None:
@@ -170,7 +157,7 @@ def _installed_sequence(state: Path) -> int:
     if current is None:
         return 0
     try:
-        return int(json.loads((current / MANIFEST).read_text())["sequence"])
+        return int(json.loads((current / MANIFEST_FILE).read_text())["sequence"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
@@ -250,7 +237,8 @@ def _pull_verified(
         raise VerificationError(
             f"{version}: {exc} (pinned coordinator key {fingerprint(pinned)[:16]}…); refusing to install it"
         ) from None
-    sha, size, sequence = _check_manifest(manifest, version)
+    parsed = _check_manifest(manifest, version)
+    sha, size, sequence = parsed.weights.sha256, parsed.weights.size, parsed.sequence
     if signed.get("retirement") is not None:
         _refuse_retired(pinned, signed["retirement"], version, sequence, sha)
 
@@ -263,24 +251,28 @@ def _pull_verified(
             "(pass --version to install an older version on purpose)"
         )
     final = models / version
-    if final.is_dir() and (final / WEIGHTS).is_file() and sha256_file(final / WEIGHTS) == sha:
+    if (
+        final.is_dir()
+        and (final / WEIGHTS_FILE).is_file()
+        and sha256_file(final / WEIGHTS_FILE) == sha
+    ):
         _set_current(models, version)
         return InstalledModel(version, final, sha, manifest["card"], already_installed=True)
 
     incoming = Path(tempfile.mkdtemp(prefix=f".incoming-{version}.", dir=models))
     try:
-        got = _download(client, version, incoming / WEIGHTS, size, headers)
+        got = _download(client, version, incoming / WEIGHTS_FILE, size, headers)
         if got != sha:
             raise VerificationError(
                 f"{version}: downloaded weights have SHA-256 {got}, the signed manifest says {sha}; "
                 "refusing to install them"
             )
-        atomic_write_json(incoming / MANIFEST, manifest)
-        atomic_write_bytes(incoming / SIGNATURE, signature.encode() + b"\n")
-        atomic_write_json(incoming / CARD, manifest["card"])
+        atomic_write_json(incoming / MANIFEST_FILE, manifest)
+        atomic_write_bytes(incoming / SIGNATURE_FILE, signature.encode() + b"\n")
+        atomic_write_json(incoming / CARD_FILE, manifest["card"])
         architecture = manifest["card"].get("model", {}).get("architecture")
         if isinstance(architecture, dict):  # signed with the card: `site analyze --model` reads it
-            atomic_write_json(incoming / MODEL_CONFIG, architecture)
+            atomic_write_json(incoming / CONFIG_FILE, architecture)
         if final.exists():  # a stale or damaged earlier copy: replaced by the verified one
             shutil.rmtree(final)
         os.rename(incoming, final)

@@ -24,7 +24,9 @@ import torch
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet
-from semiofed.shared.run_config import model_config
+from semiofed.shared.model_arrays import get_arrays, set_arrays
+from semiofed.shared.release import DELTA, EPSILON_ROUND, PRIVACY_UNIT
+from semiofed.shared.run_config import model_config, window_config
 from semiofed.shared.splits import stable_patient_split
 
 from .analyze_cli import REVIEWED_DATA
@@ -53,7 +55,7 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     training, evaluation and calibration then run the trainable top only."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(
-        Path(data_dir), extra_dirs=extra, features=site_features(state_dir)
+        Path(data_dir), window_config(cfg), extra_dirs=extra, features=site_features(state_dir)
     )
     if state_dir is not None:
         patients = embed_patients(build_model(cfg), patients, EmbeddingCache(Path(state_dir)))
@@ -81,23 +83,6 @@ def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> 
     if arrays is not None:
         set_arrays(model, arrays)
     return model
-
-
-def get_arrays(model: torch.nn.Module) -> list[np.ndarray]:
-    return [p.detach().cpu().numpy().copy() for p in model.parameters() if p.requires_grad]
-
-
-def set_arrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if len(params) != len(arrays):
-        raise SemioFedError(f"got {len(arrays)} arrays for a model with {len(params)} parameters")
-    with torch.no_grad():
-        for p, a in zip(params, arrays, strict=True):
-            if tuple(a.shape) != tuple(p.shape):
-                raise SemioFedError(
-                    f"array of shape {a.shape} for a parameter of shape {tuple(p.shape)}"
-                )
-            p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
 
 
 def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:
@@ -151,9 +136,9 @@ def train_round(
     )
     res = train_local(model, data.train, tcfg, ledger=ledger, progress=False)
     metrics = {
-        "epsilon-round": float(res.epsilon_run if res.epsilon_run is not None else math.inf),
-        "delta": float(priv["delta"]),
-        "privacy-unit": priv["unit"],
+        EPSILON_ROUND: float(res.epsilon_run if res.epsilon_run is not None else math.inf),
+        DELTA: float(priv["delta"]),
+        PRIVACY_UNIT: priv["unit"],
     }
     return get_arrays(model), metrics
 

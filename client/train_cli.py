@@ -6,19 +6,14 @@ import argparse
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.run_config import DEFAULT_DELTA, DEFAULT_LEARNING_RATE
 
 from . import site_audit
 from .analyze_cli import REVIEWED_DATA
-
-if TYPE_CHECKING:  # torch and opacus load only when the command runs
-    import torch
-
-    from semiofed.shared.model import ModelConfig
-    from semiofed.shared.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +84,8 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--delta",
         type=float,
-        default=1e-5,
-        help="δ of the budget and of every ε reported (default 1e-5)",
+        default=DEFAULT_DELTA,
+        help=f"δ of the budget and of every ε reported (default {DEFAULT_DELTA:g})",
     )
     p.add_argument(
         "--epsilon-target",
@@ -141,7 +136,12 @@ def register(cmds: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train without differential privacy (nothing protected, nothing in the ledger)",
     )
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (Adam, default 2e-3)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=DEFAULT_LEARNING_RATE,
+        help=f"learning rate (Adam, default {DEFAULT_LEARNING_RATE:g}, as a run configuration's)",
+    )
     p.add_argument(
         "--window-seconds", type=float, default=5.0, help="window length in s (default 5)"
     )
@@ -179,29 +179,6 @@ def register(cmds: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
-def save_model(
-    run_dir: Path, model: torch.nn.Module, mcfg: ModelConfig, wcfg: WindowConfig
-) -> None:
-    """``model.safetensors`` (no pickle) and ``model_config.json``, each written atomically."""
-    from safetensors.torch import save_file
-
-    from semiofed.shared.atomic import atomic_path, atomic_write_json
-    from semiofed.shared.model import architecture_hash
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"architecture_hash": architecture_hash(mcfg)})
-    atomic_write_json(
-        run_dir / "model_config.json",
-        {
-            "model": asdict(mcfg),
-            "window": asdict(wcfg),
-            "architecture_hash": architecture_hash(mcfg),
-        },
-    )
-
-
 def _val_fraction(args: argparse.Namespace) -> float:
     """With DP no validation patients by default: selecting an epoch on them is not private."""
     if args.val_fraction is not None:
@@ -216,6 +193,7 @@ def _train(args: argparse.Namespace) -> int:
     from semiofed.shared.atomic import atomic_write_json, json_safe
     from semiofed.shared.dataset import load_patient_windows
     from semiofed.shared.model import ModelConfig, SemioNet, architecture_hash, count_parameters
+    from semiofed.shared.model_folder import write_model_folder
     from semiofed.shared.splits import patient_split
     from semiofed.shared.windows import WindowConfig
 
@@ -278,7 +256,9 @@ def _train(args: argparse.Namespace) -> int:
     result = train_local(
         model, train, cfg, ledger, progress=not args.no_progress, val_patients=val or None
     )
-    save_model(out, model, mcfg, wcfg)  # first: a failing evaluation never loses the training
+    write_model_folder(
+        out, model, mcfg, wcfg
+    )  # first: a failing evaluation never loses the training
     threshold = choose_threshold(model, val, args.device)
     evaluation_error: SemioFedError | None = None
     try:

@@ -358,8 +358,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _attack(args: argparse.Namespace) -> int:
+    from semiofed.shared.model import resolve_device
+
     from .empirical.suite import ATTACKS, AuditSettings, ledger_defaults, run_suite
-    from .empirical.training import resolve_device
 
     overrides = ledger_defaults(args.state)
     for name in ("noise_multiplier", "max_grad_norm", "delta", "epochs"):

@@ -15,16 +15,18 @@ by ``[federation] round-timeout``: a site that died mid-round is dropped from th
 again in later rounds once its SuperNode is back.
 
 Run payload: ``--run-config semiofed="<base64 JSON>"`` with the validated run
-configuration, ``out_dir`` (checkpoints, run directory) and optionally ``run_name``.
+configuration, ``out_dir`` (checkpoints, run directory) and optionally ``run_name`` and
+``data`` (what the sites train on, e.g. ``synthetic``; both go into the run record).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -40,12 +42,15 @@ from flwr.server.workflow.default_workflows import (
 )
 
 from semiofed.shared.atomic import atomic_write_json, json_safe
+from semiofed.shared.release import DELTA, EPSILON, PRIVACY_UNIT
 from semiofed.shared.run_config import (
     approval_fields,
     config_digest,
     model_config,
     payload_of,
+    window_config,
 )
+from semiofed.shared.run_record import RunRecord
 
 from .checkpoints import load_checkpoint, save_checkpoint, write_run_dir
 from .strategies import RecordingStrategy, make_strategy
@@ -116,11 +121,11 @@ def _initial_arrays(cfg: dict[str, Any]) -> tuple[Any, list[np.ndarray]]:
     import torch
 
     from semiofed.shared.model import SemioNet
+    from semiofed.shared.model_arrays import get_arrays
 
     torch.manual_seed(cfg["federation"]["seed"])
     model = SemioNet(model_config(cfg))
-    arrays = [p.detach().cpu().numpy().copy() for p in model.parameters() if p.requires_grad]
-    return model, arrays
+    return model, get_arrays(model)
 
 
 def _site_level_epsilon(cfg: dict[str, Any], rounds: int) -> dict[str, Any] | None:
@@ -153,9 +158,9 @@ def _per_site_privacy(rounds: dict[int, dict[str, Any]]) -> dict[str, list[dict[
             out.setdefault(site, []).append(
                 {
                     "round": r,
-                    "epsilon": m.get("epsilon"),
-                    "delta": m.get("delta"),
-                    "privacy_unit": m.get("privacy-unit"),
+                    "epsilon": m.get(EPSILON),
+                    "delta": m.get(DELTA),
+                    "privacy_unit": m.get(PRIVACY_UNIT),
                 }
             )
     return out
@@ -163,6 +168,8 @@ def _per_site_privacy(rounds: dict[int, dict[str, Any]]) -> dict[str, list[dict[
 
 def run_federation(grid: Grid, context: Context) -> None:
     """The round loop (see the module docstring)."""
+    from semiofed.shared.model_arrays import set_arrays
+
     payload = payload_of(context.run_config)
     cfg = payload["config"]
     out_dir = Path(payload["out_dir"])
@@ -242,22 +249,18 @@ def run_federation(grid: Grid, context: Context) -> None:
     final = parameters_to_ndarrays(
         compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], True)
     )
-    _set_params(model, final)
+
+    set_arrays(model, final)  # count and shapes checked
     run = _run_record(cfg, recorder, round_times, started)
-    run["flower_run_id"] = context.run_id
-    run["resumed_after_round"] = start_round - 1 if resumed is not None else None
-    run["run_name"] = payload.get("run_name", out_dir.name)
-    write_run_dir(out_dir, model, model_config(cfg), run)
+    run = dataclasses.replace(
+        run,
+        flower_run_id=context.run_id,
+        resumed_after_round=start_round - 1 if resumed is not None else None,
+        run_name=payload.get("run_name", out_dir.name),
+        data=payload.get("data"),
+    )
+    write_run_dir(out_dir, model, model_config(cfg), window_config(cfg), run)
     _write_progress(out_dir, cfg, recorder, round_times, finished=True)
-
-
-def _set_params(model: Any, arrays: list[np.ndarray]) -> None:
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.no_grad():
-        for p, a in zip(params, arrays, strict=True):
-            p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)))
 
 
 def _run_record(
@@ -265,33 +268,27 @@ def _run_record(
     rec: RecordingStrategy,
     round_times: dict[int, float],
     started: float,
-) -> dict[str, Any]:
+) -> RunRecord:
     rounds = [rec.rounds[r] | {"seconds": round_times.get(r)} for r in sorted(rec.rounds)]
     sites = sorted({s for r in rec.rounds.values() for s in r["sites"]})
-    return cast(
-        dict[str, Any],
-        json_safe(
-            {
-                "format": "semiofed-run-1",
-                "config": cfg,
-                "approval_fields": approval_fields(cfg),
-                "rounds_planned": cfg["federation"]["rounds"],
-                "rounds": rounds,
-                "participating_sites": sites,
-                "site_privacy": _per_site_privacy(rec.rounds),
-                "patient_level_dp": {
-                    "privacy_unit": cfg["privacy"]["unit"],
-                    "delta": cfg["privacy"]["delta"],
-                    "accountant": cfg["privacy"]["accountant"],
-                    "note": "epsilon per site is cumulative over that site's whole ledger "
-                    "(DP training and DP evaluation)",
-                },
-                "central_dp": _site_level_epsilon(cfg, len(rounds)),
-                "secure_aggregation": cfg["secagg"]["enabled"],
-                "started_unix": started,
-                "finished_unix": time.time(),
-            }
-        ),
+    return RunRecord(
+        config=cfg,
+        approval_fields=approval_fields(cfg),
+        rounds_planned=cfg["federation"]["rounds"],
+        rounds=rounds,
+        participating_sites=sites,
+        site_privacy=_per_site_privacy(rec.rounds),
+        patient_level_dp={
+            "privacy_unit": cfg["privacy"]["unit"],
+            "delta": cfg["privacy"]["delta"],
+            "accountant": cfg["privacy"]["accountant"],
+            "note": "epsilon per site is cumulative over that site's whole ledger "
+            "(DP training and DP evaluation)",
+        },
+        central_dp=_site_level_epsilon(cfg, len(rounds)),
+        secure_aggregation=cfg["secagg"]["enabled"],
+        started_unix=started,
+        finished_unix=time.time(),
     )
 
 

@@ -7,16 +7,15 @@ with the same configuration digest.
 
 Run directory (what ``semiofed registry publish RUN_DIR`` reads)::
 
-    RUN_DIR/model.safetensors   the federated model's state_dict
-    RUN_DIR/model_config.json   ModelConfig fields, window, architecture hash and the public
-                                pretraining of the round-0 weights (None without)
-    RUN_DIR/run.json            run config, rounds, participating sites, per-site ε/δ/privacy
-                                unit over rounds, federated metrics per round, central DP
+    RUN_DIR/model.safetensors   the model folder (``shared/model_folder.py``): weights,
+    RUN_DIR/model_config.json   model and window configuration, architecture hash, pretraining
+    RUN_DIR/run.json            the run record (``shared/run_record.py``): run config, rounds,
+                                participating sites, per-site ε/δ/privacy unit over rounds,
+                                federated metrics per round, central DP
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from semiofed.shared.atomic import atomic_path, atomic_write_json
 from semiofed.shared.errors import FormatError, SemioFedError
+from semiofed.shared.run_record import RunRecord, write_run_record
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -66,24 +66,12 @@ def load_checkpoint(
     return int(state["round"]), arrays, state
 
 
-def write_run_dir(run_dir: Path, model: Any, model_cfg: Any, run: dict[str, Any]) -> None:
-    from safetensors.torch import save_file as save_torch
+def write_run_dir(
+    run_dir: Path, model: Any, model_cfg: Any, window_cfg: Any, run: RunRecord
+) -> None:
+    """The model folder (``shared/model_folder.py``, so a published model serves ``site
+    analyze``) and the run record (``shared/run_record.py``)."""
+    from semiofed.shared.model_folder import write_model_folder
 
-    from semiofed.shared.model import architecture_hash, pretraining_statement
-    from semiofed.shared.windows import WindowConfig
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        save_torch(state, str(tmp))
-    # the layout of `site train`'s model folders, so a published model serves `site analyze`
-    atomic_write_json(
-        run_dir / "model_config.json",
-        {
-            "model": dataclasses.asdict(model_cfg),
-            "window": dataclasses.asdict(WindowConfig()),
-            "architecture_hash": architecture_hash(model_cfg),
-            "pretraining": pretraining_statement(model_cfg),
-        },
-    )
-    atomic_write_json(run_dir / "run.json", run)
+    write_model_folder(run_dir, model, model_cfg, window_cfg)
+    write_run_record(run_dir, run)

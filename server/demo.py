@@ -258,7 +258,7 @@ def run_demo(
                 f"δ={cfg['privacy']['delta']:g} ({cfg['privacy']['accountant']})",
                 flush=True,
             )
-            payload = encode_payload(cfg, out_dir=str(run_dir), run_name="demo")
+            payload = encode_payload(cfg, out_dir=str(run_dir), run_name="demo", data="synthetic")
             run_id = c.submit({"semiofed": payload})
             status = follow_run(c, run_id, run_dir, names, timeout)
     except BaseException:

@@ -99,6 +99,12 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
         help="127.0.0.1 port the SuperLink fetches the signed FAB from, as given to "
         f"`server superlink` (default {DEFAULT_INDEX_PORT}; run this on the SuperLink host)",
     )
+    p.add_argument(
+        "--data",
+        metavar="TEXT",
+        help="what the sites train on, stated in the run record and model card "
+        "('synthetic' marks the card not for clinical use)",
+    )
     p.add_argument("--wait", action="store_true", help="wait until the run finishes")
     p.set_defaults(func=_run)
 
@@ -213,7 +219,8 @@ def _run(args: argparse.Namespace) -> int:
         superlink=args.superlink,
         index_port=args.app_index_port,
     )
-    run_id = c.submit({"semiofed": encode_payload(cfg, out_dir=str(args.out.resolve()))})
+    payload = encode_payload(cfg, out_dir=str(args.out.resolve()), data=args.data)
+    run_id = c.submit({"semiofed": payload})
     print(f"submitted Flower run {run_id}; run directory {args.out}")
     if args.wait:
         print(json.dumps(c.wait_run(run_id, timeout=7 * 24 * 3600, poll=10), indent=1))

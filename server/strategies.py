@@ -57,7 +57,14 @@ from flwr.server.strategy import (
 
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.noisy_eval import decode_table, table_metrics
-from semiofed.shared.release import DECLINE_CODES, SITE_METRICS
+from semiofed.shared.release import (
+    DECLINE_CODES,
+    DECLINE_REASON,
+    DECLINED,
+    EVAL_TABLE,
+    SITE_METRICS,
+    SITE_NAME,
+)
 from semiofed.shared.run_config import server_optimizer
 
 
@@ -203,7 +210,7 @@ def _federated_eval(tables: list[np.ndarray], sigma: float) -> dict[str, Scalar]
 
 
 def _table(metrics: dict[str, Scalar]) -> np.ndarray | None:
-    return decode_table(metrics.get("eval-table"))
+    return decode_table(metrics.get(EVAL_TABLE))
 
 
 def _failure_reason(failure: Any) -> str:
@@ -256,9 +263,9 @@ class RecordingStrategy(DelegatingStrategy):
         rec["failure_reasons"] = [_failure_reason(f) for f in failures]
         kept, tables = [], []
         for proxy, res in results:
-            site = str(res.metrics.get("site-name", proxy.node_id))
-            if res.num_examples == 0 or res.metrics.get("declined"):
-                code = res.metrics.get("decline-reason")
+            site = str(res.metrics.get(SITE_NAME, proxy.node_id))
+            if res.num_examples == 0 or res.metrics.get(DECLINED):
+                code = res.metrics.get(DECLINE_REASON)
                 rec["declined"][site] = code if code in DECLINE_CODES else "declined"
                 continue
             kept.append((proxy, res))
@@ -304,10 +311,10 @@ class RecordingStrategy(DelegatingStrategy):
         rec["evaluate_failure_reasons"] = [_failure_reason(f) for f in failures]
         tables, final = [], {}
         for proxy, res in results:
-            site = str(res.metrics.get("site-name", proxy.node_id))
+            site = str(res.metrics.get(SITE_NAME, proxy.node_id))
             table = _table(res.metrics)
-            if res.num_examples == 0 or res.metrics.get("declined") or table is None:
-                code = res.metrics.get("decline-reason")
+            if res.num_examples == 0 or res.metrics.get(DECLINED) or table is None:
+                code = res.metrics.get(DECLINE_REASON)
                 rec.setdefault("evaluate_declined", {})[site] = (
                     code if code in DECLINE_CODES else "declined"
                 )

@@ -55,27 +55,33 @@ class Released:
     why: str
 
 
+#: The metric names: the ClientApp writes, the allowlist checks, the ServerApp records and the
+#: model card reads these constants (nowhere else spelled out).
+EVAL_TABLE, EPSILON, EPSILON_ROUND = "eval-table", "epsilon", "epsilon-round"
+DELTA, PRIVACY_UNIT, SITE_NAME = "delta", "privacy-unit", "site-name"
+DECLINED, DECLINE_REASON = "declined", "decline-reason"
+
 METRICS: tuple[Released, ...] = (
-    Released("eval-table", "table", (TRAIN, EVALUATE), "dp", DP_TABLE),
-    Released("epsilon", "number", (TRAIN, EVALUATE), "public", LEDGER_ECHO),
-    Released("epsilon-round", "number", (TRAIN,), "public", LEDGER_ECHO),
-    Released("delta", "number", (TRAIN, EVALUATE), "public", "approved config echo"),
-    Released("privacy-unit", "unit", (TRAIN, EVALUATE), "public", "approved config echo"),
-    Released("site-name", "name", (TRAIN, EVALUATE), "public", "SuperNode node config"),
+    Released(EVAL_TABLE, "table", (TRAIN, EVALUATE), "dp", DP_TABLE),
+    Released(EPSILON, "number", (TRAIN, EVALUATE), "public", LEDGER_ECHO),
+    Released(EPSILON_ROUND, "number", (TRAIN,), "public", LEDGER_ECHO),
+    Released(DELTA, "number", (TRAIN, EVALUATE), "public", "approved config echo"),
+    Released(PRIVACY_UNIT, "unit", (TRAIN, EVALUATE), "public", "approved config echo"),
+    Released(SITE_NAME, "name", (TRAIN, EVALUATE), "public", "SuperNode node config"),
     Released(
-        "declined",
+        DECLINED,
         "flag",
         (TRAIN, EVALUATE),
         "public",
         "1 on a decline: a function of the approvals, the ledger and whether the site's "
         "data could be used (site-error), not of patient values",
     ),
-    Released("decline-reason", "code", (TRAIN, EVALUATE), "public", "one of DECLINE_CODES"),
+    Released(DECLINE_REASON, "code", (TRAIN, EVALUATE), "public", "one of DECLINE_CODES"),
 )
 BY_KEY: dict[str, Released] = {m.key: m for m in METRICS}
 ALLOWED_METRICS: tuple[str, ...] = tuple(BY_KEY)
 #: What the ServerApp records per site and round (the rest is evaluation or decline).
-SITE_METRICS: tuple[str, ...] = ("epsilon", "epsilon-round", "delta", "privacy-unit")
+SITE_METRICS: tuple[str, ...] = (EPSILON, EPSILON_ROUND, DELTA, PRIVACY_UNIT)
 
 #: Flower's own records of a reply and their fixed contents.
 FLOWER_FIELDS: dict[str, str] = {

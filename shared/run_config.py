@@ -1,7 +1,8 @@
 """Federated run configuration: loaded from TOML in ``configs/``, validated with errors that
 name the file and the field.
 
-Tables (every key optional; defaults below)::
+Tables (every key optional; every field, its default and its approval status are in
+:data:`FIELDS`)::
 
     [federation]  rounds, strategy, min-nodes, fraction-train, fraction-evaluate,
                   round-timeout, seed
@@ -9,8 +10,11 @@ Tables (every key optional; defaults below)::
                   num-malicious (krum/multikrum), num-keep (multikrum),
                   server-learning-rate, server-momentum (any strategy: server-side SGD with
                   momentum on the aggregate, server/strategies.py)
-    [training]    local-epochs, learning-rate, batch-size, val-fraction, test-fraction
+    [training]    local-epochs, learning-rate (2e-3, as ``site train --lr``), batch-size,
+                  val-fraction, test-fraction
     [model]       fields of semiofed.shared.model.ModelConfig (lists for tuples)
+    [window]      fields of semiofed.shared.windows.WindowConfig, hyphenated (seconds, fps,
+                  hop, min-event-coverage, rotate, reference-seconds, max-gap-frames)
     [privacy]     unit ("patient"), noise-multiplier, clip-norm, delta (1e-5, as
                   ``site train --delta``), site-budget, accountant ("rdp" | "prv"),
                   eval-noise-multiplier (σ of the DP evaluation table, client/dp_evaluation.py)
@@ -25,9 +29,11 @@ a site trains only for a configuration whose approval fields match an approved r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,50 +42,77 @@ from .errors import SemioFedError
 STRATEGIES = ("fedavg", "fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum")
 ROBUST = ("fedtrimmedavg", "fedmedian", "krum", "multikrum")
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "federation": {
-        "rounds": 5,
-        "strategy": "fedavg",
-        "min-nodes": 2,
-        "fraction-train": 1.0,
-        "fraction-evaluate": 1.0,
-        "round-timeout": 120.0,
-        "seed": 0,
-    },
-    "strategy": {
-        "proximal-mu": 0.01,
-        "trim-beta": 0.2,
-        "num-malicious": 0,
-        "num-keep": 0,
-        "server-learning-rate": 1.0,
-        "server-momentum": 0.0,
-    },
-    "training": {
-        "local-epochs": 1,
-        "learning-rate": 0.05,
-        "batch-size": 8,
-        "val-fraction": 0.0,
-        "test-fraction": 0.25,
-    },
-    "model": {},
-    "privacy": {
-        "unit": "patient",
-        "noise-multiplier": 1.0,
-        "clip-norm": 1.0,
-        "delta": 1e-5,
-        "site-budget": 10.0,
-        "accountant": "rdp",
-        "eval-noise-multiplier": 2.0,
-    },
-    "secagg": {
-        "enabled": True,
-        "num-shares": 3,
-        "reconstruction-threshold": 2,
-        "clipping-range": 8.0,
-        "quantization-range": 4194304,
-    },
-    "central-dp": {"enabled": False, "noise-multiplier": 0.5, "clip-norm": 5.0, "delta": 1e-5},
-}
+DEFAULT_LEARNING_RATE = 2e-3  # Adam, as `site train --lr`
+DEFAULT_DELTA = 1e-5  # as `site train --delta` and `audit init-ledger --delta`
+
+
+@dataclass(frozen=True)
+class RunField:
+    """One field of the run configuration: its table, key, default, whether the privacy
+    officer's approval covers it (part of :func:`approval_fields`) and what it sets."""
+
+    table: str
+    key: str
+    default: Any
+    approved: bool
+    meaning: str
+
+
+def _window_fields() -> tuple[RunField, ...]:
+    from .windows import WindowConfig
+
+    return tuple(
+        RunField("window", f.name.replace("_", "-"), f.default, True, "WindowConfig." + f.name)
+        for f in dataclasses.fields(WindowConfig)
+    )
+
+
+# The one table of the run configuration. Every field is approved: a site trains only for the
+# whole configuration its officer approved (changing a timeout needs a new approval too).
+FIELDS: tuple[RunField, ...] = (
+    RunField("federation", "rounds", 5, True, "federated rounds"),
+    RunField("federation", "strategy", "fedavg", True, f"one of {STRATEGIES}"),
+    RunField("federation", "min-nodes", 2, True, "sites needed to start a round"),
+    RunField("federation", "fraction-train", 1.0, True, "share of sites asked to train"),
+    RunField("federation", "fraction-evaluate", 1.0, True, "share of sites asked to evaluate"),
+    RunField("federation", "round-timeout", 120.0, True, "seconds a round waits for replies"),
+    RunField("federation", "seed", 0, True, "public seed: initialisation and patient split"),
+    RunField("strategy", "proximal-mu", 0.01, True, "FedProx proximal term"),
+    RunField("strategy", "trim-beta", 0.2, True, "FedTrimmedAvg trimmed fraction"),
+    RunField("strategy", "num-malicious", 0, True, "Krum/MultiKrum assumed attackers"),
+    RunField("strategy", "num-keep", 0, True, "MultiKrum updates kept"),
+    RunField("strategy", "server-learning-rate", 1.0, True, "server SGD step on the aggregate"),
+    RunField("strategy", "server-momentum", 0.0, True, "server heavy-ball momentum"),
+    RunField("training", "local-epochs", 1, True, "passes over the site's patients a round"),
+    RunField("training", "learning-rate", DEFAULT_LEARNING_RATE, True, "Adam learning rate"),
+    RunField("training", "batch-size", 8, True, "expected patients per DP-SGD step"),
+    RunField("training", "val-fraction", 0.0, True, "validation patients (no round uses them)"),
+    RunField("training", "test-fraction", 0.25, True, "held-out test patients"),
+    RunField("privacy", "unit", "patient", True, "privacy unit"),
+    RunField("privacy", "noise-multiplier", 1.0, True, "DP-SGD σ"),
+    RunField("privacy", "clip-norm", 1.0, True, "per-patient clipping bound C"),
+    RunField("privacy", "delta", DEFAULT_DELTA, True, "δ of every ε reported"),
+    RunField("privacy", "site-budget", 10.0, True, "ε a site may spend in the run"),
+    RunField("privacy", "accountant", "rdp", True, "'rdp' or 'prv'"),
+    RunField("privacy", "eval-noise-multiplier", 2.0, True, "σ of the DP evaluation table"),
+    RunField("secagg", "enabled", True, True, "SecAgg+ on the updates"),
+    RunField("secagg", "num-shares", 3, True, "SecAgg+ shares"),
+    RunField("secagg", "reconstruction-threshold", 2, True, "SecAgg+ threshold"),
+    RunField("secagg", "clipping-range", 8.0, True, "SecAgg+ clipping range"),
+    RunField("secagg", "quantization-range", 4194304, True, "SecAgg+ quantization range"),
+    RunField("central-dp", "enabled", False, True, "server-side DP on the aggregate"),
+    RunField("central-dp", "noise-multiplier", 0.5, True, "central DP σ"),
+    RunField("central-dp", "clip-norm", 5.0, True, "central DP clipping of a site's update"),
+    RunField("central-dp", "delta", DEFAULT_DELTA, True, "central DP δ"),
+    *_window_fields(),
+)
+# Tables added after approvals existed: in the validated configuration (and so in its
+# digests) only when the file sets them, so earlier approvals stay valid unchanged.
+OPTIONAL_TABLES = ("window",)
+
+DEFAULTS: dict[str, dict[str, Any]] = {"model": {}}
+for _f in FIELDS:
+    DEFAULTS.setdefault(_f.table, {})[_f.key] = _f.default
 
 _NUMBER = (int, float)
 
@@ -112,7 +145,7 @@ def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
         raise RunConfigError(f"{source}: unknown table(s) {unknown}; known: {sorted(DEFAULTS)}")
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = {t: v for t, v in copy.deepcopy(DEFAULTS).items() if t not in OPTIONAL_TABLES}
     for table, values in raw.items():
         if not isinstance(values, dict):
             raise RunConfigError(f"{source}: [{table}] must be a table")
@@ -125,7 +158,7 @@ def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any
                     source, f"{table}.{key}", f"unknown field; known: {sorted(DEFAULTS[table])}"
                 )
             _check_type(source, f"{table}.{key}", value, DEFAULTS[table][key])
-            cfg[table][key] = value
+            cfg.setdefault(table, dict(DEFAULTS[table]))[key] = value
     fed, strat, tr, priv = cfg["federation"], cfg["strategy"], cfg["training"], cfg["privacy"]
     sa, cdp = cfg["secagg"], cfg["central-dp"]
 
@@ -157,6 +190,11 @@ def validate(raw: dict[str, Any], source: str = "<run config>") -> dict[str, Any
     need(priv["site-budget"] > 0, "privacy.site-budget", "must be > 0")
     need(priv["accountant"] in ("rdp", "prv"), "privacy.accountant", "must be 'rdp' or 'prv'")
     need(priv["eval-noise-multiplier"] > 0, "privacy.eval-noise-multiplier", "must be > 0")
+    win = {**DEFAULTS["window"], **cfg.get("window", {})}
+    for key in ("seconds", "fps", "hop", "reference-seconds"):
+        need(win[key] > 0, f"window.{key}", "must be > 0")
+    need(0 < win["min-event-coverage"] <= 1, "window.min-event-coverage", "must be in (0, 1]")
+    need(win["max-gap-frames"] >= 0, "window.max-gap-frames", "must be >= 0")
     if sa["enabled"]:
         need(
             fed["strategy"] not in ROBUST,
@@ -215,6 +253,14 @@ def model_config(cfg: dict[str, Any]) -> Any:
         return ModelConfig(**fields)
     except TypeError as exc:
         raise RunConfigError(f"[model]: {exc}") from None
+
+
+def window_config(cfg: dict[str, Any]) -> Any:
+    """The ``WindowConfig`` of ``[window]`` (defaults for the fields it does not set)."""
+    from .windows import WindowConfig
+
+    win = {**DEFAULTS["window"], **cfg.get("window", {})}
+    return WindowConfig(**{k.replace("-", "_"): v for k, v in win.items()})
 
 
 def server_optimizer(cfg: dict[str, Any]) -> bool:

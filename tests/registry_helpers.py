@@ -88,17 +88,14 @@ class RegistrySetup:
     public_key: Path
     tokens: dict[str, str]
 
-    @property
-    def db_url(self) -> str:
-        return default_db_url(self.data)
 
-
-def make_registry(data: Path) -> RegistrySetup:
-    """A registry with a coordinator key pair and one token per role."""
+def make_registry(data: Path, db_url: str | None = None) -> RegistrySetup:
+    """A registry with a coordinator key pair and one token per role (its database at
+    ``db_url``, by default SQLite in ``data``)."""
     keys = data / "keys"
     keys.mkdir(parents=True)
     generate_keypair(keys / "coordinator.pem", keys / "coordinator.pub.pem")
-    registry = open_registry(default_db_url(data), data, keys / "coordinator.pub.pem")
+    registry = open_registry(db_url or default_db_url(data), data, keys / "coordinator.pub.pem")
     tokens = {}
     with registry.sessions() as session:
         for role in ("coordinator", "site", "auditor"):

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from semiofed.client.train_cli import save_model
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.audit_trail import read_entries, site_trail, verify
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.cli import main
 from semiofed.shared.model import ModelConfig, SemioNet
+from semiofed.shared.model_folder import write_model_folder
 from semiofed.shared.synth import generate_consortium
 from semiofed.shared.windows import WindowConfig
 from tests.ledger_helpers import new_ledger
@@ -34,7 +34,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     torch.manual_seed(0)
     mcfg = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
-    save_model(root / "model", SemioNet(mcfg), mcfg, WindowConfig())
+    write_model_folder(root / "model", SemioNet(mcfg), mcfg, WindowConfig())
     out: dict = {"model": root / "model"}
     for s in ("a", "b"):
         data = root / "data" / ("site-01" if s == "a" else "site-02")

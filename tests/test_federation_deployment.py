@@ -121,10 +121,26 @@ def test_register_command_registers_a_new_site(consortium):
     assert nodes[node_id]["status"] == "registered"  # known, not yet online
 
 
+def _unfilled(value: object, where: str = "card") -> list[str]:
+    """The card fields that came out empty (None, "", {}, []), but where empty is a value
+    (no declined rounds); the copied documents (architecture, configuration) only whole."""
+    if where.endswith(".declined_rounds"):
+        return []
+    if value is None or value in ("", {}, []):
+        return [where]
+    if where.endswith((".architecture", ".configuration")):
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _unfilled(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _unfilled(v, f"{where}[{i}]")]
+    return []
+
+
 def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     c, root = consortium
     out = root / "run-main"
-    run_id = c.submit({"semiofed": encode_payload(MAIN, out_dir=str(out))})
+    run_id = c.submit({"semiofed": encode_payload(MAIN, out_dir=str(out), data="synthetic")})
     status = c.wait_run(run_id, timeout=900, progress=out / PROGRESS_FILE)
     assert status["status"] == "finished:completed", status
     run = _run_json(out)
@@ -145,9 +161,10 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     assert model_cfg["model"]["embed_dim"] == 16 and model_cfg["architecture_hash"]
     # the run directory is what the registry publishes and `site analyze` loads
     from semiofed.server.registry.cards import build_card
-    from semiofed.shared.analysis.pipeline import load_model
+    from semiofed.shared.model_folder import load_model_folder
 
     card = build_card(out)
+    assert _unfilled(card) == []  # the run record's writer and the card's reader agree
     training = card["training"]
     assert card["name"] == out.name and training["strategy"] == "fedavg"
     assert training["run_id"] == str(run["flower_run_id"]) and training["started_at"]
@@ -159,7 +176,7 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
         1e-3,
     )
     assert site01["epsilon_final"] == pytest.approx(eps[-1])
-    load_model(out, "cpu")
+    load_model_folder(out, "cpu")
     outbox = (root / "state" / "site-01" / "outbox.jsonl").read_text().splitlines()
     # 4 SecAgg+ stages per round (the train reply also evaluates the model received), and
     # one evaluate message for the final model

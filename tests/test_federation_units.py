@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -31,11 +32,14 @@ from semiofed.server.certs import ConsortiumPaths, add_site_key, init_consortium
 from semiofed.shared.cli import main
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.run_config import (
+    DEFAULTS,
+    FIELDS,
     RunConfigError,
     approval_fields,
     encode_payload,
     load_run_config,
     validate,
+    window_config,
 )
 
 from .federation_helpers import TINY, synth_consortium
@@ -76,6 +80,34 @@ def test_every_field_that_changes_the_computation_is_approved():
         assert approval_fields(changed) != base, key
     with pytest.raises(RunConfigError, match="fraction-train: must be 1 with central DP"):
         validate({"central-dp": {"enabled": True}, "federation": {"fraction-train": 0.5}})
+
+
+def test_one_field_table_sets_defaults_window_config_and_cli_defaults(tmp_path):
+    """Every field is in FIELDS with its default and approval status; the TOML sets the
+    WindowConfig; `site train`'s --lr/--delta defaults are the run configuration's."""
+    from semiofed.client.train_cli import register
+    from semiofed.shared.windows import WindowConfig
+
+    assert {(f.table, f.key) for f in FIELDS} == {
+        (t, k) for t, keys in DEFAULTS.items() for k in keys
+    } and all(f.approved for f in FIELDS)
+    assert "window" not in validate(TINY)  # earlier approvals' digests stay as they were
+    assert window_config(validate(TINY)) == WindowConfig()
+    path = tmp_path / "w.toml"
+    path.write_text("[window]\nseconds = 4\nhop = 0.5\nrotate = false\n", encoding="utf-8")
+    cfg = load_run_config(path)
+    assert window_config(cfg) == WindowConfig(seconds=4, hop=0.5, rotate=False)
+    assert approval_fields(cfg) != approval_fields(validate({}))
+    path.write_text("[window]\nhop = 0\n", encoding="utf-8")
+    with pytest.raises(RunConfigError, match=r"w\.toml: \[window\] hop: must be > 0"):
+        load_run_config(path)
+    parser = argparse.ArgumentParser().add_subparsers()
+    register(parser)
+    train = parser.choices["train"]
+    assert (train.get_default("lr"), train.get_default("delta")) == (
+        DEFAULTS["training"]["learning-rate"],
+        DEFAULTS["privacy"]["delta"],
+    )
 
 
 def test_robust_strategy_with_secagg_is_refused():

@@ -10,7 +10,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from semiofed.client.model_pull import RetiredVersion, VerificationError, current_model, pull
-from semiofed.privacy.keys import canonical_json, generate_keypair, sha256_file, sign
+from semiofed.privacy.keys import (
+    canonical_json,
+    generate_keypair,
+    load_private_key,
+    sha256_file,
+    sign,
+)
 from semiofed.server.registry.app import create_app
 from semiofed.server.registry.db import ModelVersion
 from semiofed.server.registry.publish import check_stored, publish_local, retire_local
@@ -156,6 +162,23 @@ def test_unsigned_refused(
     setup, _ = reg
     _edit_row(setup, "v2", signature=signature)
     with pytest.raises(VerificationError, match="not signed"):
+        _pull(reg, tmp_path / "state")
+    _nothing_installed(tmp_path / "state")
+
+
+def test_signed_manifest_failing_the_registry_schema_refused(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    """The site checks the one manifest schema the registry checks (shared/manifest.py): a
+    manifest the coordinator did sign but with a card field of the wrong type is refused."""
+    setup, _ = reg
+    with setup.registry.sessions() as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == "v2"))
+        manifest = json.loads(row.manifest_json)
+    manifest["card"]["rounds"] = "3"
+    signature = sign(load_private_key(setup.private_key), canonical_json(manifest))
+    _edit_row(setup, "v2", manifest_json=json.dumps(manifest), signature=signature)
+    with pytest.raises(VerificationError, match=r"manifest: card\.rounds"):
         _pull(reg, tmp_path / "state")
     _nothing_installed(tmp_path / "state")
 

@@ -210,10 +210,6 @@ def is_sampled(index: int, src_fps: float, target_fps: float) -> bool:
     return any(round(j * ratio) == index for j in (k - 1, k, k + 1) if j >= 0)
 
 
-def count_sampled(start: int, stop: int, src_fps: float, target_fps: float) -> int:
-    return sum(is_sampled(i, src_fps, target_fps) for i in range(start, stop))
-
-
 @dataclass
 class DecodeStats:
     read: int = 0  # frames demuxed and decoded

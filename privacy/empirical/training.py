@@ -11,20 +11,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from semiofed.shared.errors import SemioFedError
-
 from ..accounting import epsilon
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SemioFedError("--device cuda requested but no CUDA device is available")
-    if device not in ("cpu", "cuda"):
-        raise SemioFedError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def mlp(in_dim: int, n_classes: int, hidden: int = 128) -> nn.Sequential:

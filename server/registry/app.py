@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.manifest import VERSION_RE
 
 from . import queries, web
 from .auth import (
@@ -62,7 +63,7 @@ from .schemas import (
     VersionSummary,
     errors,
 )
-from .storage import VERSION_RE, NotSafetensors, UploadTooLarge
+from .storage import NotSafetensors, UploadTooLarge
 
 VersionPath = Annotated[str, Path(pattern=VERSION_RE.pattern, description="version name, e.g. v3")]
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -1,23 +1,25 @@
 """Model cards built from a ServerApp run directory.
 
-A run directory holds ``model.safetensors`` (weights), ``model_config.json`` (the model
-configuration, with ``architecture_hash``) and ``run.json`` (what the run did, as the
-ServerApp writes it: ``server/app.py``). Weights and model configuration are required and
-checked; every field of ``run.json`` is optional and a card says "not reported" rather than
-guessing. ``run.json`` fields read::
+A run directory holds the model folder (``shared/model_folder.py``: weights and
+``model_config.json`` with ``architecture_hash``) and ``run.json``, the run record
+(``shared/run_record.py``: the ServerApp writes a ``RunRecord``, this module reads one).
+Weights and model configuration are required and checked; every field of the run record is
+optional and a card says "not reported" rather than guessing. Fields read::
 
     flower_run_id, run_name, started_unix, finished_unix (seconds since the epoch), data,
     config                              the run configuration (object); the strategy is its
                                         federation.strategy
     architecture_hash                   if not in model_config.json (they must agree)
-    sites                               list of site names (else taken from the rounds)
+    sites                               list of site names (else participating_sites, else
+                                        taken from the rounds)
     intended_use, limitations           override the defaults below
     patient_level_dp                    accountant, privacy_unit, delta for every site
     rounds: an integer, or a list of
       {"round": 1, "federated_eval": {"loss": 0.7, …},
        "sites": {"site-a": {"epsilon": 1.2, "delta": 1e-5, "privacy-unit": "patient",
-                            "accountant": "rdp", "declined": false}, …}}
-      ("sites" may also be "privacy", or a list of objects with a "site" key)
+                            "accountant": "rdp", "declined": 1}, …}}
+      (the sites' reply metrics under their release names, shared/release.py; "sites" may
+      also be "privacy", or a list of objects with a "site" key)
 
 ``epsilon`` per round is the site's *cumulative* ε after that round (what the site ledger
 reports); a per-round increment, if present, is carried as ``epsilon_round``.
@@ -25,7 +27,6 @@ reports); a per-round increment, if present, is carried as ``epsilon_round``.
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,13 +37,12 @@ from safetensors import safe_open
 from semiofed.shared.atomic import json_safe
 from semiofed.shared.errors import FormatError
 from semiofed.shared.labels import CLASSES
+from semiofed.shared.manifest import CARD_FORMAT
+from semiofed.shared.model_folder import CONFIG_FILE, WEIGHTS_FILE
+from semiofed.shared.release import DECLINED, DELTA, EPSILON, EPSILON_ROUND, PRIVACY_UNIT
+from semiofed.shared.run_record import RUN_FILE, RunRecord, read_json_object, read_run_record
 
 from .storage import NotSafetensors, check_safetensors
-
-CARD_FORMAT = "semiofed-model-card/1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
-RUN_FILE = "run.json"
 
 DEFAULT_INTENDED_USE = (
     "Research decision support at consortium sites: classifying seizure semiology "
@@ -58,18 +58,6 @@ DEFAULT_LIMITATIONS = (
     "Privacy guarantees hold per site for the stated privacy unit, δ and accountant; they do "
     "not compose into one consortium-wide ε.",
 )
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FormatError(path, "missing (required in a run directory)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(path, f"not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise FormatError(path, "must hold a JSON object")
-    return data
 
 
 def _number(value: Any, path: Path, field: str) -> float | None:
@@ -135,8 +123,8 @@ def _site_entries(raw: Any, path: Path, where: str) -> dict[str, dict[str, Any]]
     return out
 
 
-def _rounds(run: dict[str, Any], path: Path) -> tuple[int, list[dict[str, Any]]]:
-    raw = run.get("rounds")
+def _rounds(run: RunRecord, path: Path) -> tuple[int, list[dict[str, Any]]]:
+    raw = run.rounds
     if raw is None:
         return 0, []
     if isinstance(raw, int) and not isinstance(raw, bool):
@@ -159,10 +147,10 @@ def _rounds(run: dict[str, Any], path: Path) -> tuple[int, list[dict[str, Any]]]
     return len(rounds), rounds
 
 
-def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> dict[str, Any]:
-    # the ServerApp's run.json states them under "patient_level_dp"; its rounds carry the
-    # sites' reply metrics, spelled with hyphens ("privacy-unit", "epsilon-round")
-    stated = run.get("patient_level_dp") if isinstance(run.get("patient_level_dp"), dict) else {}
+def _privacy(run: RunRecord, rounds: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    # the ServerApp states them under "patient_level_dp"; its rounds carry the sites' reply
+    # metrics under their release names
+    stated = run.patient_level_dp if isinstance(run.patient_level_dp, dict) else {}
     defaults = {k: stated.get(k) for k in ("accountant", "privacy_unit", "delta")}
     per_site: dict[str, dict[str, Any]] = {}
     for i, rnd in enumerate(rounds):
@@ -178,20 +166,19 @@ def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> d
                     "declined_rounds": [],
                 },
             )
-            entry = {k.replace("-", "_"): v for k, v in entry.items()}
-            for key in ("privacy_unit", "accountant"):
-                value = entry.get(key, defaults[key])
+            for key, name in (("privacy_unit", PRIVACY_UNIT), ("accountant", "accountant")):
+                value = entry.get(name, defaults[key])
                 if value is not None:
                     rec[key] = str(value)
-            delta = _number(entry.get("delta", defaults["delta"]), path, f"{where}.delta")
+            delta = _number(entry.get(DELTA, defaults["delta"]), path, f"{where}.{DELTA}")
             if delta is not None:
                 rec["delta"] = delta
-            if entry.get("declined"):
+            if entry.get(DECLINED):
                 rec["declined_rounds"].append(rnd["round"])
-            eps = _number(entry.get("epsilon"), path, f"{where}.epsilon")
+            eps = _number(entry.get(EPSILON), path, f"{where}.{EPSILON}")
             if eps is not None:
                 point: dict[str, Any] = {"round": rnd["round"], "epsilon": eps}
-                inc = _number(entry.get("epsilon_round"), path, f"{where}.epsilon_round")
+                inc = _number(entry.get(EPSILON_ROUND), path, f"{where}.{EPSILON_ROUND}")
                 if inc is not None:
                     point["epsilon_round"] = inc
                 rec["epsilon_by_round"].append(point)
@@ -211,8 +198,8 @@ def _privacy(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> d
     }
 
 
-def _sites(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> list[str]:
-    raw = run.get("sites")
+def _sites(run: RunRecord, rounds: list[dict[str, Any]], path: Path) -> list[str]:
+    raw = run.sites if run.sites is not None else run.participating_sites
     if raw is None:
         return sorted({site for rnd in rounds for site in rnd["sites"]})
     if not isinstance(raw, list):
@@ -226,8 +213,8 @@ def _sites(run: dict[str, Any], rounds: list[dict[str, Any]], path: Path) -> lis
     return names
 
 
-def architecture_hash(config: dict[str, Any], run: dict[str, Any], run_dir: Path) -> str:
-    from_config, from_run = config.get("architecture_hash"), run.get("architecture_hash")
+def architecture_hash(config: dict[str, Any], run: RunRecord, run_dir: Path) -> str:
+    from_config, from_run = config.get("architecture_hash"), run.architecture_hash
     if from_config and from_run and from_config != from_run:
         raise FormatError(
             run_dir / RUN_FILE,
@@ -247,44 +234,42 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise FormatError(run_dir, "not a run directory")
     weights = weights_summary(run_dir / WEIGHTS_FILE)
-    config = _read_json_object(run_dir / CONFIG_FILE)
+    config = read_json_object(run_dir / CONFIG_FILE)
     run_path = run_dir / RUN_FILE
-    run = _read_json_object(run_path)
+    run = read_run_record(run_dir)
     n_rounds, rounds = _rounds(run, run_path)
-    training = run.get("config", {})
-    if not isinstance(training, dict):
-        raise FormatError(run_path, "config must be an object")
+    training = run.config
     federation = training.get("federation", {})
     strategy = federation.get("strategy") if isinstance(federation, dict) else None
-    limitations = run.get("limitations", list(DEFAULT_LIMITATIONS))
+    limitations = run.limitations if run.limitations is not None else list(DEFAULT_LIMITATIONS)
     if isinstance(limitations, str):
         limitations = [limitations]
-    if run.get("data") == "synthetic":
+    if run.data == "synthetic":
         limitations = [
             "Trained on SYNTHETIC recordings only: not for any clinical use.",
             *limitations,
         ]
     card = {
         "format": CARD_FORMAT,
-        "name": str(run.get("run_name") or "semiofed-seizure-model"),
+        "name": str(run.run_name or "semiofed-seizure-model"),
         "model": {
             "architecture": config,
             "architecture_hash": architecture_hash(config, run, run_dir),
             "weights": weights,
         },
         "training": {
-            "run_id": None if run.get("flower_run_id") is None else str(run["flower_run_id"]),
-            "started_at": _iso_time(run.get("started_unix"), run_path, "started_unix"),
-            "finished_at": _iso_time(run.get("finished_unix"), run_path, "finished_unix"),
+            "run_id": None if run.flower_run_id is None else str(run.flower_run_id),
+            "started_at": _iso_time(run.started_unix, run_path, "started_unix"),
+            "finished_at": _iso_time(run.finished_unix, run_path, "finished_unix"),
             "strategy": None if strategy is None else str(strategy),
-            "data": None if run.get("data") is None else str(run["data"]),
+            "data": None if run.data is None else str(run.data),
             "configuration": training,
         },
         "rounds": n_rounds,
         "sites": _sites(run, rounds, run_path),
         "privacy": _privacy(run, rounds, run_path),
         "metrics": [{"round": rnd["round"], **rnd["metrics"]} for rnd in rounds],
-        "intended_use": str(run.get("intended_use") or DEFAULT_INTENDED_USE),
+        "intended_use": str(run.intended_use or DEFAULT_INTENDED_USE),
         "limitations": [str(x) for x in limitations],
     }
     return json_safe(card)

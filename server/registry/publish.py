@@ -41,12 +41,13 @@ from semiofed.privacy.keys import (
     verify,
 )
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.manifest import Manifest, ManifestError, new_manifest, validate_manifest
+from semiofed.shared.model_folder import WEIGHTS_FILE
 from semiofed.shared.registry_http import registry_client
 from semiofed.shared.retirement import retirement_problem, retirement_statement
 
-from .cards import WEIGHTS_FILE, build_card
+from .cards import build_card
 from .db import AuditEvent, ModelVersion, open_database, utcnow
-from .manifest_schema import MANIFEST_FORMAT, Manifest, ManifestError, validate_manifest
 from .storage import ArtifactStore
 
 
@@ -81,19 +82,16 @@ def build_manifest(
     card: dict[str, Any], weights: Path, version: str, sequence: int, key: Ed25519PrivateKey
 ) -> tuple[dict[str, Any], str]:
     """The manifest for ``card`` + ``weights`` and its base64 signature by ``key``."""
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": version,
-        "sequence": sequence,
-        "created_at": utcnow(),
-        "weights": {
-            "file": WEIGHTS_FILE,
-            "sha256": sha256_file(weights),
-            "size": weights.stat().st_size,
-        },
-        "card": card,
-        "signer": {"algorithm": "Ed25519", "key_fingerprint": fingerprint(key.public_key())},
-    }
+    manifest = new_manifest(
+        card,
+        WEIGHTS_FILE,
+        sha256_file(weights),
+        weights.stat().st_size,
+        version,
+        sequence,
+        utcnow(),
+        fingerprint(key.public_key()),
+    )
     return manifest, sign(key, canonical_json(manifest))
 
 

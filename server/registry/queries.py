@@ -8,9 +8,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .cards import CARD_FORMAT
+from semiofed.shared.manifest import (
+    CARD_FORMAT,
+    Card,
+    CardModel,
+    CardPrivacy,
+    ManifestError,
+    validate_manifest,
+)
+
 from .db import AuditEvent, ModelVersion
-from .manifest_schema import Card, CardModel, CardPrivacy, ManifestError, validate_manifest
 from .publish import RegistryRefusal
 from .schemas import (
     AuditEventOut,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -26,12 +25,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from semiofed.shared.errors import SemioFedError
-
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-WEIGHTS = "model.safetensors"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
+from semiofed.shared.manifest import SHA256_RE, VERSION_RE
+from semiofed.shared.model_folder import WEIGHTS_FILE as WEIGHTS
 
 
 class UploadTooLarge(SemioFedError):

@@ -2,17 +2,17 @@
 calibrated type probabilities and prediction sets, open-set flag, evolution, semiology,
 explanations — everything :mod:`.report` renders.
 
-A model folder holds ``model.safetensors`` and ``model_config.json`` (written by
-``semiofed site train``) and, after ``semiofed site calibrate``, ``calibration.json``
+A model folder (``shared/model_folder.py``) holds, after ``semiofed site calibrate``, also
+``calibration.json``
 (:class:`SiteCalibration`: temperature, conformal threshold, open-set scorer, all fitted on
 held-out patients).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,6 @@ from ..events import Event
 from ..features import STREAM_NAMES
 from ..labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
 from ..metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
-from ..model import ModelConfig, SemioNet, resolve_device
 from ..recording import Recording
 from ..windows import WindowConfig, assemble_windows, windows_from_recording
 from . import calibration as cal
@@ -91,37 +90,26 @@ class SiteCalibration:
             raise FormatError(path, f"not a readable calibration file ({exc})") from None
 
 
-def _config_from(cls: type, d: dict):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
-    return cls(**kw)
-
-
-def load_model(model_dir: str | Path, device: str = "auto") -> tuple[SemioNet, WindowConfig, dict]:
-    """SemioNet, its window config and the raw config document of a model folder."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    cfg_path, weights = model_dir / "model_config.json", model_dir / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise SemioFedError(f"{model_dir}: not a model folder ({p.name} missing)")
-    try:
-        doc = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise FormatError(cfg_path, f"not valid JSON ({exc})") from None
-    mcfg = _config_from(ModelConfig, doc.get("model", doc))
-    wcfg = _config_from(WindowConfig, doc.get("window", {}))
-    dev = resolve_device(device)
-    model = SemioNet(mcfg)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError) as exc:
-        raise FormatError(weights, f"weights do not fit model_config.json ({exc})") from None
-    return model.to(dev).eval(), wcfg, doc
-
-
 @torch.no_grad()
+def model_outputs(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
+) -> dict[str, np.ndarray]:
+    """Detection probability, type logits and fused embedding of every window of
+    ``batches`` (model inputs: windows or cached embeddings), in order; the one prediction
+    loop of site analysis, calibration and evaluation (``client/evaluation.py``)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    parts: dict[str, list[np.ndarray]] = {"detect_prob": [], "type_logits": [], "fused": []}
+    for batch in batches:
+        out = model({k: v.to(dev) for k, v in batch.items()})
+        parts["detect_prob"].append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
+        parts["type_logits"].append(out["type_logits"].cpu().numpy())
+        parts["fused"].append(out["fused"].cpu().numpy())
+    model.train(was_training)
+    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
+
+
 def predict(
     model: nn.Module,
     x: dict[str, np.ndarray],
@@ -129,24 +117,21 @@ def predict(
     batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
     """Model outputs for windows ``x``/``mask`` ({stream: (N, T, V, C)} / (N, T)), in batches."""
-    model.eval()
-    dev = next(model.parameters()).device
     n = len(next(iter(mask.values())))
-    parts: dict[str, list[np.ndarray]] = {"detect_prob": [], "type_logits": [], "fused": []}
-    for i in range(0, n, batch_size):
-        batch = {}
-        for s in STREAM_NAMES:
-            batch[f"x_{s}"] = torch.as_tensor(
-                np.ascontiguousarray(x[s][i : i + batch_size]), device=dev
-            )
-            batch[f"m_{s}"] = torch.as_tensor(
-                np.ascontiguousarray(mask[s][i : i + batch_size]), device=dev
-            )
-        out = model(batch)
-        parts["detect_prob"].append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
-        parts["type_logits"].append(out["type_logits"].cpu().numpy())
-        parts["fused"].append(out["fused"].cpu().numpy())
-    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
+    batches = (
+        {
+            **{
+                f"x_{s}": torch.as_tensor(np.ascontiguousarray(x[s][i : i + batch_size]))
+                for s in STREAM_NAMES
+            },
+            **{
+                f"m_{s}": torch.as_tensor(np.ascontiguousarray(mask[s][i : i + batch_size]))
+                for s in STREAM_NAMES
+            },
+        }
+        for i in range(0, n, batch_size)
+    )
+    return model_outputs(model, batches)
 
 
 def event_groups(patients: list, y_detect_key: str = "y_detect") -> list[tuple]:

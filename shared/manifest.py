@@ -1,4 +1,10 @@
-"""The typed schema of a signed manifest and its model card, checked before anything is stored.
+"""The signed model manifest: its one schema and its one check, for the registry and the sites.
+
+A manifest (``semiofed-model-manifest/1``) names a version and its sequence number, the
+weights' file name, size and SHA-256, the model card and the signer; the coordinator signs
+``canonical_json(manifest)`` (``semiofed.privacy.keys``). The registry checks it with
+:func:`validate_manifest` before storing anything (``server/registry/publish.py``) and a site
+checks the same schema before installing (``client/model_pull.py``).
 
 Every field a read route, a web page or a site uses has a type here; unknown extra fields are
 kept (they are signed). Integers fit a signed 64-bit database column; numbers are finite.
@@ -8,14 +14,16 @@ kept (they are signed). Integers fit a signed 64-bit database column; numbers ar
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .cards import CARD_FORMAT
-from .storage import SHA256_RE, VERSION_RE
-
 MANIFEST_FORMAT = "semiofed-model-manifest/1"
+CARD_FORMAT = "semiofed-model-card/1"
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MANIFEST_FILE, SIGNATURE_FILE, CARD_FILE = "manifest.json", "manifest.sig", "model_card.json"
 INT64_MAX = 2**63 - 1
 
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -125,3 +133,25 @@ def validate_manifest(manifest: Any) -> Manifest:
         return Manifest.model_validate(manifest)
     except ValidationError as exc:
         raise ManifestError(f"manifest: {_problem(exc)}") from None
+
+
+def new_manifest(
+    card: dict[str, Any],
+    weights_file: str,
+    weights_sha256: str,
+    weights_size: int,
+    version: str,
+    sequence: int,
+    created_at: str,
+    key_fingerprint: str,
+) -> dict[str, Any]:
+    """The (unsigned) manifest of ``card`` and its weights (checked by whoever receives it)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": version,
+        "sequence": sequence,
+        "created_at": created_at,
+        "weights": {"file": weights_file, "sha256": weights_sha256, "size": weights_size},
+        "card": card,
+        "signer": {"algorithm": "Ed25519", "key_fingerprint": key_fingerprint},
+    }
