@@ -29,6 +29,7 @@ from .demo import approve_as_officer
 DATA_SITES = 3
 #: Virtual sites share data folders: each further ledger on one is a signed reset.
 SHARED_DATA = "simulation: virtual sites share a synthetic data folder"
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 class SimulationLink(Consortium):
@@ -37,6 +38,14 @@ class SimulationLink(Consortium):
 
     def superlink_command(self) -> list[str]:
         return [*super().superlink_command(), "--simulation"]
+
+    def _env(self, flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Flower's default SuperExec poll (1 s): a simulation starts one run, so the
+        deployment's 0.1-s polling only costs CPU all along (SuperLink + SuperExec: 18.5 s
+        of CPU in a 150-s run of 50 sites)."""
+        env = super()._env(flwr_home, extra)
+        env.pop(SUPEREXEC_POLL_ENV, None)
+        return env
 
 
 def federation_config(sites: int) -> str:
