@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -33,7 +34,7 @@ def _remove_stale(path: Path) -> None:
     head = f".{path.name}."
     for tmp in path.parent.glob(f"{glob.escape(head)}*.tmp*"):
         pid = tmp.name[len(head) :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
