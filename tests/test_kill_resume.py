@@ -1,7 +1,7 @@
 """kill -9 at seeded random moments of each long command, then a rerun loses nothing.
 
-For each command (``site extract``, ``site train`` with DP, ``site calibrate``,
-``site analyze``, ``audit attack``) on tiny inputs: an uninterrupted reference run gives the
+For each command (``site train`` with DP, ``site calibrate``, ``site analyze``,
+``audit attack``; ``site extract``'s is tests/test_extract_resume.py) on tiny inputs: an uninterrupted reference run gives the
 command's duration D and its result; then the real command runs as a subprocess in its own
 session and its process group is killed with SIGKILL at ``KILLS`` points drawn from a fixed
 seed in (0.2 D, 0.95 D), each kill followed by a restart (so later kills hit a resumed run).
@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.clips import make_moving_clip, sway
 from tests.ledger_helpers import new_ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,13 +137,10 @@ class Case:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny inputs: two 1.5-s clips, one site of 5 patients × 1 min and a DP model
-    trained on it (reference of train, input of calibrate and analyze)."""
+    """Tiny inputs: one site of 5 patients × 1 min."""
     from semiofed.shared.synth.consortium import generate_consortium
 
     root = tmp_path_factory.mktemp("kill")
-    for i in range(2):
-        make_moving_clip(root / "videos" / f"clip{i}.mp4", 1.0, 30.0, sway(period=1.0 + i))
     generate_consortium(
         root, sites=1, patients_per_site=5, minutes_per_patient=1, seed=3, workers=1
     )
@@ -213,15 +209,6 @@ def cases(inputs: Path) -> dict[str, Case]:
     rec = str(sorted((inputs / "site-01").rglob("*_keypoints.npz"))[0])
     held_out = ["sub-01-002", "sub-01-005"]
     return {
-        "extract": Case(
-            argv=lambda w: ["site", "extract", str(inputs / "videos"), "--out", str(w / "kp"),
-                            "--workers", "1", "--no-progress", "--fps", "8"],
-            roots=lambda w: [w / "kp"],
-            kept=lambda w: sorted((w / "kp").glob("*_keypoints.npz")),
-            result=lambda w: {
-                p.name: np.load(p)["pose"].tobytes() for p in sorted((w / "kp").glob("*.npz"))
-            },
-        ),
         "train": Case(
             prepare=_new_dp_state(inputs),
             argv=lambda w: ["site", "train", "--data", site, "--out", str(w / "run"),
@@ -269,7 +256,7 @@ def model(inputs: Path) -> Path:
     return inputs / "model"
 
 
-@pytest.mark.parametrize("name", ["extract", "train", "calibrate", "analyze", "attack"])
+@pytest.mark.parametrize("name", ["train", "calibrate", "analyze", "attack"])
 def test_killed_command_reruns_to_the_uninterrupted_result(
     name: str, inputs: Path, model: Path
 ) -> None:
