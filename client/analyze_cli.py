@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from semiofed.shared.analysis import calibration as cal
-from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
 from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import FormatError, SemioFedError
 from semiofed.shared.events import Event, write_events
@@ -379,7 +379,7 @@ def enqueue(
     rec_dir.mkdir(parents=True, exist_ok=True)
     copy = rec_dir / f"{stem}{SUFFIX}"
     if not copy.exists():
-        copy.write_bytes(rec_path.read_bytes())
+        atomic_write_bytes(copy, rec_path.read_bytes())
     known = {it["id"] for it in doc["items"]}
     added = 0
     for ev in events:

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.atomic import atomic_write_json, pid_alive
 from semiofed.shared.errors import SemioFedError
 
 from .accounting import ACCOUNTANTS, Mechanism, epsilon, max_steps, noise_for_target
@@ -105,16 +105,6 @@ class PlannedRun:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _counted_history(runs: list[dict[str, Any]]) -> list[Mechanism]:
@@ -329,7 +319,7 @@ class PrivacyLedger:
     def _reap_stale(self, data: dict[str, Any]) -> None:
         host = socket.gethostname()
         for r in data["runs"]:
-            if r["status"] == "running" and r.get("host") == host and not _pid_alive(int(r["pid"])):
+            if r["status"] == "running" and r.get("host") == host and not pid_alive(int(r["pid"])):
                 r["status"] = "interrupted"
                 r["updated"] = _now()
 

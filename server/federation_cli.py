@@ -110,9 +110,10 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser(
         "simulate",
-        help="many virtual sites on Flower's simulation engine (Ray)",
-        description="Run the same ServerApp/ClientApp with N virtual sites in one process tree "
-        "(Flower simulation engine; needs ray==2.55.1). Sites are synthetic.",
+        help="many virtual sites on Flower's simulation runtime (Ray)",
+        description="Run the same ServerApp/ClientApp with N virtual sites: a SuperLink on "
+        "127.0.0.1 in simulation mode and `flwr run` with num-supernodes=N (Flower's simulation "
+        "runtime; needs ray==2.55.1). Sites are synthetic.",
     )
     p.add_argument("--sites", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)

@@ -1,10 +1,12 @@
 """Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
 
-A reader never sees a half-written file; a crash leaves the previous version intact.
+A reader never sees a half-written file; a crash leaves the previous version intact, and the
+next write of that file removes the temporary file a killed writer left.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -15,12 +17,37 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary files of ``path`` left by writers that died mid-write (kill -9): named
+    ``.NAME.PID.*.tmp*``, removed once process PID is gone."""
+    head = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(head)}*.tmp*"):
+        pid = tmp.name[len(head) :].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+    Temporary files of ``path`` that a killed writer left are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    _remove_stale(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -314,17 +314,9 @@ def decode_payload(value: str, source: str = "Flower run config") -> dict[str, A
     return doc
 
 
-SIM_PAYLOAD_ENV = "SEMIOFED_SIM_PAYLOAD"
-
-
 def payload_of(run_config: Any) -> dict[str, Any]:
-    """The SemioFed payload of a Flower run config; under ``semiofed server simulate`` (whose
-    in-process engine takes no run config) from the ``SEMIOFED_SIM_PAYLOAD`` variable."""
-    import os
-
+    """The SemioFed payload of a Flower run config."""
     value = run_config.get(PAYLOAD_KEY) if run_config else None
-    if not value:
-        value = os.environ.get(SIM_PAYLOAD_ENV)
     if not value:
         raise RunConfigError(
             f"the run carries no '{PAYLOAD_KEY}' payload; submit runs with `semiofed server run`"
