@@ -24,7 +24,7 @@ so no per-window gradient is ever materialised; with ``k = 1`` (and at window le
 ``torch.func`` — ``vmap(grad(·))`` over the samples, the per-sample path Opacus' functorch
 mode uses. Opacus' ghost clipping does not apply: in Opacus 1.6 it has norm samplers for
 ``Linear`` and ``Embedding`` only, and SemioNet is mostly ``Conv2d``/``GroupNorm``, for which it
-falls back to materialised per-sample gradients (README "Training cost").
+falls back to materialised per-sample gradients (cost: bench/results.md, bench_training).
 
 Privacy unit ``window`` (WEAKER): Poisson sampling over windows, one clipped gradient per
 window. ε then protects one 5-s window, not a patient (group privacy).
