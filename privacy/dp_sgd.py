@@ -18,11 +18,14 @@ and divides by the expected batch. A patient thus moves a step by at most one cl
 gradient, which is what the accountant assumes; the dataset size of the accounting is the
 number of patients.
 
-How the per-patient gradient is computed (the cost of a DP step): with ``k > 1`` by one
-ordinary backward pass per sampled patient over its ``k`` windows (``torch.autograd.grad``),
-so no per-window gradient is ever materialised; with ``k = 1`` (and at window level) by
-``torch.func`` — ``vmap(grad(·))`` over the samples, the per-sample path Opacus' functorch
-mode uses. Opacus' ghost clipping does not apply: in Opacus 1.6 it has norm samplers for
+How the per-patient gradient is computed (the cost of a DP step): by one ordinary backward
+pass per sampled patient over its ``k`` windows (``torch.autograd.grad``), so no per-window
+gradient is ever materialised; with ``k = 1`` (and at window level) and at least
+:data:`VMAP_MIN_SAMPLES` samples in the step, by ``torch.func`` — ``vmap(grad(·))`` over the
+samples, the per-sample path Opacus' functorch mode uses, which pays off only for many
+single-window samples (measured on SemioNet: 32 single-window samples ≈ 1.1–1.3× a plain
+backward by ``vmap``, ≈ 1.9× by 32 backward passes; 4 samples of a tiny model: ``vmap`` 2.5×
+slower than 4 backward passes). Opacus' ghost clipping does not apply: in Opacus 1.6 it has norm samplers for
 ``Linear`` and ``Embedding`` only, and SemioNet is mostly ``Conv2d``/``GroupNorm``, for which it
 falls back to materialised per-sample gradients (cost: bench/results.md, bench_training).
 
@@ -58,6 +61,8 @@ from semiofed.shared.window_picker import WindowPicker
 from .accounting import epsilon, noise_for_target
 from .ledger import PRIVACY_UNITS, LedgerRun, PlannedRun, PrivacyLedger
 
+#: Fewest single-window samples in a step for which ``vmap`` replaces one backward per sample.
+VMAP_MIN_SAMPLES = 8
 #: ``loss(outputs, batch)``: the per-window loss (one value per window of ``batch``).
 WindowLoss = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
 #: ``callback(batch, model, optimizer)`` after each step's per-sample gradients, before
@@ -275,7 +280,7 @@ class PatientPrivate:
         """Set ``p.grad_sample`` (one row per unit: the gradient of its mean window loss);
         returns the mean window loss."""
         k = self.k
-        if k == 1:
+        if k == 1 and n >= VMAP_MIN_SAMPLES:
             rows, mean_loss = self._vmap_gradients(batch)
         else:
             per_unit, total = [], 0.0

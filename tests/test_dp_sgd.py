@@ -66,8 +66,13 @@ def test_epsilon_and_ledger_charge_are_those_of_sigma_q_steps(
     assert run.epsilon_total == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("k", [1, 3])  # 1: torch.func per-sample path; 3: one backward each
-def test_clipped_patient_gradient_sum_matches_per_window_reference(k: int) -> None:
+@pytest.mark.parametrize(
+    ("k", "patients", "batch"),
+    [(1, 10, 10), (3, 4, 3)],  # 10 single windows: torch.func's vmap; else one backward each
+)
+def test_clipped_patient_gradient_sum_matches_per_window_reference(
+    k: int, patients: int, batch: int
+) -> None:
     torch.manual_seed(0)
     model = SemioNet(DETERMINISTIC)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -105,8 +110,8 @@ def test_clipped_patient_gradient_sum_matches_per_window_reference(k: int) -> No
         checked.append(True)
         optimizer.step_hook = None  # a following empty Poisson batch has nothing to check
 
-    kw = {"epochs": 2, "batch_size": 3, "noise_multiplier": 0.0, "max_grad_norm": clip}
-    with _private(model, tiny_patients(4, windows=6), windows_per_patient=k, **kw) as run:
+    kw = {"epochs": 2, "batch_size": batch, "noise_multiplier": 0.0, "max_grad_norm": clip}
+    with _private(model, tiny_patients(patients, windows=6), windows_per_patient=k, **kw) as run:
         for _ in range(2):
             run.run_epoch(reference)
     assert checked and len(checked) == len(sampled)  # every step that sampled a patient
