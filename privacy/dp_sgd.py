@@ -187,7 +187,6 @@ def make_patient_private(
         purpose=purpose,
         ledger=ledger,
     )
-    run = ledger.begin_run(planned, commit_every=commit_every) if ledger is not None else None
     device = next(model.parameters()).device
     dp_optimizer = SecretNoiseDPOptimizer(
         optimizer,
@@ -199,9 +198,12 @@ def make_patient_private(
         secure_mode=True,
     )
     picker = WindowPicker(dataset.patients, event_fraction, rng) if by_patient else None
-    return PatientPrivate(
-        model, dp_optimizer, dataset, picker, planned, run, loss, windows_per_patient
+    private = PatientPrivate(
+        model, dp_optimizer, dataset, picker, planned, loss, windows_per_patient
     )
+    if ledger is not None:  # last: nothing after the budget check can fail before training
+        private.run = ledger.begin_run(planned, commit_every=commit_every)
+    return private
 
 
 class PatientPrivate:
@@ -216,12 +218,12 @@ class PatientPrivate:
         dataset: WindowDataset,
         picker: WindowPicker | None,
         planned: PlannedRun,
-        run: LedgerRun | None,
         loss: WindowLoss,
         windows_per_patient: int,
     ):
         self.model, self.optimizer, self.dataset, self.picker = model, optimizer, dataset, picker
-        self.planned, self.run, self.loss = planned, run, loss
+        self.planned, self.loss = planned, loss
+        self.run: LedgerRun | None = None  # opened by make_patient_private after the plan
         self.k = windows_per_patient if picker is not None else 1
         self.steps = 0
         self.epochs_run = 0
@@ -287,7 +289,14 @@ class PatientPrivate:
             for j in range(n):
                 part = {key: v[j * k : (j + 1) * k] for key, v in batch.items()}
                 window_loss = self.loss(self.model(part), part)
-                per_unit.append(torch.autograd.grad(window_loss.sum() / k, self.params))
+                per_unit.append(
+                    torch.autograd.grad(
+                        window_loss.sum() / k,
+                        self.params,
+                        allow_unused=True,
+                        materialize_grads=True,  # a parameter the windows do not reach: 0
+                    )
+                )
                 total += float(window_loss.detach().sum())
             rows = [torch.stack(gs) for gs in zip(*per_unit, strict=True)]
             mean_loss = total / (n * k)
