@@ -1,6 +1,7 @@
 """The one-run canary audit (:mod:`.canary`) at SemioFed's own granularity: each canary is a
 *patient*, and the model is trained by the site's patient-level DP-SGD trainer
-(``train_local`` on a small SemioNet), not a stand-in.
+(:func:`semiofed.privacy.dp_sgd.make_patient_private`, the one ``site train`` and a federated
+round use, on a small SemioNet), not a stand-in.
 
 A canary must be one the trainer memorises without DP, or the audit has no power: its
 bound would be 0 on a leaking model too. Each canary patient is ONE window of unit-variance
@@ -9,37 +10,40 @@ noise with its own random seizure type and its own constant posture offset
 Without DP, SemioNet then fits the canaries it trained on: with an offset of std 6 the
 one-run audit guesses 29–30 of 30 right (ε lower bound 1.7–2.3 at 95 %, with 1 or 2 torch
 threads); an offset of std 2 gave 18–23 of 30, a bound of 0 or 0.43 depending on the thread
-count, i.e. no reliable power. With DP the same recipe must keep the bound below the accountant's ε.
+count, i.e. no reliable power. (The DP trainer itself with noise 0 and no clipping is no
+reliable control: its Poisson sampling is secret, and it gave 28 of 30 in one run, a bound of
+0.28 in the next.) With DP the same recipe must keep the bound below the accountant's ε.
 
-privacy/ may not import client/, so the trainer is injected: the client declares it in the
-``semiofed.patient_trainers`` entry-point group (``semionet`` →
-``semiofed.client.audit_trainer:semionet_trainer``, which runs ``train_local``) and
-:func:`patient_trainer` finds it there, as the ``semiofed`` command finds its subcommands.
-Every patient is synthetic (no patient data); the membership score of a canary is minus its
-mean type loss.
+The DP and the non-DP model follow one recipe (epochs, batch of patients, learning rate,
+loss); the non-DP control is seeded shuffled minibatches without clipping or noise, so it
+shows what the same training leaks without DP. Every patient is synthetic (no patient data); the
+membership score of a canary is minus its mean type loss.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from semiofed.shared.analysis.pipeline import predict
-from semiofed.shared.dataset import PatientWindows
-from semiofed.shared.errors import SemioFedError
+from semiofed.shared.dataset import PatientWindows, WindowDataset, collate
 from semiofed.shared.features import STREAM_NAMES, STREAM_SHAPES
 from semiofed.shared.labels import CLASSES
+from semiofed.shared.model import ModelConfig, SemioNet, loss_per_window
 from semiofed.shared.windows import WindowConfig
 
+from ..dp_sgd import make_patient_private
 from .canary import guess_and_bound
 
-TRAINERS_GROUP = "semiofed.patient_trainers"
 CANARY_OFFSET = 6.0  # std of a canary patient's constant per stream channel
+AUDIT_MODEL = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
+AUDIT_BATCH, AUDIT_LR = 4, 1e-2  # small batches: many updates, so the non-DP control memorises
 
 
 @dataclass
@@ -54,13 +58,65 @@ PatientTrainer = Callable[[list[PatientWindows], bool, int], TrainedModel]
 
 
 def patient_trainer(
-    noise_multiplier: float, max_grad_norm: float, delta: float, epochs: int, name: str = "semionet"
+    noise_multiplier: float, max_grad_norm: float, delta: float, epochs: int
 ) -> PatientTrainer:
-    """The trainer a client package declares under :data:`TRAINERS_GROUP`."""
-    found = [ep for ep in entry_points(group=TRAINERS_GROUP) if ep.name == name]
-    if not found:
-        raise SemioFedError(f"no patient-level trainer {name!r} installed ({TRAINERS_GROUP})")
-    return found[0].load()(noise_multiplier, max_grad_norm, delta, epochs)
+    """The site's patient-level DP-SGD on a small SemioNet (:data:`AUDIT_MODEL`), one window
+    per sampled patient; ``private=False`` trains the non-DP control (:func:`_train_plain`)."""
+
+    def train(patients: list[PatientWindows], private: bool, seed: int) -> TrainedModel:
+        torch.manual_seed(seed)  # the initialisation (a DP run's noise is secret regardless)
+        model = SemioNet(AUDIT_MODEL)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=AUDIT_LR)
+        if not private:
+            steps = _train_plain(model, optimizer, WindowDataset(patients), epochs, seed)
+            return TrainedModel(model.eval(), None, steps)
+        private_run = make_patient_private(
+            model,
+            optimizer,
+            WindowDataset(patients),
+            None,  # synthetic patients: no site ε spent (ε of the run is computed anyway)
+            loss=_loss,
+            rng=np.random.default_rng(secrets.randbits(128)),
+            epochs=epochs,
+            batch_size=AUDIT_BATCH,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            delta=delta,
+            purpose="empirical audit (synthetic patients)",
+        )
+        with private_run:
+            for _ in range(epochs):
+                private_run.run_epoch()
+        return TrainedModel(model.eval(), private_run.epsilon_run(), private_run.steps)
+
+    return train
+
+
+def _loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return loss_per_window(out, batch, 1.0)
+
+
+def _train_plain(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: WindowDataset,
+    epochs: int,
+    seed: int,
+) -> int:
+    """The non-DP control: the same recipe (epochs, batch, learning rate, loss) as seeded
+    shuffled minibatches, no clipping, no noise; returns the steps taken."""
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    steps = 0
+    for _ in range(epochs):
+        for idx in torch.randperm(len(dataset), generator=generator).split(AUDIT_BATCH):
+            batch = collate([dataset[int(i)] for i in idx])
+            optimizer.zero_grad(set_to_none=True)
+            _loss(model(batch), batch).mean().backward()
+            optimizer.step()
+            steps += 1
+    return steps
 
 
 def synthetic_patients(
