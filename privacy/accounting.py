@@ -16,13 +16,14 @@ import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.accountant import IAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 from semiofed.shared.errors import SemioFedError
+
+if TYPE_CHECKING:  # Opacus (and torch) load only when ε is computed: the CLI starts fast
+    from opacus.accountants.accountant import IAccountant
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
 
@@ -34,6 +35,8 @@ MAX_SIGMA = 1e4
 
 def make_accountant(name: str) -> IAccountant:
     """A fresh Opacus accountant by name (``rdp`` or ``prv``)."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     if name == "rdp":
         return RDPAccountant()
     if name == "prv":
@@ -63,6 +66,9 @@ def _clean(history: Iterable[Sequence[float]]) -> list[Mechanism]:
 @functools.lru_cache(maxsize=4096)
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """Opacus' RDP of one step at its default orders (RDP composes linearly in steps)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     return np.asarray(
         rdp_analysis.compute_rdp(
             q=sample_rate,
@@ -94,7 +100,9 @@ def epsilon(history: Iterable[Sequence[float]], delta: float, accountant: str = 
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         # PRV at q = 1 takes log(1 - q) = -inf internally; the result is still finite and right
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="divide by zero")
-        if isinstance(acc, RDPAccountant):
+        if accountant == "rdp":
+            from opacus.accountants.analysis import rdp as rdp_analysis
+
             rdp = sum(_rdp_per_step(sigma, q) * steps for sigma, q, steps in hist)
             eps, _ = rdp_analysis.get_privacy_spent(orders=acc.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
             return float(eps)
