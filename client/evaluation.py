@@ -20,7 +20,7 @@ Decision threshold: :func:`choose_threshold` on validation patients (see
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,22 +180,19 @@ def choose_threshold(
     return select_threshold(np.concatenate([p.y_detect for p in val_patients]), prob)
 
 
-def recording_counts(
+def _detections(
     patients: list[PatientWindows],
     detect_score: np.ndarray,
-    window: WindowConfig = DEFAULT_WINDOW,
-    threshold: float = DEFAULT_THRESHOLD,
-    refs: Mapping[RecordingKey, RecordingRef] | None = None,
-    rule: EventRule | None = None,
-) -> EventCounts:
-    """SzCORE event and sample counts summed over every recording of ``patients`` (their
-    ``summary()`` gives the rates; counts add up across sites), the hypothesis events made
-    by ``rule`` (default: no smoothing, ``site analyze``'s minimum duration) at
-    ``threshold``."""
-    rule = rule or EventRule()
-    recordings = []
+    threshold: float,
+    rule: EventRule,
+    window: WindowConfig,
+) -> Iterator[tuple[PatientWindows, int, str, np.ndarray, list[Event]]]:
+    """Per recording of ``patients``: the patient, the index of its first window in
+    ``detect_score``, the recording id, the mask of its windows in the patient and the
+    hypothesis events ``rule`` makes of their scores at ``threshold``."""
     start = 0
     for pw in patients:
+        first = start
         scores = detect_score[start : start + len(pw)]
         start += len(pw)
         for rec in dict.fromkeys(pw.recording.tolist()):
@@ -210,13 +207,32 @@ def recording_counts(
                 merge_gap_s=MERGE_GAP_S,
                 min_event_s=rule.min_event_s,
             )
-            ref = refs.get((pw.site, pw.patient, rec)) if refs is not None else None
-            if ref is not None:
-                recordings.append((ref.events, hyp, ref.duration))
-            else:
-                labels = pw.y_detect[sel].astype(float)
-                derived = windows_to_events(t0, labels, window.seconds, window.hop, 0.5)
-                recordings.append((derived, hyp, float(t0.max()) + window.hop))
+            yield pw, first, rec, sel, hyp
+
+
+def recording_counts(
+    patients: list[PatientWindows],
+    detect_score: np.ndarray,
+    window: WindowConfig = DEFAULT_WINDOW,
+    threshold: float = DEFAULT_THRESHOLD,
+    refs: Mapping[RecordingKey, RecordingRef] | None = None,
+    rule: EventRule | None = None,
+) -> EventCounts:
+    """SzCORE event and sample counts summed over every recording of ``patients`` (their
+    ``summary()`` gives the rates; counts add up across sites), the hypothesis events made
+    by ``rule`` (default: no smoothing, ``site analyze``'s minimum duration) at
+    ``threshold``."""
+    rule = rule or EventRule()
+    recordings = []
+    for pw, _, rec, sel, hyp in _detections(patients, detect_score, threshold, rule, window):
+        ref = refs.get((pw.site, pw.patient, rec)) if refs is not None else None
+        if ref is not None:
+            recordings.append((ref.events, hyp, ref.duration))
+        else:
+            t0 = pw.t0[sel]
+            labels = pw.y_detect[sel].astype(float)
+            derived = windows_to_events(t0, labels, window.seconds, window.hop, 0.5)
+            recordings.append((derived, hyp, float(t0.max()) + window.hop))
     return event_counts(recordings)
 
 
@@ -233,33 +249,19 @@ def event_types(
     takes the detection's type, the non-background class of highest mean type probability
     over the detection's windows. So no type is predicted where nothing is detected, and one
     detection carries one type."""
-    rule = TYPE_RULE
     logits = torch.from_numpy(np.asarray(type_logits, dtype=np.float32))
     probs = torch.softmax(logits, dim=1).numpy()
     out = np.full(len(probs), CLASS_INDEX[BACKGROUND], dtype=np.int64)
-    start = 0
-    for pw in patients:
-        idx = np.arange(start, start + len(pw))
-        start += len(pw)
-        for rec in dict.fromkeys(pw.recording.tolist()):
-            sel = idx[pw.recording == rec]
-            t0 = pw.t0[pw.recording == rec]
-            centre = t0 + window.seconds / 2
-            hyp = windows_to_events(
-                t0,
-                smooth_scores(t0, detect_score[sel], rule.smooth_windows),
-                window.seconds,
-                window.hop,
-                threshold,
-                merge_gap_s=MERGE_GAP_S,
-                min_event_s=rule.min_event_s,
-            )
-            for ev in hyp:
-                inside = sel[(centre >= ev.onset) & (centre < ev.offset)]
-                if len(inside):
-                    mean = probs[inside].mean(axis=0)
-                    mean[CLASS_INDEX[BACKGROUND]] = -1.0
-                    out[inside] = int(mean.argmax())
+    found = _detections(patients, detect_score, threshold, TYPE_RULE, window)
+    for pw, first, _, sel, hyp in found:
+        idx = first + np.flatnonzero(sel)
+        centre = pw.t0[sel] + window.seconds / 2
+        for ev in hyp:
+            inside = idx[(centre >= ev.onset) & (centre < ev.offset)]
+            if len(inside):
+                mean = probs[inside].mean(axis=0)
+                mean[CLASS_INDEX[BACKGROUND]] = -1.0
+                out[inside] = int(mean.argmax())
     return out
 
 
