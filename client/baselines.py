@@ -173,8 +173,8 @@ def _site_scores(
         thr, rule = points[id(model)]
         types = event_types(data.test, test["detect_prob"], test["type_logits"], thr)
         out[name] = (test["detect_prob"], types, thr, rule)
-    y_train, t_train = _labels(data.train, "y_detect"), _labels(data.train, "y_type")
     y_val = _labels(data.val, "y_detect")
+    y_train, t_train = _labels(data.train, "y_detect"), _labels(data.train, "y_type")
     seizure = t_train[(y_train == 1) & (t_train != IGNORE_INDEX)]
     majority = int(np.bincount(seizure).argmax()) if len(seizure) else CLASS_INDEX["bckg"]
     thr = baseline.fit_threshold(_energy(data.val, refs), y_val.astype(bool))
