@@ -8,23 +8,22 @@ nowhere else (not for pretraining, not for choosing hyper-parameters), side by s
 * the new model (``configs/demo.toml`` ``[model]``: semiology-feature stream, encoders
   pretrained on public simulator data and frozen) as shipped (round 0: no patient data);
 * the new model, heads trained non-privately on the pooled training patients;
-* the new model federated with patient-level DP: every site runs DP-SGD on its own training
-  patients through its own ledger (budget ε = :data:`EPSILON` at δ = :data:`DELTA`, RDP,
-  cumulative over all rounds), the coordinator averages the trainable parameters
-  (FedAvg by patients; in-process, what the federation computes without SecAgg's
-  quantization);
+* the new model federated with patient-level DP by the demo's recipe and site code
+  (:func:`federated_dp`): every site trains and releases its DP evaluation tables through
+  its own ledger (budget ε = :data:`EPSILON` at δ = :data:`DELTA`, RDP, cumulative over
+  training and evaluation), the coordinator averages the trainable parameters (in-process,
+  what the federation computes without SecAgg's quantization);
 * the motion-energy threshold baseline (``shared/baseline.py``).
 
 Figures on the held-out patients: AUROC of the seizure/PNES detector, type macro-F1 over
 event windows (the issue's figure), ``evaluate``'s macro-F1 over all windows, and the F1 of
-every class. The hyper-parameters (:data:`PLAIN`, :data:`DP`) were set before any
-measurement and checked once on public simulator data (seed ``PUBLIC_SEED + 1``, same
-shape), never on this consortium; the pretraining recipe is ``server/pretrain.py``'s.
+every class. The hyper-parameters (:data:`PLAIN`, the demo's DP recipe) were set before any
+measurement on this consortium, the DP recipe on public simulator data (README "The
+model"); the pretraining recipe is ``server/pretrain.py``'s.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import tempfile
@@ -37,12 +36,10 @@ import torch
 
 from bench.bench_training import _baseline
 from bench.run import BenchContext
+from semiofed.client import site_task
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.client.evaluation import evaluate, predict
-from semiofed.client.site_task import get_arrays, set_arrays
-from semiofed.privacy.accounting import noise_for_target
 from semiofed.privacy.keys import generate_keypair
-from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.privacy.ledger_binding import init_ledger
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.labels import CLASSES, IGNORE_INDEX
@@ -58,14 +55,6 @@ SITES, PATIENTS_PER_SITE, MINUTES = 3, 30, 4.0
 EPSILON, DELTA = 4.0, 1e-5
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 PLAIN = {"epochs": 6, "steps_per_epoch": 40, "batch_size": 32, "lr": 3e-3}
-DP = {
-    "rounds": 5,
-    "local_epochs": 6,
-    "batch_size": 12,  # expected patients per step (q = batch / site patients)
-    "windows_per_patient": 8,
-    "max_grad_norm": 1.0,
-    "lr": 3e-3,
-}
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -113,56 +102,50 @@ def train_plain(cfg: ModelConfig, train: list[PatientWindows], seed: int = 0) ->
     return model
 
 
+def demo_recipe(budget: float = EPSILON, delta: float = DELTA) -> dict[str, Any]:
+    """The demo's run configuration (its model and DP recipe) under this bench's budget and δ."""
+    cfg = load_run_config(DEMO_CONFIG)
+    cfg["privacy"].update({"delta": delta, "site-budget": budget})
+    return cfg
+
+
 def federated_dp(
-    cfg: ModelConfig,
-    train_by_site: dict[str, list[PatientWindows]],
+    cfg: dict[str, Any],
+    data: dict[str, site_task.SiteData],
     state: Path,
     site_dirs: dict[str, Path],
 ) -> tuple[SemioNet, dict[str, Any]]:
-    """FedAvg over sites of patient-level DP-SGD rounds; every site's ε ≤ :data:`EPSILON`."""
-    torch.manual_seed(0)
-    model = SemioNet(cfg)
-    ledgers, sigmas = {}, {}
-    for site, patients in train_by_site.items():
+    """The demo's federation in one process: every round each site trains with
+    :func:`~semiofed.client.site_task.train_round` and (from round 2, and once for the final
+    model) releases its DP evaluation table (:func:`~semiofed.client.site_task.evaluate_dp`),
+    both charged to its own ledger (budget ``site-budget`` at ``delta``); the coordinator
+    takes the unweighted mean of the sites' parameters (FedAvg with ``num_examples`` = 1,
+    without SecAgg's quantization)."""
+    priv = cfg["privacy"]
+    for site in data:
         officer = state / "officers" / site / "officer_ed25519.pem"
         generate_keypair(officer)  # the site's officer creates its ledger (outside its STATE)
-        init_ledger(state / site, site_dirs[site], officer, EPSILON, DELTA, "rdp", BENCH_RESET)
-        ledgers[site] = PrivacyLedger(state / site)
-        q = min(1.0, DP["batch_size"] / len(patients))
-        steps = DP["rounds"] * DP["local_epochs"] * int(1 / q)
-        sigmas[site] = noise_for_target(EPSILON, DELTA, q, steps, [], "rdp")
-    eps: dict[str, float] = {}
-    for r in range(1, DP["rounds"] + 1):
-        updates, weights = [], []
-        for site, patients in train_by_site.items():
-            local = copy.deepcopy(model)
-            tcfg = TrainConfig(
-                epochs=DP["local_epochs"],
-                dp=True,
-                batch_size=DP["batch_size"],
-                windows_per_patient=DP["windows_per_patient"],
-                noise_multiplier=sigmas[site],
-                max_grad_norm=DP["max_grad_norm"],
-                delta=DELTA,
-                lr=DP["lr"],
-                augment=False,
-                device="cpu",
-                seed=1000 * r + len(updates),
-                purpose=f"bench round {r}",
-            )
-            res = train_local(local, patients, tcfg, ledger=ledgers[site], progress=False)
-            eps[site] = float(res.epsilon_total)
-            updates.append(get_arrays(local))
-            weights.append(len(patients))
-        w = np.asarray(weights, dtype=np.float64) / sum(weights)
-        set_arrays(
-            model,
-            [
-                sum(wi * u[i] for wi, u in zip(w, updates, strict=True))
-                for i in range(len(updates[0]))
-            ],
-        )
-    return model, {"epsilon": eps, "sigma": sigmas}
+        init_ledger(
+            state / site, site_dirs[site], officer, priv["site-budget"], priv["delta"],
+            priv["accountant"], BENCH_RESET,
+        )  # fmt: skip
+    model = site_task.build_model(cfg)
+    arrays = site_task.get_arrays(model)
+    rounds = cfg["federation"]["rounds"]
+    for r in range(1, rounds + 1):
+        updates = []
+        for site, d in data.items():
+            if r > 1:
+                site_task.evaluate_dp(
+                    d, cfg, arrays, state / site, f"bench evaluation of the round-{r - 1} model"
+                )
+            updates.append(site_task.train_round(d, cfg, arrays, state / site, r)[0])
+        arrays = [np.mean([u[i] for u in updates], axis=0) for i in range(len(arrays))]
+    for site, d in data.items():
+        site_task.evaluate_dp(d, cfg, arrays, state / site, "bench evaluation of the final model")
+    site_task.set_arrays(model, arrays)
+    eps = {site: site_task.site_epsilon(state / site) for site in data}
+    return model, {"epsilon": eps, "sigma": priv["noise-multiplier"], "rounds": rounds}
 
 
 def consortium(out: Path, seed: int) -> dict[str, list[PatientWindows]]:
@@ -173,16 +156,17 @@ def consortium(out: Path, seed: int) -> dict[str, list[PatientWindows]]:
 
 
 def compare(
-    new: ModelConfig,
+    cfg: dict[str, Any],
     by_site: dict[str, list[PatientWindows]],
     site_dirs: dict[str, Path],
     work: Path,
 ) -> dict:
     """Every row of the table (see module docstring) on one consortium."""
+    new = model_config(cfg)
     splits = {s: patient_split(p, 0.0, 0.25, seed=0) for s, p in by_site.items()}
-    train_by_site = {s: sp[0] for s, sp in splits.items()}
-    train = [p for sp in splits.values() for p in sp[0]]
-    test = [p for sp in splits.values() for p in sp[2]]
+    data = {s: site_task.SiteData(sp[0], sp[2]) for s, sp in splits.items()}
+    train = [p for d in data.values() for p in d.train]
+    test = [p for d in data.values() for p in d.test]
     rows: dict[str, Any] = {}
     t = time.perf_counter()
     rows["centralized non-private SemioNet"] = scores(
@@ -190,7 +174,7 @@ def compare(
     )
     rows["new model, round 0 (public pretraining only)"] = scores(SemioNet(new), test)
     rows["new model, heads non-private"] = scores(train_plain(new, train), test)
-    dp_model, info = federated_dp(new, train_by_site, work / "ledgers", site_dirs)
+    dp_model, info = federated_dp(cfg, data, work / "ledgers", site_dirs)
     rows["new model, federated patient-level DP"] = scores(dp_model, test)
     b = _baseline(site_dirs, train, test)
     rows["motion-energy baseline"] = {"auroc": b["auroc"]}
@@ -211,7 +195,7 @@ def run(ctx: BenchContext) -> str:
     by_site = consortium(out, HELD_OUT_SEED)
     site_dirs = {s: out / s for s in by_site}
     with tempfile.TemporaryDirectory(prefix="semiofed-dp-utility-") as tmp:
-        res = compare(model_config(load_run_config(DEMO_CONFIG)), by_site, site_dirs, Path(tmp))
+        res = compare(demo_recipe(), by_site, site_dirs, Path(tmp))
     return render(res)
 
 
@@ -236,7 +220,6 @@ def render(res: dict[str, Any]) -> str:
             + " |"
         )
     eps = ", ".join(f"{s} {e:.2f}" for s, e in res["dp"]["epsilon"].items())
-    sig = ", ".join(f"{s} {v:.2f}" for s, v in res["dp"]["sigma"].items())
     checks = [
         ("AUROC ≥ 0.9 × centralized", dp["auroc"] >= 0.9 * ref["auroc"]),
         ("type macro-F1 ≥ 0.9 × centralized", dp["type_f1_events"] >= 0.9 * ref["type_f1_events"]),
@@ -266,10 +249,12 @@ def render(res: dict[str, Any]) -> str:
             f"encoders pretrained on public simulator data and frozen). Reference SemioNet: "
             f"{res['reference_params']:,} parameters, non-private, {PLAIN['epochs']} × "
             f"{PLAIN['steps_per_epoch']} steps of {PLAIN['batch_size']} windows. Federated DP: "
-            f"{DP['rounds']} rounds × {DP['local_epochs']} local epochs, expected "
-            f"{DP['batch_size']} patients per step, {DP['windows_per_patient']} windows per "
-            f"patient averaged into its one clipped gradient (C = {DP['max_grad_norm']}), "
-            f"σ per site {sig}; cumulative ε per site at δ = {DELTA:g} (RDP): {eps}.",
+            f"the demo's recipe (`configs/demo.toml`: {res['dp']['rounds']} rounds, every "
+            f"training patient in each round's one DP-SGD step, σ = {res['dp']['sigma']:g}, "
+            "C = 1, one DP evaluation table per site from round 2 and for the final model) "
+            "through the demo's own site code (`site_task.train_round`, `evaluate_dp`), each "
+            f"site charging its own ledger; cumulative ε per site at δ = {DELTA:g} (RDP, "
+            f"training and evaluation tables): {eps}.",
             "",
             *lines,
             "",

@@ -19,7 +19,8 @@ only, the same function as the full forward pass.
 
 Operating point: every learned detector's decision threshold and event rule (smoothing,
 minimum duration: :func:`~.evaluation.select_event_rule`) are chosen on PUBLIC tuning
-patients (:mod:`semiofed.shared.public_data`), the same procedure for each. For the
+patients (:mod:`semiofed.shared.public_data`), the same procedure for each, and so are
+their type decisions: one type per detection (:func:`~.evaluation.event_types`). For the
 federated model that is post-processing of the DP release with public data: it costs no ε
 and uses no patient. The motion-energy threshold is fitted on the site's validation
 patients; the detectors that know nothing use 0.5. The overall row pools every site's test
@@ -58,6 +59,7 @@ from .evaluation import (
     EventRule,
     RecordingRef,
     evaluate_scores,
+    event_types,
     predict,
     recording_counts,
     recording_refs,
@@ -170,7 +172,9 @@ def _site_scores(
     out: dict[str, Scored] = {}
     for name, model in models.items():
         test = predict(model, data.test, device)
-        out[name] = (test["detect_prob"], test["type_pred"], *points[id(model)])
+        thr, rule = points[id(model)]
+        types = event_types(data.test, test["detect_prob"], test["type_logits"], thr)
+        out[name] = (test["detect_prob"], types, thr, rule)
     y_val = _labels(data.val, "y_detect")
     y_train, t_train = _labels(data.train, "y_detect"), _labels(data.train, "y_type")
     seizure = t_train[(y_train == 1) & (t_train != IGNORE_INDEX)]

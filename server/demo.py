@@ -185,7 +185,7 @@ def follow_run(
 def run_demo(
     out: Path,
     sites: int = 3,
-    rounds: int = 5,
+    rounds: int | None = None,
     config: Path = DEFAULT_CONFIG,
     patients_per_site: int = 40,
     minutes_per_patient: float = 3.0,
@@ -198,7 +198,9 @@ def run_demo(
     t_start = time.perf_counter()
     out = out.resolve()
     cfg = load_run_config(config)
-    cfg["federation"]["rounds"] = rounds
+    if rounds is not None:
+        cfg["federation"]["rounds"] = rounds
+    rounds = cfg["federation"]["rounds"]
     names = [f"site-{i:02d}" for i in range(1, sites + 1)]
     data_root = out / "data"
     print(

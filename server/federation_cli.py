@@ -158,7 +158,9 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
-    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="federated rounds (default: the config's)"
+    )
     p.add_argument(
         "--out", type=out_folder, default=Path("demo-out"), help="output folder (default demo-out)"
     )

@@ -18,11 +18,14 @@ from semiofed.client.evaluation import (
     choose_threshold,
     evaluate,
     evaluate_scores,
+    event_types,
     recording_refs,
     summary_line,
 )
 from semiofed.shared.baseline import REFERENCE_DETECTORS, reference_detector
 from semiofed.shared.dataset import load_patient_windows
+from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
+from semiofed.shared.metrics import window_metrics
 from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.recording import SUFFIX, read_header
 from semiofed.shared.synth import generate_consortium
@@ -99,3 +102,27 @@ def test_detectors_that_know_nothing_score_clearly_below_a_trained_model(scored,
         and b["false_alarms_per_hour_unmerged"] <= a["false_alarms_per_hour_unmerged"]
         and b["specificity"] >= a["specificity"]
     )
+
+
+def test_types_are_decided_per_detection_and_never_outside_one(scored) -> None:
+    """A true event detected whole takes its majority type on every window, although a
+    third of its windows' type logits point elsewhere; an isolated background window with a
+    high score and a seizure type is too short to be a detection, so it stays background."""
+    _, _, _, test = scored
+    y_det = np.concatenate([p.y_detect for p in test]).astype(float)
+    y_type = np.concatenate([p.y_type for p in test])
+    rng = np.random.default_rng(0)
+    truth = np.where(y_type == IGNORE_INDEX, CLASS_INDEX["clonic"], y_type)
+    noisy = np.where(rng.random(len(truth)) < 0.33, CLASS_INDEX["pnes"], truth)
+    background = np.flatnonzero(y_det == 0)
+    stray = background[len(background) // 2]
+    score, noisy[stray] = y_det.copy(), CLASS_INDEX["automatisms"]
+    score[stray] = 1.0
+    logits = np.eye(6)[noisy] * 4.0
+    types = event_types(test, score, logits, threshold=0.5)
+    assert types[stray] == CLASS_INDEX["bckg"] and set(types[y_det == 0]) == {CLASS_INDEX["bckg"]}
+    detected = (types != CLASS_INDEX["bckg"]) & (y_type != IGNORE_INDEX)
+    assert detected.sum() > 0.8 * ((y_det == 1) & (y_type != IGNORE_INDEX)).sum()
+    assert np.all(types[detected] == y_type[detected])
+    ours = window_metrics(y_type, types, y_det, score)["macro_f1"]
+    assert ours > window_metrics(y_type, logits.argmax(1), y_det, score)["macro_f1"] + 0.1
