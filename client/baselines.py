@@ -56,6 +56,7 @@ from .demo_calibration import Progress
 from .dp_training import TrainConfig, train_local
 from .evaluation import (
     DEFAULT_WINDOW,
+    TYPE_RULE,
     EventRule,
     RecordingRef,
     evaluate_scores,
@@ -247,6 +248,7 @@ def score_table(
         "plain_batch": PLAIN_BATCH,
         "plain_epochs": PLAIN_EPOCHS,
         "tuning_patients": len(tuning.patients),
+        "type_rule": asdict(TYPE_RULE),
         "patients": {
             s: {k: len(getattr(d, k)) for k in ("train", "val", "test")} for s, d in data.items()
         },

@@ -402,13 +402,16 @@ def print_comparison(
             )
     overall = comparison["overall"]["federated"]
     fed = comparison["sites"][next(iter(comparison["sites"]))]["federated"]
-    rule = fed["event_rule"]
+    rule, types = fed["event_rule"], comparison["type_rule"]
     print(
         f"  (held-out test patients; every learned detector's threshold and event rule chosen on "
         f"{comparison['tuning_patients']} PUBLIC simulator patients (no patient data: for the "
         f"federated model post-processing of the DP release, no ε), federated: threshold "
         f"{fed['threshold']:.2f}, window scores averaged over {rule['smooth_windows']} window(s), "
-        f"detections ≥ {rule['min_event_s']:g} s; motion energy's threshold fitted on validation "
+        f"detections ≥ {rule['min_event_s']:g} s; types decided per detection (scores averaged "
+        f"over {types['smooth_windows']} windows, detections ≥ {types['min_event_s']:g} s: a "
+        "window outside one is background, inside one it takes the detection's type); motion "
+        "energy's threshold fitted on validation "
         f"patients; FA/h = false alarms per hour on unmerged detections, spec = specificity on "
         f"{overall['background_hours']:.1f} h of background, {overall['ref_events']} events; "
         f"ε = cumulative patient-level ε at δ = {delta:g}; centralized pools all sites; "
