@@ -120,14 +120,8 @@ def predict(
     n = len(next(iter(mask.values())))
     batches = (
         {
-            **{
-                f"x_{s}": torch.as_tensor(np.ascontiguousarray(x[s][i : i + batch_size]))
-                for s in STREAM_NAMES
-            },
-            **{
-                f"m_{s}": torch.as_tensor(np.ascontiguousarray(mask[s][i : i + batch_size]))
-                for s in STREAM_NAMES
-            },
+            **{f"x_{s}": torch.tensor(x[s][i : i + batch_size]) for s in STREAM_NAMES},
+            **{f"m_{s}": torch.tensor(mask[s][i : i + batch_size]) for s in STREAM_NAMES},
         }
         for i in range(0, n, batch_size)
     )
