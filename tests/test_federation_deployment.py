@@ -340,35 +340,40 @@ def _wait(pred, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_supernode_rejoins_and_restarted_serverapp_resumes(consortium):
-    c, root = consortium
-    out = root / "run-resilient"
-    payload = {"semiofed": encode_payload(RESILIENT, out_dir=str(out))}
-    ledger = root / "state" / "site-02" / "privacy_ledger.json"
-    n_before = len(json.loads(ledger.read_text())["runs"]) if ledger.exists() else 0
+class TestSupernodeCrash:
+    """A class, so that pytest-xdist's ``--dist loadscope`` (``make test``) may run this
+    longest test (Flower's 30-s heartbeats) on the other worker, beside the module's other
+    tests, with a consortium of its own; it reads only what it makes."""
 
-    def site02_training() -> bool:
-        return ledger.exists() and len(json.loads(ledger.read_text())["runs"]) > n_before
+    def test_killed_supernode_rejoins_and_restarted_serverapp_resumes(self, consortium):
+        c, root = consortium
+        out = root / "run-resilient"
+        payload = {"semiofed": encode_payload(RESILIENT, out_dir=str(out))}
+        ledger = root / "state" / "site-02" / "privacy_ledger.json"
+        n_before = len(json.loads(ledger.read_text())["runs"]) if ledger.exists() else 0
 
-    run_id = c.submit(payload)
-    _wait(site02_training, 300, "site-02 to start training in round 1")
-    c.kill_supernode("site-02")  # mid-round crash of a hospital
-    c.start_supernode("site-02")  # it comes back (same key, same node id)
-    progress = out / PROGRESS_FILE
-    _wait(
-        lambda: progress.exists() and len(json.loads(progress.read_text())["rounds"]) >= 2,
-        600,
-        "2 rounds",
-    )
-    c.stop_run(run_id)  # the ServerApp goes away after round 2 …
-    c.wait_run(run_id, 60)  # the run stops
-    run_id2 = c.submit(payload)  # … and a new one resumes from the checkpoint
-    status = c.wait_run(run_id2, timeout=600, progress=progress)
-    assert status["status"] == "finished:completed", status
-    run = _run_json(out)
-    assert run["resumed_after_round"] >= 2
-    rounds = {r["round"]: r for r in run["rounds"]}
-    assert sorted(rounds) == [1, 2, 3]
-    assert "site-02" not in rounds[1]["sites"] and "site-01" in rounds[1]["sites"]
-    assert rounds[1]["aggregated"]  # min-nodes = 1: round 1 completed without site-02
-    assert any("site-02" in rounds[r]["sites"] for r in (2, 3))  # site-02 rejoined
+        def site02_training() -> bool:
+            return ledger.exists() and len(json.loads(ledger.read_text())["runs"]) > n_before
+
+        run_id = c.submit(payload)
+        _wait(site02_training, 300, "site-02 to start training in round 1")
+        c.kill_supernode("site-02")  # mid-round crash of a hospital
+        c.start_supernode("site-02")  # it comes back (same key, same node id)
+        progress = out / PROGRESS_FILE
+        _wait(
+            lambda: progress.exists() and len(json.loads(progress.read_text())["rounds"]) >= 2,
+            600,
+            "2 rounds",
+        )
+        c.stop_run(run_id)  # the ServerApp goes away after round 2 …
+        c.wait_run(run_id, 60)  # the run stops
+        run_id2 = c.submit(payload)  # … and a new one resumes from the checkpoint
+        status = c.wait_run(run_id2, timeout=600, progress=progress)
+        assert status["status"] == "finished:completed", status
+        run = _run_json(out)
+        assert run["resumed_after_round"] >= 2
+        rounds = {r["round"]: r for r in run["rounds"]}
+        assert sorted(rounds) == [1, 2, 3]
+        assert "site-02" not in rounds[1]["sites"] and "site-01" in rounds[1]["sites"]
+        assert rounds[1]["aggregated"]  # min-nodes = 1: round 1 completed without site-02
+        assert any("site-02" in rounds[r]["sites"] for r in (2, 3))  # site-02 rejoined
