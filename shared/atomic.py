@@ -10,6 +10,7 @@ import glob
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,8 +34,10 @@ def _remove_stale(path: Path) -> None:
     ``.NAME.PID.*.tmp*``, removed once process PID is gone."""
     head = f".{path.name}."
     for tmp in path.parent.glob(f"{glob.escape(head)}*.tmp*"):
-        pid = tmp.name[len(head) :].split(".", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        # PID.RAND.tmpSUFFIX exactly (mkstemp's RAND has no dot), so that the temp file of a
+        # sibling named NAME.<digits>... never parses as one of NAME's
+        found = re.fullmatch(r"(\d+)\.[^.]+\.tmp.*", tmp.name[len(head) :])
+        if found and not pid_alive(int(found.group(1))):
             tmp.unlink(missing_ok=True)
 
 

@@ -308,7 +308,10 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path: Path
     stale = tmp_path / f".run.json.{dead.pid}.x1.tmp"
     live = tmp_path / f".run.json.{os.getpid()}.x2.tmp"  # a writer still at work
     other = tmp_path / f".runs.json.{dead.pid}.x3.tmp"  # another file's
-    for p in (stale, live, other):
+    # a live writer's temp of run.json.<digits> (its name part parses like a dead pid)
+    sibling = tmp_path / f".run.json.{dead.pid}.{os.getpid()}.x4.tmp"
+    for p in (stale, live, other, sibling):
         p.write_text("half")
     atomic_write_text(tmp_path / "run.json", "{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "run.json"])
+    left = [live.name, other.name, sibling.name, "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(left)
