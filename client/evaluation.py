@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from semiofed.shared.analysis.pipeline import model_outputs
 from semiofed.shared.dataset import (
     PatientWindows,
     WindowDataset,
@@ -51,7 +50,7 @@ from semiofed.shared.metrics import (
     window_metrics,
     windows_to_events,
 )
-from semiofed.shared.model import SemioNet, resolve_device
+from semiofed.shared.model import SemioNet, model_outputs, resolve_device
 from semiofed.shared.recording import SUFFIX, read_header
 from semiofed.shared.windows import WindowConfig
 

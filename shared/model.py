@@ -322,6 +322,27 @@ def embed_windows(
     return np.concatenate(embs), np.concatenate(present)
 
 
+@torch.no_grad()
+def model_outputs(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
+) -> dict[str, np.ndarray]:
+    """Detection probability, type logits and fused embedding of every window of
+    ``batches`` (model inputs: windows or cached embeddings), in order; the one prediction
+    loop of site analysis, calibration and evaluation (``client/evaluation.py``; here, not in
+    :mod:`.analysis`, so that a training message does not import the analysis stack)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    parts: dict[str, list[np.ndarray]] = {"detect_prob": [], "type_logits": [], "fused": []}
+    for batch in batches:
+        out = model({k: v.to(dev) for k, v in batch.items()})
+        parts["detect_prob"].append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
+        parts["type_logits"].append(out["type_logits"].cpu().numpy())
+        parts["fused"].append(out["fused"].cpu().numpy())
+    model.train(was_training)
+    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
+
+
 def loss_per_window(out: dict[str, Tensor], batch: dict[str, Tensor], type_weight: float) -> Tensor:
     """BCE on the detection logit + ``type_weight`` · CE on the type logits (ignored labels add 0)."""
     bce = F.binary_cross_entropy_with_logits(

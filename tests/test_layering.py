@@ -64,3 +64,18 @@ def test_checker_catches_violations() -> None:
     assert imported_packages("from ... import client", "shared", ("a", "b")) == {"client"}
     assert imported_packages("from .recording import load", "shared", ("x",)) == {"shared"}
     assert imported_packages("import server", "client", ("x",)) == {"server"}
+
+
+def test_a_training_message_does_not_import_the_analysis_stack() -> None:
+    """Flower starts a fresh ClientApp process per message, so what ``site_task`` imports is
+    paid by every training round (captum and scipy.signal: ~2 s of CPU)."""
+    import subprocess
+    import sys
+
+    heavy = ("captum", "scipy.signal", "matplotlib", "semiofed.shared.analysis.pipeline")
+    code = (
+        "import sys, semiofed.client.app, semiofed.client.site_task; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]", res.stdout

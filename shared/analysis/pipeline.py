@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..events import Event
 from ..features import STREAM_NAMES
 from ..labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
 from ..metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
+from ..model import model_outputs
 from ..recording import Recording
 from ..windows import WindowConfig, assemble_windows, windows_from_recording
 from . import calibration as cal
@@ -88,26 +88,6 @@ class SiteCalibration:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FormatError(path, f"not a readable calibration file ({exc})") from None
-
-
-@torch.no_grad()
-def model_outputs(
-    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
-) -> dict[str, np.ndarray]:
-    """Detection probability, type logits and fused embedding of every window of
-    ``batches`` (model inputs: windows or cached embeddings), in order; the one prediction
-    loop of site analysis, calibration and evaluation (``client/evaluation.py``)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    parts: dict[str, list[np.ndarray]] = {"detect_prob": [], "type_logits": [], "fused": []}
-    for batch in batches:
-        out = model({k: v.to(dev) for k, v in batch.items()})
-        parts["detect_prob"].append(torch.sigmoid(out["detect_logit"]).cpu().numpy())
-        parts["type_logits"].append(out["type_logits"].cpu().numpy())
-        parts["fused"].append(out["fused"].cpu().numpy())
-    model.train(was_training)
-    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
 
 
 def predict(
