@@ -302,6 +302,7 @@ def _recording_for(args: argparse.Namespace) -> tuple[Recording, Path]:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from semiofed.shared.analysis.onset import AlarmRule
     from semiofed.shared.analysis.pipeline import (
         CALIBRATION_FILE,
         AnalysisConfig,
@@ -324,7 +325,11 @@ def run_analyze(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     rec, rec_path = _recording_for(args)
-    cfg = AnalysisConfig(detect_threshold=args.threshold, explain=not args.no_explain)
+    cfg = AnalysisConfig(
+        detect_threshold=args.threshold,
+        explain=not args.no_explain,
+        alarm=AlarmRule(threshold=args.threshold),
+    )
     from .feature_cache import FeatureCache
 
     feats = FeatureCache(args.state)(rec_path, wcfg) if args.state is not None else None

@@ -190,6 +190,11 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
         and "data:image" not in html
         and "http" not in html.replace("http://www.w3.org", "")
     )
+    # live (causal) alarms: each ends a window above threshold, so it lies in an offline event
+    alarms = report["alarms"]["times_s"]
+    spans = [(e["onset_s"], e["offset_s"]) for e in report["events"]]
+    assert alarms and all(any(a <= t <= b for a, b in spans) for t in alarms), (alarms, spans)
+    assert "live alarm" in html
 
     # Review: list, label one event, reject nothing; the labelled data is a site data folder.
     queue = json.loads((state / "review" / "queue.json").read_text())

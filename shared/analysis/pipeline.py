@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from ..windows import WindowConfig, assemble_windows, windows_from_recording
 from . import calibration as cal
 from .evolution import EvolutionConfig, abnormal_masks, baseline_mask, event_evolution
 from .explain import explain_window, resting_baseline
+from .onset import AlarmRule, causal_alarms
 from .openset import OpenSetScorer
 from .report import REPORT_FORMAT, REPORT_VERSION, skeleton_snapshot
 from .semiology import SemiologyConfig, event_semiology, rhythm_tracks
@@ -48,6 +49,7 @@ class AnalysisConfig:
     batch_size: int = 64
     min_event_s: float = MIN_EVENT_S  # shorter detections are dropped
     merge_gap_s: float = MERGE_GAP_S  # detections closer than this are one event
+    alarm: AlarmRule = field(default_factory=AlarmRule)  # live (causal) alarms: :mod:`.onset`
 
 
 @dataclass
@@ -215,6 +217,7 @@ def analyze_recording(
     temp = calib.temperature if calib else 1.0
     probs = cal.softmax(out["type_logits"], temp)
     events = _detected_events(t0, prob, wcfg, cfg)
+    alarms = causal_alarms(t0 + wcfg.seconds, prob, cfg.alarm)
     spans = [(e.onset, e.offset) for e in events]
 
     sig = region_signals(rec)
@@ -316,6 +319,11 @@ def analyze_recording(
             "t_center_s": [round(float(x), 2) for x in centres],
             "seizure_probability": [round(float(x), 4) for x in prob],
             "threshold": cfg.detect_threshold,
+        },
+        "alarms": {
+            "times_s": [round(float(a), 2) for a in alarms],
+            "rule": asdict(cfg.alarm),
+            "causal": "each alarm uses only windows that end at or before its time",
         },
         "events": ev_reports,
         "primary_event": primary["id"] if primary else None,

@@ -130,6 +130,11 @@ def _svg_timeline(report: dict, width: int = 1000, height: int = 190) -> str:
         parts.append(
             f'<text x="{X(ev["onset_s"]) + 2:.1f}" y="{top + 12}" font-size="11">{_e(ev["id"])} {_e(ev["predicted_type"])}</text>'
         )
+    for a in report.get("alarms", {}).get("times_s", []):
+        parts.append(
+            f'<path d="M{X(a) - 5:.1f},{top} L{X(a) + 5:.1f},{top} L{X(a):.1f},{top + 9}Z" fill="#c33">'
+            f"<title>live alarm at {a:.1f} s</title></path>"
+        )
     thr = tl["threshold"]
     parts.append(
         f'<line x1="{left}" x2="{left + w}" y1="{Y(thr):.1f}" y2="{Y(thr):.1f}" stroke="#c33" stroke-dasharray="4 3"/>'
@@ -148,7 +153,7 @@ def _svg_timeline(report: dict, width: int = 1000, height: int = 190) -> str:
             f'<text x="{X(s):.1f}" y="{top + h + 14}" font-size="10" text-anchor="middle">{s:.0f}s</text>'
         )
     parts.append(
-        f'<text x="{left + w / 2}" y="{height - 2}" font-size="11" text-anchor="middle">seizure probability per window (dashed: threshold)</text></svg>'
+        f'<text x="{left + w / 2}" y="{height - 2}" font-size="11" text-anchor="middle">seizure probability per window (dashed: threshold; red marks: live alarms)</text></svg>'
     )
     return "".join(parts)
 
