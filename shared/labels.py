@@ -101,11 +101,6 @@ def is_known_event_type(event_type: str) -> bool:
     return event_type in EVENT_TYPES
 
 
-def is_seizure(event_type: str) -> bool:
-    """True for epileptic seizures (``sz*``); PNES and background are not seizures."""
-    return event_type.startswith("sz")
-
-
 def is_event_of_interest(event_type: str) -> bool:
     """Anything a detector should flag: epileptic seizures and PNES (not background)."""
     return event_type != BACKGROUND

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from semiofed.shared.analysis.evolution import analyze_evolution, involvement_order
+from semiofed.shared.analysis.evolution import (
+    EvolutionConfig,
+    abnormal_masks,
+    event_evolution,
+    involvement_order,
+)
 from semiofed.shared.analysis.signals import region_signals
 from semiofed.shared.synth import simulate_event_clip
 
@@ -20,7 +25,9 @@ def test_f2b_progression_follows_truth(seed: int, hemisphere: str) -> None:
     te = truth["events"][0]
     side = te["body_side"]  # version and first arm: contralateral to the onset hemisphere
     other = "left" if side == "right" else "right"
-    evo = analyze_evolution(region_signals(rec), [(e.onset, e.offset) for e in events])["events"][0]
+    sig, cfg = region_signals(rec), EvolutionConfig()
+    moving, _ = abnormal_masks(sig, [(e.onset, e.offset) for e in events], cfg)
+    evo = event_evolution(sig, events[0].onset, events[0].offset, moving, cfg)
     on = {r: v["onset_s"] for r, v in evo["regions"].items() if v["involved"]}
 
     # Truth: head (version) → contralateral arm → everything else (tonic phase, bilateral).

@@ -216,17 +216,3 @@ def event_evolution(
         "order_text": order_text(steps),
         "bilateral_onset_s": None if bilateral_at is None else round(bilateral_at, 2),
     }
-
-
-def analyze_evolution(
-    sig: RegionSignals,
-    events: list[tuple[float, float]],
-    cfg: EvolutionConfig | None = None,
-) -> dict:
-    """Evolution of every event (onset, offset in s) plus the speed thresholds used."""
-    cfg = cfg or EvolutionConfig()
-    moving, thr = abnormal_masks(sig, events, cfg)
-    return {
-        "thresholds_body_units_per_s": {r: round(v, 4) for r, v in thr.items()},
-        "events": [event_evolution(sig, on, off, moving, cfg) for on, off in events],
-    }
