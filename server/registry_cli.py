@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from semiofed.shared.cli_paths import out_folder
+from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.registry_http import CA_HELP, is_loopback
 
@@ -177,6 +177,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .public_explanations import write_explanations
+
+    path = write_explanations(args.run_dir, args.public_data)
+    print(f"wrote {path}: global explanations on public data (the card carries them)")
+    return 0
+
+
 def cmd_retire(args: argparse.Namespace) -> int:
     from .registry.publish import retire_local, retire_remote
 
@@ -335,6 +343,23 @@ def register(cmds: argparse._SubParsersAction) -> None:
     _storage_args(p)
     _remote_args(p)
     p.set_defaults(func=cmd_publish)
+
+    p = cmds.add_parser(
+        "explain",
+        help="explain a run's model on public data for its model card (before publishing)",
+        description="Per class: mean Shapley contribution of each input stream and the share "
+        "of integrated gradients per body region, on the public tuning patients (simulator "
+        "data, no patient; generated in --public-data unless there). Writes "
+        "RUN_DIR/explanations.json, which `registry publish` puts into the signed card.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=folder, help="the ServerApp's run directory")
+    p.add_argument(
+        "--public-data",
+        type=Path,
+        default=Path("public-tuning"),
+        help="folder of the public tuning data (default: public-tuning)",
+    )
+    p.set_defaults(func=cmd_explain)
 
     p = cmds.add_parser(
         "retire",

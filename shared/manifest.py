@@ -90,6 +90,7 @@ class Card(_Open):
     metrics: list[MetricRow] = []
     intended_use: str = ""
     limitations: list[str] = []
+    explanations: dict[str, Any] | None = None  # on public data: ``registry explain``
 
 
 class ManifestWeights(_Open):

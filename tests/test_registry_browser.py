@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import sync_playwright
 
+from semiofed.server.registry.cards import EXPLANATIONS_FILE, EXPLANATIONS_FORMAT
 from semiofed.server.registry.publish import publish_local, retire_local
 from tests.registry_helpers import LiveServer, make_registry, make_run_dir, make_tls
 
@@ -36,15 +38,31 @@ def spki_pin(cert: Path) -> str:
     return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
+EXPLANATIONS = {
+    "format": EXPLANATIONS_FORMAT,
+    "data": "public: SemioFed motion simulator",
+    "what_it_is": "How the model responds on public data.",
+    "what_it_is_not": "Not a statement about any patient.",
+    "classes": {
+        c: {
+            "windows": 12,
+            "explains": "type probability",
+            "stream_contributions": {"body": 0.5, "face": 0.1},
+            "region_shares": {"face": 0.6 if c == "automatisms" else 0.1, "trunk": 0.3},
+        }
+        for c in ("clonic", "automatisms")
+    },
+}
+
+
 def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
     assert CHROMIUM.exists(), "run tests/setup_browser.sh first (installs Debian's chromium)"
     setup = make_registry(tmp_path / "data")
     for seed in (1, 2, 3):
-        publish_local(
-            make_run_dir(tmp_path / f"run{seed}", rounds=4, seed=seed),
-            setup.registry,
-            setup.private_key,
-        )
+        run = make_run_dir(tmp_path / f"run{seed}", rounds=4, seed=seed)
+        if seed == 2:  # v2 carries global explanations (the format `registry explain` writes)
+            (run / EXPLANATIONS_FILE).write_text(json.dumps(EXPLANATIONS))
+        publish_local(run, setup.registry, setup.private_key)
     retire_local(setup.registry, "v1", "superseded by v2", setup.private_key)
     tls = make_tls(tmp_path / "certs")
     server = LiveServer(setup.data, tmp_path / "server.log", tls)
@@ -96,6 +114,9 @@ def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
                 assert page.locator("#privacy tbody tr").count() == 3
                 assert "patient" in page.locator("#privacy").inner_text()
                 assert page.locator("#metrics tbody tr").count() == 4
+                assert page.locator("#explanations tbody tr").count() == 2
+                auto = page.locator("#explanations tbody tr", has_text="automatisms")
+                assert "face 60%, trunk 30%" in auto.inner_text()
                 assert (
                     page.locator("#limitations li")
                     .first.inner_text()

@@ -44,6 +44,10 @@ from semiofed.shared.run_record import RUN_FILE, RunRecord, read_json_object, re
 
 from .storage import NotSafetensors, check_safetensors
 
+#: Global explanations on public data (``semiofed registry explain``), carried by the card.
+EXPLANATIONS_FILE = "explanations.json"
+EXPLANATIONS_FORMAT = "semiofed-explanations-1"
+
 DEFAULT_INTENDED_USE = (
     "Research decision support at consortium sites: classifying seizure semiology "
     f"({', '.join(CLASSES)}) from MediaPipe keypoint recordings of video-EEG monitoring, "
@@ -228,6 +232,17 @@ def architecture_hash(config: dict[str, Any], run: RunRecord, run_dir: Path) -> 
     return value
 
 
+def _explanations(run_dir: Path) -> dict[str, Any] | None:
+    """The run's global explanations on public data, or None when it has none."""
+    path = run_dir / EXPLANATIONS_FILE
+    if not path.exists():
+        return None
+    doc = read_json_object(path)
+    if doc.get("format") != EXPLANATIONS_FORMAT or not isinstance(doc.get("classes"), dict):
+        raise FormatError(path, f"not a {EXPLANATIONS_FORMAT} document")
+    return doc
+
+
 def build_card(run_dir: str | Path) -> dict[str, Any]:
     """The model card of the run in ``run_dir`` (a JSON-serialisable dict)."""
     run_dir = Path(run_dir)
@@ -271,5 +286,6 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "metrics": [{"round": rnd["round"], **rnd["metrics"]} for rnd in rounds],
         "intended_use": str(run.intended_use or DEFAULT_INTENDED_USE),
         "limitations": [str(x) for x in limitations],
+        "explanations": _explanations(run_dir),
     }
     return json_safe(card)

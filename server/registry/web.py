@@ -22,6 +22,8 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from semiofed.shared.features import STREAM_NAMES
+
 from . import queries
 from .auth import COOKIE, Principal, authenticate, authorize, bearer, get_session, presented_token
 from .publish import RegistryRefusal
@@ -149,6 +151,12 @@ def index(
     )
 
 
+def top_regions(shares: dict[str, Any], n: int = 3) -> str:
+    """The ``n`` body regions with the largest explanation share, e.g. 'trunk 31 %, …'."""
+    ranked = sorted(((v, k) for k, v in shares.items() if _is_number(v)), reverse=True)[:n]
+    return ", ".join(f"{k} {v:.0%}" for v, k in ranked)
+
+
 @router.get("/versions/{version}", response_class=HTMLResponse)
 def version_page(
     version: str,
@@ -172,5 +180,7 @@ def version_page(
             "epsilon_plot": epsilon_plot(card),
             "metric_plots": metric_plots(card),
             "pretty": lambda obj: json.dumps(obj, indent=2, sort_keys=True),
+            "explanation_streams": STREAM_NAMES,
+            "top_regions": top_regions,
         },
     )

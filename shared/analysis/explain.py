@@ -74,14 +74,27 @@ def _batch(
 
 
 @torch.no_grad()
-def _prob(model: nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
-    return torch.sigmoid(model(batch)["detect_logit"]).cpu().numpy().astype(np.float64)
+def _prob(
+    model: nn.Module, batch: dict[str, torch.Tensor], target: int | None = None
+) -> np.ndarray:
+    """Detection probability, or with ``target`` the type head's probability of that class."""
+    out = model(batch)
+    p = (
+        torch.sigmoid(out["detect_logit"])
+        if target is None
+        else torch.softmax(out["type_logits"], dim=-1)[:, target]
+    )
+    return p.cpu().numpy().astype(np.float64)
 
 
 def shapley_streams(
-    model: nn.Module, window: dict[str, torch.Tensor], neutral: dict[str, torch.Tensor]
+    model: nn.Module,
+    window: dict[str, torch.Tensor],
+    neutral: dict[str, torch.Tensor],
+    target: int | None = None,
 ) -> dict:
-    """Exact Shapley values of the detection probability over the streams."""
+    """Exact Shapley values of the detection probability (with ``target``: of that class's
+    type probability) over the streams."""
     n = len(STREAM_NAMES)
     coalitions = list(itertools.product((0, 1), repeat=n))
     shape = {s: window[f"x_{s}"].shape[1:3] for s in STREAM_NAMES}
@@ -91,7 +104,7 @@ def shapley_streams(
         )
         for i, s in enumerate(STREAM_NAMES)
     }
-    value = dict(zip(coalitions, _prob(model, _batch(window, neutral, keep)), strict=True))
+    value = dict(zip(coalitions, _prob(model, _batch(window, neutral, keep), target), strict=True))
     phi = {}
     for i, s in enumerate(STREAM_NAMES):
         total = 0.0
@@ -115,15 +128,18 @@ def integrated_gradients(
     window: dict[str, torch.Tensor],
     neutral: dict[str, torch.Tensor],
     n_steps: int = 32,
+    target: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """IG of the detection logit per stream, summed over channels: {stream: (T, V)}."""
+    """IG of the detection logit (with ``target``: of that class's type logit) per stream,
+    summed over channels: {stream: (T, V)}."""
     masks = tuple(window[f"m_{s}"] for s in STREAM_NAMES)
 
     def forward(*xs: torch.Tensor) -> torch.Tensor:
         b = xs[0].shape[0]
         batch = {f"x_{s}": x for s, x in zip(STREAM_NAMES, xs, strict=True)}
         batch.update({f"m_{s}": m.expand(b, -1) for s, m in zip(STREAM_NAMES, masks, strict=True)})
-        return model(batch)["detect_logit"]
+        out = model(batch)
+        return out["detect_logit"] if target is None else out["type_logits"][:, target]
 
     inputs = tuple(window[f"x_{s}"].detach().clone().requires_grad_(True) for s in STREAM_NAMES)
     baselines = tuple(neutral[s].expand_as(window[f"x_{s}"]).contiguous() for s in STREAM_NAMES)
