@@ -11,6 +11,7 @@ from semiofed.shared.analysis.onset import (
     ScoredRecording,
     alarm_counts,
     causal_alarms,
+    false_alarm_rate_bound,
     score_alarms,
     select_alarm_rule,
 )
@@ -97,3 +98,12 @@ def test_the_rule_chosen_keeps_false_alarms_within_bound_and_beats_random() -> N
 def test_bad_rules_are_refused(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         AlarmRule(**kwargs)
+
+
+def test_the_false_alarm_bound_is_the_exact_poisson_one() -> None:
+    # no false alarm in 1 h: P(0 | rate) = exp(-rate) = 0.05 at the 95 % bound
+    assert false_alarm_rate_bound(0, 1.0) == pytest.approx(-np.log(0.05))
+    assert false_alarm_rate_bound(0, 3.0) == pytest.approx(-np.log(0.05) / 3)
+    # 1 false alarm in 2.4 h is within 2/h; 2 in 2.4 h (0.83/h measured) are not
+    assert false_alarm_rate_bound(1, 2.4) <= MAX_FALSE_ALARMS_PER_HOUR
+    assert false_alarm_rate_bound(2, 2.4) > MAX_FALSE_ALARMS_PER_HOUR
