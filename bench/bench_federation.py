@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -187,26 +188,33 @@ def _simulation(work: Path) -> list[str]:
     lines = [
         "### Simulation runtime (`flwr run` on a simulation SuperLink, Ray), 1 round, tiny model\n",
         "CPU: user + sys of every process of the run (SuperLink, simulation process, Ray, "
-        "virtual sites), sampled every 0.5 s; the machine is shared, so the load average "
-        "(1 min) at the start and the end of each run is shown.\n",
-        "| virtual sites | round (s) | total (s) | CPU user + sys (s) | CPU per site (s) | load start / end |",
-        "|---|---|---|---|---|---|",
+        "virtual sites), sampled every 0.5 s, and by process: the Ray actors that run the "
+        "virtual sites' ClientApps (SemioFed's site work, plus each actor's Ray worker and its "
+        "imports), the simulation process (Flower's simulation runtime and SemioFed's ServerApp), "
+        "and the rest (SuperLink, SuperExec, `flwr` CLI calls, Ray's daemons); the machine is "
+        "shared, so the load average (1 min) at the start and the end of each run is shown.\n",
+        "| virtual sites | round (s) | total (s) | CPU user + sys (s) | CPU per site (s) "
+        "| actors (s) | simulation process (s) | rest (s) | load start / end |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     t_start = time.perf_counter()
     for n in SIM_SIZES:
         if time.perf_counter() - t_start > SIM_BUDGET_SECONDS:
-            lines.append(f"| {n} | not run (bench time budget) | | | | |")
+            lines.append(f"| {n} | not run (bench time budget) | | | | | | | |")
             continue
         load0 = os.getloadavg()[0]
         try:
             with TreeCpu() as cpu:
                 res = simulate(n, 1, cfg_path, work / f"sim-{n}", patients_per_site=3)
         except Exception as exc:  # report, do not invent numbers
-            lines.append(f"| {n} | failed: {str(exc)[:120]} | | | | |")
+            lines.append(f"| {n} | failed: {str(exc)[:120]} | | | | | | | |")
             continue
+        by = cpu.by_group()
         lines.append(
             f"| {n} | {res['round_seconds'][0]:.1f} | {res['wall_seconds']:.1f} | "
-            f"{cpu.seconds:.1f} | {cpu.seconds / n:.2f} | {load0:.1f} / {os.getloadavg()[0]:.1f} |"
+            f"{cpu.seconds:.1f} | {cpu.seconds / n:.2f} | {by['actors']:.1f} | "
+            f"{by['simulation']:.1f} | {by['rest']:.1f} | "
+            f"{load0:.1f} / {os.getloadavg()[0]:.1f} |"
         )
     return [*lines, ""]
 
@@ -219,6 +227,7 @@ class TreeCpu:
     def __init__(self) -> None:
         self.seconds = 0.0
         self._seen: dict[int, float] = {}
+        self._names: dict[int, str] = {}  # the last command line seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -251,6 +260,26 @@ class TreeCpu:
             for pid in tree - {os.getpid()}:
                 if pid in table:
                     self._seen[pid] = table[pid][1]
+                    with contextlib.suppress(OSError, UnicodeDecodeError):
+                        # empty once the process exits; Ray retitles its actors
+                        name = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+                        self._names[pid] = name or self._names.get(pid, "")
+
+    def by_group(self) -> dict[str, float]:
+        """CPU seconds of the Ray actors running ClientApps, of Flower's simulation process
+        and of everything else."""
+        out = {"actors": 0.0, "simulation": 0.0, "rest": 0.0}
+        for pid, secs in self._seen.items():
+            name = self._names.get(pid, "")
+            group = (
+                "actors"
+                if name.startswith("ray::ClientAppActor")
+                else "simulation"
+                if "flwr-simulation" in name
+                else "rest"
+            )
+            out[group] += secs
+        return out
 
 
 def _load_average() -> str:

@@ -80,7 +80,6 @@ from .allowlist import (
     ForbiddenContent,
     ParamSpec,
     check_reply,
-    param_specs,
     record_outgoing,
 )
 
@@ -267,7 +266,7 @@ def client_fn(context: Context) -> Client:
 def _model_specs(context: Context) -> list[ParamSpec]:
     from . import site_task
 
-    return param_specs(site_task.build_model(run_config_of(context)))
+    return site_task.model_specs(run_config_of(context))
 
 
 def allowlist_mod(msg: Message, context: Context, call_next: Any) -> Message:

@@ -39,6 +39,7 @@ import torch
 
 from semiofed.shared.atomic import atomic_write
 from semiofed.shared.dataset import (
+    FEATURE_CACHE_DIR,
     FeaturesFn,
     FrameFeatures,
     PatientWindows,
@@ -53,7 +54,7 @@ from semiofed.shared.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "feature-cache"
+CACHE_DIR = FEATURE_CACHE_DIR
 EMBEDDING_DIR = "embeddings"  # under CACHE_DIR
 #: Windows per no-grad encoder pass (the same embeddings, bit for bit, as 256; ~25 % less CPU).
 EMBED_BATCH = 64

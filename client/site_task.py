@@ -11,6 +11,7 @@ sampling, same per-patient clipping over the same trainable parameters, same ste
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -23,12 +24,13 @@ import torch
 
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.model import SemioNet
+from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.model_arrays import get_arrays, set_arrays
 from semiofed.shared.release import DELTA, EPSILON_ROUND, PRIVACY_UNIT
 from semiofed.shared.run_config import model_config, window_config
 from semiofed.shared.splits import stable_patient_split
 
+from .allowlist import ParamSpec, param_specs
 from .analyze_cli import REVIEWED_DATA
 from .evaluation import evaluate, predict
 from .feature_cache import EmbeddingCache, embed_patients, site_features
@@ -57,7 +59,7 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     patients = load_patient_windows(
         Path(data_dir), window_config(cfg), extra_dirs=extra, features=site_features(state_dir)
     )
-    if state_dir is not None:
+    if state_dir is not None and model_config(cfg).frozen:  # else no encoder is frozen
         patients = embed_patients(build_model(cfg), patients, EmbeddingCache(Path(state_dir)))
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
@@ -83,6 +85,17 @@ def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> 
     if arrays is not None:
         set_arrays(model, arrays)
     return model
+
+
+def model_specs(cfg: dict[str, Any]) -> list[ParamSpec]:
+    """The allowlisted parameters of the run's model (:func:`.allowlist.param_specs`),
+    built once per model configuration in a process: they depend on it alone."""
+    return list(_model_specs(model_config(cfg)))
+
+
+@functools.lru_cache(maxsize=8)
+def _model_specs(mcfg: ModelConfig) -> tuple[ParamSpec, ...]:
+    return tuple(param_specs(SemioNet(mcfg)))
 
 
 def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:

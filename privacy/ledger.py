@@ -423,10 +423,25 @@ class PrivacyLedger:
 
     def _update_run(self, run_id: str, **fields: Any) -> dict[str, Any]:
         with self._locked() as data:
-            for r in data["runs"]:
-                if r["run_id"] == run_id:
-                    r.update(fields, updated=_now())
-                    return dict(r)
+            r = self._run(data, run_id)
+            r.update(fields, updated=_now())
+            return dict(r)
+
+    def _close_run(self, run_id: str, steps: int, delta: float, **fields: Any) -> dict[str, Any]:
+        """Set the run's counted steps to ``steps`` and close it with ``fields`` and its ε
+        after (the whole ledger's history then), under one lock and one write."""
+        with self._locked() as data:
+            r = self._run(data, run_id)
+            r["steps_counted"] = steps
+            hist = _counted_history(data["runs"])
+            eps_after = {acc: epsilon(hist, delta, acc) for acc in ACCOUNTANTS}
+            r.update(fields, finished=_now(), epsilon_after=eps_after, updated=_now())
+            return dict(r)
+
+    def _run(self, data: dict[str, Any], run_id: str) -> dict[str, Any]:
+        for r in data["runs"]:
+            if r["run_id"] == run_id:
+                return r
         raise SemioFedError(f"{self.path}: run {run_id} vanished from the ledger")
 
 
@@ -458,20 +473,13 @@ class LedgerRun:
             self.ledger._update_run(self.run_id, steps_counted=self.steps_counted)
 
     def finish(self, status: str = "completed", **extra: Any) -> dict[str, Any]:
-        """Close the run: release counted-but-untaken reservations, record ε after (RDP
-        and PRV at the run's δ, cumulative over the whole ledger)."""
+        """Close the run in one write: release counted-but-untaken reservations, record ε
+        after (RDP and PRV at the run's δ, cumulative over the whole ledger)."""
         self.finished = True
         # steps reserved ahead but never taken produced nothing; they are released
-        self.ledger._update_run(self.run_id, steps_counted=self.steps_taken)
         self.steps_counted = self.steps_taken
-        hist = self.ledger.history()
-        eps_after = {acc: epsilon(hist, self.planned.delta, acc) for acc in ACCOUNTANTS}
-        return self.ledger._update_run(
-            self.run_id,
-            status=status,
-            finished=_now(),
-            epsilon_after=eps_after,
-            **extra,
+        return self.ledger._close_run(
+            self.run_id, self.steps_taken, self.planned.delta, status=status, **extra
         )
 
     def __enter__(self) -> LedgerRun:

@@ -7,8 +7,10 @@ simulation process runs the ServerApp and the virtual sites' ClientApps on Ray, 
 packages installed here (runtime dependency installation off). Each virtual site gets its
 own state folder (ledger, approvals for this FAB, outbox) while the synthetic data folders
 are shared round robin among virtual sites (``--patients-per-site`` patients in each of at
-most 3 folders), so the cost measured is the federation's, not data generation's. Needs
-``ray==2.55.1`` (``flwr[simulation]``).
+most 3 folders), so the cost measured is the federation's, not data generation's; the
+virtual sites of one data folder share its feature cache (``STATE/feature-cache`` links to
+``OUT/feature-cache/site-NN``: the same recordings give the same entries, computed once).
+Needs ``ray==2.55.1`` (``flwr[simulation]``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semiofed.shared.dataset import FEATURE_CACHE_DIR
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.fab import build_fab, fab_hash, write_app_dir
 from semiofed.shared.run_config import encode_payload, load_run_config
@@ -58,6 +61,14 @@ def federation_config(sites: int) -> str:
     )
 
 
+def share_feature_cache(state_dir: Path, shared: Path) -> None:
+    """``state_dir``'s feature cache as a link to ``shared`` (left alone when it has one)."""
+    link = state_dir / FEATURE_CACHE_DIR
+    if not link.exists() and not link.is_symlink():
+        shared.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared, target_is_directory=True)
+
+
 def simulate(
     sites: int, rounds: int, config: Path, out: Path, patients_per_site: int = 4, seed: int = 1
 ) -> dict[str, Any]:
@@ -85,6 +96,7 @@ def simulate(
         approve_as_officer(
             cfg, out / "state" / name, out / "officers", name, data, SHARED_DATA, code
         )
+        share_feature_cache(out / "state" / name, out / FEATURE_CACHE_DIR / data.name)
     run_dir = out / "run"
     payload = encode_payload(cfg, out_dir=str(run_dir), sim_root=str(out), sim_data_sites=n_data)
     t0 = time.perf_counter()

@@ -67,6 +67,8 @@ DEFAULT_WINDOWS = WindowConfig()
 FrameFeatures = tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]
 #: Where a recording file's :data:`FrameFeatures` come from.
 FeaturesFn = Callable[[Path, WindowConfig], FrameFeatures]
+#: The site's feature cache folder in its state folder (never leaves the site).
+FEATURE_CACHE_DIR = "feature-cache"
 
 
 def file_features(path: Path, cfg: WindowConfig) -> FrameFeatures:

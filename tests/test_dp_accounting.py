@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from semiofed.privacy import accounting
 from semiofed.privacy.accounting import epsilon, max_steps, noise_for_target
+from semiofed.privacy.ledger import PlannedRun, PrivacyLedger
 from semiofed.shared.cli import main
+from tests.ledger_helpers import new_ledger
 
 CASES = [
     (0.01, 1.1, 1000, 1e-5),
@@ -71,3 +75,41 @@ def test_composition_noise_search_and_max_steps() -> None:
     assert (
         epsilon([*hist, (1.0, 0.25, n)], 1e-5) <= 8.0 < epsilon([*hist, (1.0, 0.25, n + 1)], 1e-5)
     )
+
+
+def uncached(hist: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = list(hist)
+    return float(acc.get_epsilon(delta=delta))
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # Opacus' PRV at q = 1
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_epsilon_cache_is_opacus_bit_for_bit(accountant: str) -> None:
+    """The memoised ε (and PRV's domain from the cached RDP curves) is exactly Opacus'
+    uncached accountant, on a cold and a warm cache; one step more is a new history."""
+    accounting._epsilon.cache_clear()
+    hist = [(1.0, 2 / 3, 1), (2.0, 1.0, 1), (0.8, 0.1, 7)]
+    for delta in (1e-5, 1e-3):
+        first = epsilon(hist, delta, accountant)
+        assert first == uncached(hist, delta, accountant)
+        assert epsilon([list(m) for m in hist], delta, accountant) == first  # cache hit
+    more = [*hist[:-1], (0.8, 0.1, 8)]
+    assert epsilon(more, 1e-5, accountant) == uncached(more, 1e-5, accountant)
+    assert epsilon(more, 1e-5, accountant) > epsilon(hist, 1e-5, accountant)
+    assert accounting._epsilon.cache_info().hits >= 3
+
+
+def test_ledger_epsilon_follows_each_counted_step(tmp_path: Path) -> None:
+    """A ledger's ε after each counted step is the uncached ε of its new history."""
+    ledger: PrivacyLedger = new_ledger(tmp_path / "state", 50.0, 1e-5)
+    run = ledger.begin_run(PlannedRun("patient", 0.25, 2.0, 1.0, 3, 1e-5))
+    seen = [ledger.spent()]
+    for _ in range(3):
+        run.count_step()
+        seen.append(ledger.spent())
+    record = run.finish()
+    assert seen == [0.0, *(uncached([(2.0, 0.25, n)], 1e-5, "rdp") for n in (1, 2, 3))]
+    assert record["epsilon_after"] == {
+        acc: uncached([(2.0, 0.25, 3)], 1e-5, acc) for acc in ("rdp", "prv")
+    }

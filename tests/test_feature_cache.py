@@ -130,3 +130,21 @@ def test_the_site_task_loader_uses_the_cache_in_the_state_folder(tmp_path: Path)
     load_site(site, validate({}), state)
     assert len(_entries(state)) == 2
     assert list(tmp_path.rglob(CACHE_DIR)) == [state / CACHE_DIR]  # in the state folder only
+
+
+def test_simulated_sites_of_one_data_folder_share_its_cache(tmp_path: Path) -> None:
+    """``server simulate``: virtual sites of one data folder read the entries the first wrote."""
+    from semiofed.server.simulate import share_feature_cache
+
+    site, shared = _write_site(tmp_path), tmp_path / "feature-cache" / "site-01"
+    states = [tmp_path / "state" / name for name in ("site-001", "site-004")]
+    for state in states:
+        state.mkdir(parents=True)
+        share_feature_cache(state, shared)
+    _, cache = _load(site, states[0])
+    assert (cache.hits, cache.misses) == (0, 2)
+    patients, cache = _load(site, states[1])
+    assert (cache.hits, cache.misses) == (2, 0)
+    _same(patients, load_patient_windows(site))
+    assert [e.name for e in _entries(states[1])] == sorted(e.name for e in shared.glob("*.npz"))
+    assert len(_entries(states[0])) == 2
