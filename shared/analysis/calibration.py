@@ -117,12 +117,14 @@ def secret_rng() -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
 
 
-def require_patients(n: int) -> None:
+def require_patients(
+    n: int, what: str = "calibration patient(s) with labelled windows", summary: str = "calibration"
+) -> None:
     """Refuse a DP summary of fewer than :data:`MIN_PATIENTS` patients."""
     if n < MIN_PATIENTS:
         raise SemioFedError(
-            f"{n} calibration patient(s) with labelled windows: a DP calibration summary needs "
-            f"at least {MIN_PATIENTS} (nothing was released)"
+            f"{n} {what}: a DP {summary} summary needs at least {MIN_PATIENTS} "
+            "(nothing was released)"
         )
 
 
@@ -146,15 +148,17 @@ def patient_score_histogram(patient_scores: np.ndarray) -> np.ndarray:
     return np.bincount(np.clip(bins, 0, k - 1), minlength=k) / len(bins)
 
 
-def _gaussian(total: np.ndarray, noise_multiplier: float, rng: np.random.Generator) -> list:
+def noisy_sum(total: np.ndarray, noise_multiplier: float, rng: np.random.Generator) -> list:
+    """``total`` plus ``N(0, σ²)`` per coordinate (the Gaussian mechanism), as floats."""
     if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
         raise SemioFedError(f"noise multiplier must be finite and > 0, got {noise_multiplier}")
     return [float(v) for v in total + rng.normal(0.0, noise_multiplier, total.shape)]
 
 
-def _header(kind: str, noise_multiplier: float) -> dict:
+def summary_header(kind: str, noise_multiplier: float, fmt: str = SUMMARY_FORMAT) -> dict:
+    """The public fields of a DP summary of ``kind`` (no value of any patient)."""
     return {
-        "format": SUMMARY_FORMAT,
+        "format": fmt,
         "version": 1,
         "kind": kind,
         "privacy_unit": "patient",
@@ -174,9 +178,9 @@ def dp_temperature_summary(
     require_patients(len(used))
     total = np.sum([patient_nll_curve(z, y) for z, y in used], axis=0)
     return {
-        **_header("temperature", noise_multiplier),
+        **summary_header("temperature", noise_multiplier),
         "temperatures": list(TEMPERATURE_GRID),
-        "noisy_sums": _gaussian(total, noise_multiplier, rng),
+        "noisy_sums": noisy_sum(total, noise_multiplier, rng),
     }
 
 
@@ -192,10 +196,10 @@ def dp_conformal_summary(
     require_patients(len(used))
     total = np.sum([patient_score_histogram(s) for s in used], axis=0)
     return {
-        **_header("conformal", noise_multiplier),
+        **summary_header("conformal", noise_multiplier),
         "temperature": float(temperature),
         "edges": list(SCORE_EDGES),
-        "noisy_counts": _gaussian(total, noise_multiplier, rng),
+        "noisy_counts": noisy_sum(total, noise_multiplier, rng),
     }
 
 
