@@ -21,9 +21,15 @@ import numpy as np
 from torch import nn
 
 from semiofed.shared.analysis import calibration as cal
-from semiofed.shared.analysis.anomaly import SEIZURE_CLASSES, dp_anomaly_summary
-from semiofed.shared.analysis.openset import ProjectionSpace
-from semiofed.shared.dataset import PatientWindows
+from semiofed.shared.analysis.anomaly import (
+    DEFAULT_ENERGY_WEIGHT,
+    SEIZURE_CLASSES,
+    dp_anomaly_summary,
+    merge_anomaly,
+)
+from semiofed.shared.analysis.openset import DEFAULT_FLAG_RATE, OpenSetScorer, ProjectionSpace
+from semiofed.shared.dataset import PatientWindows, load_patient_windows
+from semiofed.shared.errors import SemioFedError
 
 from .dp_release import release_gaussian
 
@@ -68,3 +74,55 @@ def share_anomaly(
         len(per_patient),
         lambda: dp_anomaly_summary(per_patient, space, noise_multiplier, rng),
     )
+
+
+class PublicWindows:
+    """The model's outputs on the annotated seizure windows of public patients (the
+    simulator's tuning patients, :func:`~semiofed.shared.public_data.tuning_patients`): where
+    the anomaly model's projection, standardisation and threshold come from (no ε)."""
+
+    def __init__(self, model: nn.Module, public: Sequence[PatientWindows]) -> None:
+        from semiofed.shared.analysis.pipeline import event_groups, outputs_for
+
+        out = outputs_for(model, list(public))
+        sel = (out["y_detect"] == 1) & np.isin(out["y_type"], SEIZURE_CLASSES)
+        if sel.sum() < 10:
+            raise SemioFedError(
+                f"{int(sel.sum())} public seizure windows: too few for a projection"
+            )
+        groups = event_groups(list(public))
+        self.fused, self.logits = out["fused"][sel], out["type_logits"][sel]
+        self.groups = [groups[i] for i in np.flatnonzero(sel)]
+        self.space = ProjectionSpace.public(self.fused)
+
+    @classmethod
+    def load(cls, model: nn.Module, public_dir: Path, window_config: Any) -> PublicWindows:
+        """From the public tuning patients under ``public_dir`` (generated there if missing),
+        cut into the model's windows."""
+        from semiofed.shared import public_data as pd
+        from semiofed.shared.synth.consortium import generate_consortium
+
+        names = [f"site-{i:02d}" for i in range(1, pd.TUNING_SITES + 1)]
+        if not all((public_dir / n).is_dir() for n in names):
+            generate_consortium(
+                public_dir,
+                pd.TUNING_SITES,
+                pd.TUNING_PATIENTS_PER_SITE,
+                pd.TUNING_MINUTES,
+                pd.TUNING_SEED,
+            )
+        public = [p for n in names for p in load_patient_windows(public_dir / n, window_config)]
+        return cls(model, public)
+
+    def scorer(
+        self,
+        summaries: Sequence[dict],
+        flag_rate: float = DEFAULT_FLAG_RATE,
+        energy_weight: float = DEFAULT_ENERGY_WEIGHT,
+    ) -> OpenSetScorer:
+        """The consortium's anomaly model from the sites' DP summaries (post-processing),
+        standardised and thresholded on the public windows."""
+        model = merge_anomaly(summaries, self.space)
+        model.energy_weight = energy_weight
+        model.calibrate(self.fused, self.logits, self.groups, flag_rate)
+        return model

@@ -47,6 +47,10 @@ ANOMALY_FORMAT = "semiofed-dp-anomaly"
 SEIZURE_CLASSES: tuple[int, ...] = tuple(range(1, NUM_CLASSES))
 W_COUNT, W_MEAN, W_SQUARE = math.sqrt(0.2), math.sqrt(0.6), math.sqrt(0.2)
 MIN_CLASS_WEIGHT = 2.0
+#: weight of the energy score beside the distance (chosen in bench_analysis: see README)
+DEFAULT_ENERGY_WEIGHT = 1.0
+#: ``site calibrate --share`` kind of the anomaly summary
+ANOMALY_KIND = "anomaly"
 VAR_FLOOR = 1e-3
 
 

@@ -32,7 +32,7 @@ from semiofed.shared.errors import SemioFedError
 
 DEFAULT_FLAG_RATE = 0.05
 SHRINKAGE = 0.1
-DEFAULT_RANK = 8
+DEFAULT_RANK = 4
 CLIP_QUANTILE = 0.95
 
 
