@@ -191,6 +191,12 @@ def register(cmds: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--coverage", type=float, default=0.9, help="conformal coverage (default: 0.9)")
     c.add_argument(
+        "--per-class",
+        action="store_true",
+        help="per-class (Mondrian) conformal thresholds: coverage for every true class, not only "
+        "on average (local calibration; prediction sets then use them)",
+    )
+    c.add_argument(
         "--flag-rate",
         type=float,
         default=0.05,
@@ -708,7 +714,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.share:
         return _share(args, model, held)
     fit = [p for p in patients if p.patient not in args.held_out]
-    calib = fit_calibration(model, held, fit, args.coverage, args.flag_rate)
+    if args.per_class and args.merge_conformal:
+        raise SemioFedError("--per-class is local: it cannot be combined with --merge-conformal")
+    calib = fit_calibration(
+        model, held, fit, args.coverage, args.flag_rate, per_class=args.per_class
+    )
     if args.merge_conformal:
         if args.temperature is None:
             raise SemioFedError("--merge-conformal needs --temperature (the merged one)")
