@@ -70,7 +70,7 @@ examples:
 
 CALIBRATE_EPILOG = f"""\
 Federated calibration (the consortium's temperature and conformal threshold; the open-set
-scorer stays fitted on local data). Each --share releases one differentially private summary,
+scorer stays fitted on local data unless --merge-anomaly replaces it). Each --share releases one differentially private summary,
 charged to the privacy ledger in --state and recorded in its signed audit trail (privacy unit:
 the patient; ε at the site budget's δ and accountant):
 
@@ -79,6 +79,10 @@ the patient; ε at the site budget's δ and accountant):
            + Gaussian noise (σ = --noise-multiplier) per temperature
   round 2  --share conformal --temperature T: each patient's score histogram on
            {len(cal.SCORE_EDGES) - 1} public bins, normalised to sum 1, summed, + Gaussian noise per bin
+  anomaly  --share anomaly --public-data DIR: every patient's per-class count indicator,
+           clipped mean and clipped mean square of its projected fused embeddings (L2 norm
+           <= 1 per patient), summed, + Gaussian noise per coordinate; --merge-anomaly
+           makes the federated DP anomaly model the aberrant flag (threshold: public data)
 
 A summary file holds only these noisy numbers and public parameters (grid, σ, ε, δ): no
 count, score or label. Fewer than {cal.MIN_PATIENTS} held-out patients with labelled windows,
@@ -92,6 +96,10 @@ examples:
       --share conformal --temperature T --summary-out c-site1.json
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --temperature T \\
       --merge-conformal c-site1.json c-site2.json
+  semiofed site calibrate --model M --data D --state S --share anomaly \
+      --public-data PUBLIC --summary-out a-site1.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \
+      --merge-anomaly a-site1.json a-site2.json
 """
 
 REVIEW_EPILOG = """\
