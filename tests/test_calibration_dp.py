@@ -239,7 +239,8 @@ def test_anomaly_summaries_are_charged_recorded_and_merge_into_the_aberrant_flag
 
     merged = tmp_path / "calibration.json"
     files = [str(tmp_path / f"a-{s}.json") for s in "ab"]
-    argv = [*_base(site, "a"), "--out", str(merged), *public, "--merge-anomaly"]
+    argv = [*_base(site, "a"), "--out", str(merged), "--state", str(states["a"]), *public]
+    argv += ["--merge-anomaly"]  # the state: site a's feature cache, filled by its share
     assert main([*argv, *files]) == 0
     calib = SiteCalibration.load(merged)
     assert calib.openset is not None and calib.openset.space is not None
