@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.analysis.anomaly import ANOMALY_KIND, anomaly_summary_problem
 from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
 from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import FormatError, SemioFedError
@@ -69,7 +70,7 @@ examples:
 
 CALIBRATE_EPILOG = f"""\
 Federated calibration (the consortium's temperature and conformal threshold; the open-set
-scorer stays fitted on local data). Each --share releases one differentially private summary,
+scorer stays fitted on local data unless --merge-anomaly replaces it). Each --share releases one differentially private summary,
 charged to the privacy ledger in --state and recorded in its signed audit trail (privacy unit:
 the patient; ε at the site budget's δ and accountant):
 
@@ -78,6 +79,10 @@ the patient; ε at the site budget's δ and accountant):
            + Gaussian noise (σ = --noise-multiplier) per temperature
   round 2  --share conformal --temperature T: each patient's score histogram on
            {len(cal.SCORE_EDGES) - 1} public bins, normalised to sum 1, summed, + Gaussian noise per bin
+  anomaly  --share anomaly --public-data DIR: every patient's per-class count indicator,
+           clipped mean and clipped mean square of its projected fused embeddings (L2 norm
+           <= 1 per patient), summed, + Gaussian noise per coordinate; --merge-anomaly
+           makes the federated DP anomaly model the aberrant flag (threshold: public data)
 
 A summary file holds only these noisy numbers and public parameters (grid, σ, ε, δ): no
 count, score or label. Fewer than {cal.MIN_PATIENTS} held-out patients with labelled windows,
@@ -91,6 +96,10 @@ examples:
       --share conformal --temperature T --summary-out c-site1.json
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --temperature T \\
       --merge-conformal c-site1.json c-site2.json
+  semiofed site calibrate --model M --data D --state S --share anomaly \
+      --public-data PUBLIC --summary-out a-site1.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \
+      --merge-anomaly a-site1.json a-site2.json
 """
 
 REVIEW_EPILOG = """\
@@ -190,6 +199,12 @@ def register(cmds: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--coverage", type=float, default=0.9, help="conformal coverage (default: 0.9)")
     c.add_argument(
+        "--per-class",
+        action="store_true",
+        help="per-class (Mondrian) conformal thresholds: coverage for every true class, not only "
+        "on average (local calibration; prediction sets then use them)",
+    )
+    c.add_argument(
         "--flag-rate",
         type=float,
         default=0.05,
@@ -198,8 +213,10 @@ def register(cmds: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, metavar="FILE", help="default: MODEL_DIR/calibration.json")
     c.add_argument(
         "--share",
-        choices=cal.SUMMARY_KINDS,
-        help="federated: release this site's DP summary (to --summary-out), charged to --state",
+        choices=(*cal.SUMMARY_KINDS, ANOMALY_KIND),
+        help="federated: release this site's DP summary (to --summary-out), charged to --state; "
+        f"'{ANOMALY_KIND}': the class sums of the anomaly model, over every patient of --data "
+        "(needs --public-data)",
     )
     c.add_argument(
         "--summary-out", type=Path, metavar="FILE", help="where --share writes the summary"
@@ -231,6 +248,21 @@ def register(cmds: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="write calibration.json from round-2 summaries (with --temperature)",
+    )
+    c.add_argument(
+        "--merge-anomaly",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="the aberrant flag of calibration.json from the sites' anomaly summaries: the "
+        "federated DP anomaly model, standardised and thresholded on --public-data",
+    )
+    c.add_argument(
+        "--public-data",
+        type=Path,
+        metavar="DIR",
+        help="public tuning patients (the simulator at its public tuning seed; generated there "
+        "if missing): the anomaly model's projection and threshold",
     )
     c.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
     c.set_defaults(func=run_calibrate)
@@ -593,6 +625,8 @@ def _check_share(args: argparse.Namespace) -> None:
 
     if args.summary_out is None or args.state is None:
         raise SemioFedError("--share needs --summary-out FILE and --state STATE")
+    if args.share == ANOMALY_KIND and args.public_data is None:
+        raise SemioFedError(f"--share {ANOMALY_KIND} needs --public-data DIR")
     if args.share == "conformal" and args.temperature is None:
         raise SemioFedError("--share conformal needs --temperature (the merged one)")
     if not (args.noise_multiplier > 0 and math.isfinite(args.noise_multiplier)):
@@ -618,6 +652,44 @@ def _share(args: argparse.Namespace, model, held: list) -> int:
     return 0
 
 
+def _share_anomaly(args: argparse.Namespace, model, patients: list, wcfg) -> int:
+    from .anomaly import PublicWindows, seizure_windows, share_anomaly
+
+    per_patient = seizure_windows(model, patients)
+    space = PublicWindows.load(model, args.public_data, wcfg).space
+    summary, total = share_anomaly(args.state, per_patient, space, args.noise_multiplier)
+    atomic_write_json(args.summary_out, summary)
+    print(
+        f"wrote {args.summary_out}: {len(summary['noisy_sums'])} noisy class sums of "
+        f"{len(per_patient)} patients with seizure windows, Gaussian noise "
+        f"σ={args.noise_multiplier:g}; ε = {summary['epsilon']:.3f} at δ={summary['delta']:g} "
+        f"({summary['accountant']}, privacy unit: patient) charged to {args.state}, site total "
+        f"ε = {total:.3f}. The file holds only these noisy values and public parameters."
+    )
+    return 0
+
+
+def _anomaly_scorer(args: argparse.Namespace, model, wcfg):
+    import json
+
+    from .anomaly import PublicWindows
+
+    if args.public_data is None:
+        raise SemioFedError("--merge-anomaly needs --public-data DIR")
+    public = PublicWindows.load(model, args.public_data, wcfg)
+    docs = []
+    for p in args.merge_anomaly:
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise FormatError(p, f"unreadable summary ({exc})") from None
+        problem = anomaly_summary_problem(doc, public.space)
+        if problem:
+            raise FormatError(p, problem)
+        docs.append(doc)
+    return public.scorer(docs, args.flag_rate)
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from semiofed.shared.analysis.pipeline import CALIBRATION_FILE, fit_calibration
     from semiofed.shared.dataset import load_patient_windows
@@ -629,9 +701,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         t = cal.merge_temperature(_load_summaries(args.merge_temperature, "temperature"))
         print(f"merged temperature: {t:.6g} (pass it to --temperature in round 2)")
         return 0
-    needed = [
-        f"--{k.replace('_', '-')}" for k in ("model", "data", "held_out") if not getattr(args, k)
-    ]
+    required = ("model", "data") + (() if args.share == ANOMALY_KIND else ("held_out",))
+    needed = [f"--{k.replace('_', '-')}" for k in required if not getattr(args, k)]
     if needed:
         raise SemioFedError(
             f"calibrate needs {', '.join(needed)} (only --merge-temperature does not)"
@@ -645,6 +716,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     model, wcfg, _ = load_model_folder(args.model, args.device)
     patients = load_patient_windows(args.data, wcfg, features=site_features(args.state))
     by_name = {p.patient: p for p in patients}
+    if args.share == ANOMALY_KIND:
+        return _share_anomaly(args, model, patients, wcfg)
     missing = [h for h in args.held_out if h not in by_name]
     if missing:
         raise SemioFedError(
@@ -654,7 +727,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.share:
         return _share(args, model, held)
     fit = [p for p in patients if p.patient not in args.held_out]
-    calib = fit_calibration(model, held, fit, args.coverage, args.flag_rate)
+    if args.per_class and args.merge_conformal:
+        raise SemioFedError("--per-class is local: it cannot be combined with --merge-conformal")
+    calib = fit_calibration(
+        model, held, fit, args.coverage, args.flag_rate, per_class=args.per_class
+    )
     if args.merge_conformal:
         if args.temperature is None:
             raise SemioFedError("--merge-conformal needs --temperature (the merged one)")
@@ -667,6 +744,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         calib.conformal_threshold, mass = cal.merge_conformal(summaries, args.coverage)
         calib.source = (
             f"federated (DP): {len(summaries)} sites, about {mass:.0f} patients (noisy count)"
+        )
+    if args.merge_anomaly:
+        calib.openset = _anomaly_scorer(args, model, wcfg)
+        calib.source += (
+            f"; aberrant flag: federated DP anomaly model of {len(args.merge_anomaly)} sites"
         )
     out_path = args.out or args.model / CALIBRATION_FILE
     calib.save(out_path)

@@ -91,7 +91,7 @@ def recording_refs(
 def predict(
     model: nn.Module, patients: list[PatientWindows], device: str = "auto", batch_size: int = 256
 ) -> dict[str, np.ndarray]:
-    """Detection probabilities, type logits and type predictions of every window, in
+    """Detection probabilities, type logits, type predictions and fused embeddings of every window, in
     WindowDataset order; from the windows' cached embeddings when every patient carries them
     for ``model``'s frozen encoders (:func:`cached_embeddings`)."""
     model.to(resolve_device(device))
@@ -104,6 +104,7 @@ def predict(
         "detect_prob": out["detect_prob"],
         "type_logits": out["type_logits"],
         "type_pred": out["type_logits"].argmax(axis=1),
+        "fused": out["fused"],
     }
 
 

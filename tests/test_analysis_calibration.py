@@ -193,3 +193,46 @@ def test_open_set_scorer_flags_about_five_percent_and_separates_a_new_class() ->
     assert np.allclose(
         restored.window_scores(new, new_logits), scorer.window_scores(new, new_logits)
     )
+
+
+def _imbalanced(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Background dominates (80 %) and is easy; the seizure classes are rare and hard."""
+    y = np.where(rng.random(n) < 0.8, 0, rng.integers(1, 6, n))
+    z = rng.normal(0, 1, (n, 6))
+    z[np.arange(n), y] += np.where(y == 0, 5.0, 1.0)
+    return z, y
+
+
+def test_mondrian_conformal_covers_every_class_where_the_global_threshold_does_not() -> None:
+    rng = np.random.default_rng(7)
+    z_cal, y_cal = _imbalanced(rng, 6000)
+    z_test, y_test = _imbalanced(rng, 6000)
+    p_cal, p_test = cal.softmax(z_cal), cal.softmax(z_test)
+    glob = cal.coverage_per_class(
+        p_test, y_test, cal.conformal_threshold(cal.scores(p_cal, y_cal), 0.9)
+    )
+    per = cal.coverage_per_class(p_test, y_test, cal.mondrian_thresholds(p_cal, y_cal, 0.9))
+    assert min(c for c, _, _ in glob.values()) < 0.85  # a seizure class is under-covered
+    assert all(c >= 0.87 for c, _, _ in per.values())  # nominal 0.9, sampling error ~0.01
+    assert 1.0 <= per[0][1] < per[1][1]  # background sets stay small, hard classes' grow
+
+
+def test_dp_mondrian_summary_is_bounded_and_merges_to_per_class_thresholds() -> None:
+    rng = np.random.default_rng(8)
+    worst = cal.patient_class_histograms(rng.random(10_000), rng.integers(0, 6, 10_000), 6)
+    assert np.linalg.norm(worst) <= 1.0 + 1e-9
+    one = cal.patient_class_histograms(np.full(50, 0.99), np.full(50, 3), 6)
+    assert np.linalg.norm(one) == pytest.approx(1.0)
+    sites = []
+    for _ in range(3):
+        pats = [_imbalanced(rng, int(rng.integers(100, 300))) for _ in range(40)]
+        sites.append([(cal.scores(cal.softmax(z), y), y) for z, y in pats])
+    exact, mass = cal.merge_mondrian([cal.dp_mondrian_summary(s, 1.0, 6, 1e-9, rng) for s in sites])
+    weight = [1 / math.sqrt(len(np.unique(y))) for s in sites for _, y in s]  # patient weights
+    assert mass[0] == pytest.approx(sum(weight), abs=1e-6)
+    z_test, y_test = _imbalanced(rng, 6000)
+    per = cal.coverage_per_class(cal.softmax(z_test), y_test, exact)
+    assert all(c >= 0.87 for c, _, _ in per.values())
+    doc = cal.dp_mondrian_summary(sites[0], 1.0, 6, 3.0, rng)
+    assert cal.summary_problem(doc, cal.MONDRIAN) is None
+    assert "classes" in cal.summary_problem({**doc, "classes": 0}, cal.MONDRIAN)

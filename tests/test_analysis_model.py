@@ -136,6 +136,7 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
                 str(site),
                 "--held-out",
                 *HELD_OUT,
+                "--per-class",
                 "--device",
                 "cpu",
             ]
@@ -144,6 +145,9 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
     )
     calib = json.loads((model_dir / "calibration.json").read_text())
     assert 0.0 < calib["conformal_threshold"] <= 1.0 and calib["openset"] is not None
+    # per-class (Mondrian) thresholds: one per class, the report's prediction sets use them
+    assert len(calib["class_thresholds"]) == 6
+    assert all(0.0 <= t <= 1.0 for t in calib["class_thresholds"])
 
     rec, _, _ = simulate_event_clip("f2b", 60.0, 5, fps=15.0)
     rec_path = save_recording(rec, tmp_path / "bed3_keypoints.npz")
@@ -169,6 +173,7 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
 
     report = json.loads((out / "report.json").read_text())
     assert report["events"], "the f2b seizure should be detected"
+    assert report["confidence"]["class_thresholds"] == calib["class_thresholds"]
     for region in (
         "head",
         "face",

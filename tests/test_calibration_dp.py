@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.cli import main
 from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.model_folder import write_model_folder
+from semiofed.shared.public_data import TUNING_SEED
 from semiofed.shared.synth import generate_consortium
 from semiofed.shared.windows import WindowConfig
 from tests.ledger_helpers import new_ledger
@@ -27,15 +29,30 @@ PATIENTS = cal.MIN_PATIENTS + 1
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two synthetic sites of 21 one-minute patients and a small (untrained) model."""
+    """Two synthetic sites of 21 one-minute patients, a small (untrained) model and a few
+    public patients (the simulator at the public tuning seed)."""
     root = tmp_path_factory.mktemp("dpcal")
     generate_consortium(
-        root / "data", sites=2, patients_per_site=PATIENTS, minutes_per_patient=1, seed=4, workers=1
+        root / "data",
+        sites=2,
+        patients_per_site=PATIENTS,
+        minutes_per_patient=1,
+        seed=4,
+        workers=1,
+        seizure_free_fraction=0.0,  # every patient has seizure windows (the anomaly summary)
     )
     torch.manual_seed(0)
     mcfg = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
     write_model_folder(root / "model", SemioNet(mcfg), mcfg, WindowConfig())
-    out: dict = {"model": root / "model"}
+    generate_consortium(
+        root / "public",
+        sites=2,
+        patients_per_site=3,
+        minutes_per_patient=1,
+        seed=TUNING_SEED,
+        workers=1,
+    )
+    out: dict = {"model": root / "model", "public": root / "public"}
     for s in ("a", "b"):
         data = root / "data" / ("site-01" if s == "a" else "site-02")
         out[s] = (data, sorted(p.name for p in data.iterdir() if p.is_dir()))
@@ -195,3 +212,37 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     assert len(lines) == 2 and lines[0].startswith("  site-01: cumulative ε = ")
     assert f"{expected:.2f} at δ = 1e-05 (rdp accountant" in lines[0]
     assert "1 training rounds + 0 evaluations + 2 calibration summaries" in lines[0]
+
+
+def test_anomaly_summaries_are_charged_recorded_and_merge_into_the_aberrant_flag(
+    site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from semiofed.client.anomaly import PURPOSE
+    from semiofed.shared.analysis.pipeline import SiteCalibration
+
+    states = {s: _state(tmp_path, f"state-{s}", 20.0) for s in ("a", "b")}
+    public = ["--public-data", str(site["public"])]
+    for s in ("a", "b"):
+        data, _ = site[s]
+        argv = ["site", "calibrate", "--model", str(site["model"]), "--data", str(data)]
+        argv += ["--share", "anomaly", "--state", str(states[s]), "--device", "cpu"]
+        assert main([*argv, "--summary-out", str(tmp_path / f"a-{s}.json"), *public]) == 0
+        assert "privacy unit: patient" in capsys.readouterr().out
+        runs = PrivacyLedger(states[s]).load()["runs"]
+        assert [(r["purpose"], r["status"]) for r in runs] == [(PURPOSE, "completed")]
+        released = [e for e in read_entries(site_trail(states[s]).path) if e["kind"] == "summary_released"]  # fmt: skip
+        assert [e["payload"]["summary"] for e in released] == [
+            json.loads((tmp_path / f"a-{s}.json").read_text())
+        ]
+    assert main([*argv, "--summary-out", str(tmp_path / "x.json")]) == 2  # no public data
+    assert "needs --public-data" in capsys.readouterr().err
+
+    merged = tmp_path / "calibration.json"
+    files = [str(tmp_path / f"a-{s}.json") for s in "ab"]
+    argv = [*_base(site, "a"), "--out", str(merged), "--state", str(states["a"]), *public]
+    argv += ["--merge-anomaly"]  # the state: site a's feature cache, filled by its share
+    assert main([*argv, *files]) == 0
+    calib = SiteCalibration.load(merged)
+    assert calib.openset is not None and calib.openset.space is not None
+    assert "federated DP anomaly model of 2 sites" in calib.source
+    assert np.isfinite(calib.openset.threshold)

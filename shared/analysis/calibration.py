@@ -27,6 +27,15 @@ patient, charged to the site's ledger by the caller):
    above holds at most ``1 − ⌈(N+1)(1−α)⌉/N`` of the mass: a patient-weighted conformal
    threshold whose coverage is nominal up to the DP noise (measured in the tests and bench).
 
+Per-class (Mondrian) conformal prediction (:func:`mondrian_thresholds`): one threshold per
+true class from the calibration windows of that class, so coverage ≥ 1 − α holds for every
+class, each seizure type included (a global threshold is set by the background windows,
+which dominate). Its federated form, :func:`dp_mondrian_summary`, releases per class the
+patients' score histograms: each patient's histogram of each class it has windows of,
+normalised to sum 1 and scaled by ``1/sqrt(number of its classes)`` (L2 norm ≤ 1 in all),
+summed, plus ``N(0, σ²)`` per bin; :func:`merge_mondrian` applies the conformal tail rule to
+each class's noisy histogram.
+
 A site with fewer than :data:`MIN_PATIENTS` calibration patients (with labelled windows)
 releases nothing: the noise would dominate its summary.
 """
@@ -49,6 +58,8 @@ MIN_PATIENTS = 20
 DEFAULT_NOISE_MULTIPLIER = 3.0
 SUMMARY_FORMAT = "semiofed-dp-calibration"
 SUMMARY_KINDS = ("temperature", "conformal")
+#: the per-class conformal summary (:func:`dp_mondrian_summary`), released on its own
+MONDRIAN = "mondrian"
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -109,6 +120,31 @@ def coverage_and_size(
     return float(sets[np.arange(len(labels)), labels].mean()), float(sets.sum(1).mean())
 
 
+def mondrian_thresholds(
+    cal_probs: np.ndarray, labels: np.ndarray, coverage: float = DEFAULT_COVERAGE
+) -> np.ndarray:
+    """Per-class (Mondrian) split-conformal thresholds: class ``c``'s is
+    :func:`conformal_threshold` of the scores of the calibration windows labelled ``c``, so
+    coverage ≥ ``coverage`` holds for each true class (1.0, always in the set, for a class
+    with too few windows)."""
+    probs, labels = np.asarray(cal_probs), np.asarray(labels)
+    s = scores(probs, labels)
+    return np.array([conformal_threshold(s[labels == c], coverage) for c in range(probs.shape[1])])
+
+
+def coverage_per_class(
+    probs: np.ndarray, labels: np.ndarray, thresholds: float | np.ndarray
+) -> dict[int, tuple[float, float, int]]:
+    """Per true class: (coverage, mean set size, windows) of the prediction sets at a global
+    threshold or per-class ``thresholds`` (:func:`prediction_set` broadcasts them)."""
+    sets = prediction_set(probs, thresholds)
+    out = {}
+    for c in np.unique(labels):
+        m = labels == c
+        out[int(c)] = (float(sets[m, c].mean()), float(sets[m].sum(1).mean()), int(m.sum()))
+    return out
+
+
 # ------------------------------------------------------------------ DP summaries (federated)
 
 
@@ -117,12 +153,14 @@ def secret_rng() -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
 
 
-def require_patients(n: int) -> None:
+def require_patients(
+    n: int, what: str = "calibration patient(s) with labelled windows", summary: str = "calibration"
+) -> None:
     """Refuse a DP summary of fewer than :data:`MIN_PATIENTS` patients."""
     if n < MIN_PATIENTS:
         raise SemioFedError(
-            f"{n} calibration patient(s) with labelled windows: a DP calibration summary needs "
-            f"at least {MIN_PATIENTS} (nothing was released)"
+            f"{n} {what}: a DP {summary} summary needs at least {MIN_PATIENTS} "
+            "(nothing was released)"
         )
 
 
@@ -146,15 +184,17 @@ def patient_score_histogram(patient_scores: np.ndarray) -> np.ndarray:
     return np.bincount(np.clip(bins, 0, k - 1), minlength=k) / len(bins)
 
 
-def _gaussian(total: np.ndarray, noise_multiplier: float, rng: np.random.Generator) -> list:
+def noisy_sum(total: np.ndarray, noise_multiplier: float, rng: np.random.Generator) -> list:
+    """``total`` plus ``N(0, σ²)`` per coordinate (the Gaussian mechanism), as floats."""
     if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
         raise SemioFedError(f"noise multiplier must be finite and > 0, got {noise_multiplier}")
     return [float(v) for v in total + rng.normal(0.0, noise_multiplier, total.shape)]
 
 
-def _header(kind: str, noise_multiplier: float) -> dict:
+def summary_header(kind: str, noise_multiplier: float, fmt: str = SUMMARY_FORMAT) -> dict:
+    """The public fields of a DP summary of ``kind`` (no value of any patient)."""
     return {
-        "format": SUMMARY_FORMAT,
+        "format": fmt,
         "version": 1,
         "kind": kind,
         "privacy_unit": "patient",
@@ -174,9 +214,9 @@ def dp_temperature_summary(
     require_patients(len(used))
     total = np.sum([patient_nll_curve(z, y) for z, y in used], axis=0)
     return {
-        **_header("temperature", noise_multiplier),
+        **summary_header("temperature", noise_multiplier),
         "temperatures": list(TEMPERATURE_GRID),
-        "noisy_sums": _gaussian(total, noise_multiplier, rng),
+        "noisy_sums": noisy_sum(total, noise_multiplier, rng),
     }
 
 
@@ -192,16 +232,52 @@ def dp_conformal_summary(
     require_patients(len(used))
     total = np.sum([patient_score_histogram(s) for s in used], axis=0)
     return {
-        **_header("conformal", noise_multiplier),
+        **summary_header("conformal", noise_multiplier),
         "temperature": float(temperature),
         "edges": list(SCORE_EDGES),
-        "noisy_counts": _gaussian(total, noise_multiplier, rng),
+        "noisy_counts": noisy_sum(total, noise_multiplier, rng),
+    }
+
+
+def patient_class_histograms(
+    patient_scores: np.ndarray, labels: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """One patient's contribution to the Mondrian summary (L2 norm ≤ 1): for each class it
+    has windows of, its histogram of those windows' scores on :data:`SCORE_EDGES`
+    (normalised to sum 1) times ``1 / sqrt(number of such classes)``; zeros elsewhere."""
+    labels = np.asarray(labels)
+    out = np.zeros((n_classes, len(SCORE_EDGES) - 1))
+    present = np.unique(labels)
+    for c in present:
+        out[int(c)] = patient_score_histogram(patient_scores[labels == c]) / math.sqrt(len(present))
+    return out.ravel()
+
+
+def dp_mondrian_summary(
+    patients: Sequence[tuple[np.ndarray, np.ndarray]],
+    temperature: float,
+    n_classes: int,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> dict:
+    """Noisy sum of :func:`patient_class_histograms` over a site's patients (``(scores,
+    labels)`` of each patient's labelled windows at the merged ``temperature``)."""
+    used = [(s, y) for s, y in patients if len(y)]
+    require_patients(len(used))
+    total = np.sum([patient_class_histograms(s, y, n_classes) for s, y in used], axis=0)
+    return {
+        **summary_header(MONDRIAN, noise_multiplier),
+        "temperature": float(temperature),
+        "edges": list(SCORE_EDGES),
+        "classes": n_classes,
+        "noisy_counts": noisy_sum(total, noise_multiplier, rng),
     }
 
 
 _GRID_FIELDS = {
     "temperature": ("temperatures", TEMPERATURE_GRID, "noisy_sums"),
     "conformal": ("edges", SCORE_EDGES, "noisy_counts"),
+    MONDRIAN: ("edges", SCORE_EDGES, "noisy_counts"),
 }
 
 
@@ -215,14 +291,18 @@ def summary_problem(doc: object, kind: str) -> str | None:
     if doc.get(grid_key) != list(grid):
         return f"field '{grid_key}' is not the public grid of this version"
     values = doc.get(values_key)
-    n_values = len(grid) - (kind == "conformal")
+    n_values = len(grid) - (kind != "temperature")
+    if kind == MONDRIAN:
+        if not (isinstance(doc.get("classes"), int) and doc["classes"] > 0):
+            return "field 'classes' must be a positive integer"
+        n_values *= doc["classes"]
     if not (
         isinstance(values, list)
         and len(values) == n_values
         and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
     ):
         return f"field '{values_key}' must hold {n_values} finite numbers"
-    if kind == "conformal" and not (
+    if kind != "temperature" and not (
         isinstance(doc.get("temperature"), int | float) and doc["temperature"] > 0
     ):
         return "field 'temperature' must be a positive number"
@@ -246,15 +326,15 @@ def merge_temperature(summaries: Sequence[dict]) -> float:
     return TEMPERATURE_GRID[int(np.argmin(smooth))]
 
 
-def merge_conformal(
-    summaries: Sequence[dict], coverage: float = DEFAULT_COVERAGE
-) -> tuple[float, float]:
-    """Conformal threshold and noisy patient count from the sites' DP conformal summaries
-    (post-processing); 1.0 (every class) when the noisy count is too small for ``coverage``."""
-    hist = _values(summaries, "conformal")
+def _same_temperature(summaries: Sequence[dict]) -> None:
     temps = {float(s["temperature"]) for s in summaries}
     if len(temps) != 1:
         raise SemioFedError(f"conformal summaries at different temperatures: {sorted(temps)}")
+
+
+def _histogram_threshold(hist: np.ndarray, coverage: float) -> tuple[float, float]:
+    """Upper edge of the bin where the noisy tail holds at most the conformal share of the
+    noisy mass; 1.0 (every class) when the mass is too small for ``coverage``."""
     mass = float(hist.sum())
     level = conformal_level(max(1, round(mass)), coverage)
     if level > 1:
@@ -262,3 +342,28 @@ def merge_conformal(
     tail = np.cumsum(hist[::-1])[::-1]  # tail[b]: mass in bins b, b+1, …
     over = np.flatnonzero(tail > (1.0 - level) * mass)
     return SCORE_EDGES[int(over.max()) + 1], mass
+
+
+def merge_conformal(
+    summaries: Sequence[dict], coverage: float = DEFAULT_COVERAGE
+) -> tuple[float, float]:
+    """Conformal threshold and noisy patient count from the sites' DP conformal summaries
+    (post-processing); 1.0 (every class) when the noisy count is too small for ``coverage``."""
+    hist = _values(summaries, "conformal")
+    _same_temperature(summaries)
+    return _histogram_threshold(hist, coverage)
+
+
+def merge_mondrian(
+    summaries: Sequence[dict], coverage: float = DEFAULT_COVERAGE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class conformal thresholds and noisy class masses (patient-weighted) from the
+    sites' DP Mondrian summaries (post-processing)."""
+    hist = _values(summaries, MONDRIAN)
+    _same_temperature(summaries)
+    if len({s["classes"] for s in summaries}) != 1:
+        raise SemioFedError("Mondrian summaries of different class counts")
+    per_class = [
+        _histogram_threshold(h, coverage) for h in hist.reshape(summaries[0]["classes"], -1)
+    ]
+    return np.array([t for t, _ in per_class]), np.array([m for _, m in per_class])

@@ -1,5 +1,9 @@
 """Aberrant seizures: an open-set score on the model's fused embedding.
 
+Two fits share this scorer: the site's local one below (:meth:`OpenSetScorer.fit`, not DP,
+never leaves the site) and the federated DP anomaly model of :mod:`.anomaly` (class means
+and a diagonal covariance in a public :class:`ProjectionSpace`, from DP sums).
+
 Two complementary scores per window, each standardised (median / 1.4826·MAD) on windows of
 known-type events, then added:
 
@@ -17,13 +21,19 @@ scores, so about 5 % of seizures of known types get flagged.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from semiofed.shared.errors import SemioFedError
+
 DEFAULT_FLAG_RATE = 0.05
 SHRINKAGE = 0.1
+DEFAULT_RANK = 4
+CLIP_QUANTILE = 0.95
 
 
 def energy(type_logits: np.ndarray) -> np.ndarray:
@@ -45,6 +55,60 @@ def event_scores(window_scores: np.ndarray, groups: Sequence) -> tuple[list, np.
     return ids, np.array([float(np.mean(window_scores[g == k])) for k in range(len(ids))])
 
 
+@dataclass(frozen=True)
+class ProjectionSpace:
+    """Public map of fused embeddings (D,) to the anomaly model's features (rank,)."""
+
+    centre: np.ndarray  # (D,)
+    basis: np.ndarray  # (D, rank), orthonormal columns
+    scale: float
+
+    @classmethod
+    def public(cls, emb: np.ndarray, rank: int = DEFAULT_RANK) -> ProjectionSpace:
+        """Principal directions of *public* embeddings (never a site's patients)."""
+        x = np.asarray(emb, dtype=np.float64)
+        rank = min(rank, x.shape[1])
+        if len(x) <= rank:
+            raise SemioFedError(f"{len(x)} public windows: a rank-{rank} space needs more")
+        centre = x.mean(0)
+        basis = np.linalg.svd(x - centre, full_matrices=False)[2][:rank].T
+        norms = np.linalg.norm((x - centre) @ basis, axis=1)
+        return cls(centre, basis, 1.0 / max(float(np.quantile(norms, CLIP_QUANTILE)), 1e-9))
+
+    def project(self, emb: np.ndarray) -> np.ndarray:
+        """Features of windows (not clipped: scores use them as they are)."""
+        return (np.asarray(emb, dtype=np.float64) - self.centre) @ self.basis * self.scale
+
+    def clipped(self, emb: np.ndarray) -> np.ndarray:
+        """Features with each row clipped to L2 norm ≤ 1 (what a patient contributes)."""
+        z = self.project(emb)
+        norms = np.linalg.norm(z, axis=1, keepdims=True)
+        return z / np.maximum(norms, 1.0)
+
+    @property
+    def rank(self) -> int:
+        return int(self.basis.shape[1])
+
+    def to_dict(self) -> dict:
+        return {
+            "centre": self.centre.tolist(),
+            "basis": self.basis.tolist(),
+            "scale": self.scale,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProjectionSpace:
+        return cls(
+            np.asarray(d["centre"], dtype=np.float64),
+            np.asarray(d["basis"], dtype=np.float64),
+            float(d["scale"]),
+        )
+
+    def digest(self) -> str:
+        """SHA-256 of the space (summaries of different spaces are not merged)."""
+        return hashlib.sha256(json.dumps(self.to_dict()).encode()).hexdigest()
+
+
 @dataclass
 class OpenSetScorer:
     classes: list[int]
@@ -54,6 +118,10 @@ class OpenSetScorer:
     maha_stats: tuple[float, float] = (0.0, 1.0)
     threshold: float = float("inf")
     flag_rate: float = DEFAULT_FLAG_RATE
+    #: the public feature map of the federated DP model (None: the raw fused embedding)
+    space: ProjectionSpace | None = None
+    #: weight of the standardised energy score in :meth:`window_scores` (0: distance only)
+    energy_weight: float = 1.0
 
     @classmethod
     def fit(cls, emb: np.ndarray, labels: np.ndarray) -> OpenSetScorer:
@@ -69,14 +137,17 @@ class OpenSetScorer:
         return cls(classes, means, np.linalg.inv(cov))
 
     def mahalanobis(self, emb: np.ndarray) -> np.ndarray:
-        diff = np.asarray(emb, dtype=np.float64)[:, None, :] - self.means[None]
+        x = np.asarray(emb, dtype=np.float64)
+        if self.space is not None:
+            x = self.space.project(x)
+        diff = x[:, None, :] - self.means[None]
         d2 = np.einsum("nkd,de,nke->nk", diff, self.precision, diff)
         return d2.min(axis=1)
 
     def window_scores(self, emb: np.ndarray, type_logits: np.ndarray) -> np.ndarray:
         e = (energy(type_logits) - self.energy_stats[0]) / self.energy_stats[1]
         m = (self.mahalanobis(emb) - self.maha_stats[0]) / self.maha_stats[1]
-        return e + m
+        return self.energy_weight * e + m
 
     def calibrate(
         self,
@@ -102,6 +173,8 @@ class OpenSetScorer:
             "maha_stats": list(self.maha_stats),
             "threshold": self.threshold,
             "flag_rate": self.flag_rate,
+            "space": None if self.space is None else self.space.to_dict(),
+            "energy_weight": self.energy_weight,
         }
 
     @classmethod
@@ -114,4 +187,6 @@ class OpenSetScorer:
             maha_stats=tuple(d["maha_stats"]),
             threshold=float(d["threshold"]),
             flag_rate=float(d["flag_rate"]),
+            space=None if d.get("space") is None else ProjectionSpace.from_dict(d["space"]),
+            energy_weight=float(d.get("energy_weight", 1.0)),
         )

@@ -61,6 +61,14 @@ class SiteCalibration:
     conformal_threshold: float
     source: str  # e.g. "local: 4 held-out patients, 812 windows" or "federated: 3 sites"
     openset: OpenSetScorer | None = None
+    #: per-class (Mondrian) thresholds, one per class; None: the global threshold
+    class_thresholds: list[float] | None = None
+
+    def set_thresholds(self) -> float | np.ndarray:
+        """What a prediction set is cut at: per-class thresholds when fitted, else the global one."""
+        if self.class_thresholds is None:
+            return self.conformal_threshold
+        return np.asarray(self.class_thresholds)
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +77,7 @@ class SiteCalibration:
             "conformal_threshold": self.conformal_threshold,
             "source": self.source,
             "openset": None if self.openset is None else self.openset.to_dict(),
+            "class_thresholds": self.class_thresholds,
         }
 
     @classmethod
@@ -79,6 +88,9 @@ class SiteCalibration:
             conformal_threshold=float(d["conformal_threshold"]),
             source=str(d["source"]),
             openset=None if d.get("openset") is None else OpenSetScorer.from_dict(d["openset"]),
+            class_thresholds=None
+            if d.get("class_thresholds") is None
+            else [float(t) for t in d["class_thresholds"]],
         )
 
     def save(self, path: str | Path) -> None:
@@ -145,11 +157,13 @@ def fit_calibration(
     coverage: float = cal.DEFAULT_COVERAGE,
     flag_rate: float = 0.05,
     batch_size: int = 64,
+    per_class: bool = False,
 ) -> SiteCalibration:
-    """Temperature, conformal threshold and open-set scorer.
+    """Temperature, conformal threshold(s) and open-set scorer.
 
     ``held_out``: PatientWindows of patients the model was not trained on (calibration);
-    ``fit``: PatientWindows of training patients (class means of the open-set scorer).
+    ``fit``: PatientWindows of training patients (class means of the open-set scorer);
+    ``per_class``: also per-class (Mondrian) conformal thresholds, which prediction sets then use.
     """
     out = outputs_for(model, held_out, batch_size)
     lab = out["y_type"] != IGNORE_INDEX
@@ -177,6 +191,9 @@ def fit_calibration(
         conformal_threshold=thr,
         source=f"local: {n_pat} held-out patients, {len(y)} windows",
         openset=scorer,
+        class_thresholds=cal.mondrian_thresholds(cal.softmax(logits, temp), y, coverage).tolist()
+        if per_class
+        else None,
     )
 
 
@@ -242,10 +259,7 @@ def analyze_recording(
         seiz = np.array(SEIZURE_CLASSES)
         top = int(seiz[np.argmax(p_ev[seiz])])
         pset = (
-            [
-                CLASSES[c]
-                for c in np.flatnonzero(cal.prediction_set(p_ev, calib.conformal_threshold))
-            ]
+            [CLASSES[c] for c in np.flatnonzero(cal.prediction_set(p_ev, calib.set_thresholds()))]
             if calib
             else []
         )
@@ -335,6 +349,7 @@ def analyze_recording(
             "temperature": temp,
             "coverage": calib.coverage if calib else None,
             "conformal_threshold": calib.conformal_threshold if calib else None,
+            "class_thresholds": calib.class_thresholds if calib else None,
             "source": calib.source if calib else "uncalibrated: run `semiofed site calibrate`",
         },
         "aberrant": {
