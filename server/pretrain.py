@@ -10,7 +10,10 @@ poor at sites filming it at about 0° (README "The model"). Training is ordinary
 (non-private) Adam with windows drawn half from background, half from events with the event
 classes balanced, mirror/rotation/time augmentation; the checkpoint kept is the best on
 public validation patients (type macro-F1, then AUROC), so hyper-parameters and the
-checkpoint are chosen on public data only.
+checkpoint are chosen on public data only. A run may continue a previous public round-0
+model (``init``: its SHA-256) with a cosine-decayed rate (``lr_end``): the model it starts
+from is kept unless a checkpoint beats it, and its recipe is recorded in the new one's
+(``init_recipe``), so a chain of continuations stays declared public-only.
 
 The result is one safetensors file named by its SHA-256 (``<sha256>.safetensors``) holding
 the model's state dict and, as metadata, the recipe (simulator seed, sites, patients,
