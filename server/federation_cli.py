@@ -141,6 +141,17 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--patients-per-site", type=int, default=None)
     p.add_argument("--minutes-per-patient", type=float, default=None)
     p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (of the first step)")
+    p.add_argument(
+        "--lr-end", type=float, default=None, help="cosine decay to this rate (default: constant)"
+    )
+    p.add_argument("--draw-seed", type=int, default=None, help="seed of batch draws, augmentation")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="SHA256",
+        help="continue from this public round-0 model (its recipe is kept in the new file's)",
+    )
     p.set_defaults(func=_pretrain)
 
 
@@ -257,6 +268,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     for name, value in given.items():
         if value is not None and value < 1:
             raise SemioFedError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name, value in {"lr": args.lr, "lr_end": args.lr_end}.items():
+        if value is not None and not value > 0:
+            raise SemioFedError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    given |= {"lr": args.lr, "lr_end": args.lr_end, "draw_seed": args.draw_seed, "init": args.init}
     pcfg = dataclasses.replace(
         PretrainConfig(), **{k: v for k, v in given.items() if v is not None}
     )

@@ -10,7 +10,10 @@ poor at sites filming it at about 0° (README "The model"). Training is ordinary
 (non-private) Adam with windows drawn half from background, half from events with the event
 classes balanced, mirror/rotation/time augmentation; the checkpoint kept is the best on
 public validation patients (type macro-F1, then AUROC), so hyper-parameters and the
-checkpoint are chosen on public data only.
+checkpoint are chosen on public data only. A run may continue a previous public round-0
+model (``init``: its SHA-256) with a cosine-decayed rate (``lr_end``): the model it starts
+from is kept unless a checkpoint beats it, and its recipe is recorded in the new one's
+(``init_recipe``), so a chain of continuations stays declared public-only.
 
 The result is one safetensors file named by its SHA-256 (``<sha256>.safetensors``) holding
 the model's state dict and, as metadata, the recipe (simulator seed, sites, patients,
@@ -54,7 +57,10 @@ class PretrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     eval_every: int = 200
-    train_seed: int = 0
+    train_seed: int = 0  # model initialisation and the train/validation patient split
+    draw_seed: int = 0  # batch draws and augmentation
+    lr_end: float | None = None  # None: constant lr; else cosine decay from lr to lr_end
+    init: str = ""  # SHA-256 of a previous public round-0 model to continue from ("": fresh)
 
 
 def _balanced_weights(patients: list[Any]) -> np.ndarray:
@@ -71,6 +77,26 @@ def _balanced_weights(patients: list[Any]) -> np.ndarray:
         sel = ~bg & (y_type == c)
         w[sel] = 0.5 / len(classes) / sel.sum()
     return w / w.sum()
+
+
+def learning_rate(pcfg: PretrainConfig, step: int) -> float:
+    """Learning rate of ``step`` (1-based): constant, or cosine from ``lr`` to ``lr_end``."""
+    if pcfg.lr_end is None:
+        return pcfg.lr
+    t = (step - 1) / max(1, pcfg.steps - 1)
+    return pcfg.lr_end + 0.5 * (pcfg.lr - pcfg.lr_end) * (1 + math.cos(math.pi * t))
+
+
+def init_recipe(digest: str) -> dict[str, Any]:
+    """The public recipe of the round-0 model ``digest`` that a pretraining continues from;
+    refuses weights not made by ``server pretrain`` on public data."""
+    from semiofed.shared.model import load_pretrained
+
+    meta = load_pretrained(digest)[1]
+    recipe = json.loads(meta.get("recipe", "{}"))
+    if meta.get("format") != FORMAT or not str(recipe.get("data", "")).startswith("public:"):
+        raise SemioFedError(f"init = {digest!r}: not a public pretrained model ({FORMAT})")
+    return recipe
 
 
 def _scores(model: Any, patients: list[Any]) -> tuple[float, float]:
@@ -124,20 +150,26 @@ def pretrain_model(model_cfg: Any, pcfg: PretrainConfig, patients: list[Any]) ->
     from semiofed.shared.model import SemioNet, loss_per_window
     from semiofed.shared.splits import patient_split
 
-    cfg = dataclasses.replace(model_cfg, pretrained="", frozen=())
+    cfg = dataclasses.replace(model_cfg, pretrained=pcfg.init, frozen=())
+    if pcfg.init:
+        init_recipe(pcfg.init)
     frac = pcfg.val_patients / len(patients)
     if not 0 < frac < 1:
         raise SemioFedError("pretraining needs more public patients than validation patients")
     train, val, _ = patient_split(patients, frac, 0.0, seed=pcfg.train_seed)
     torch.manual_seed(pcfg.train_seed)
-    rng = np.random.default_rng(pcfg.train_seed)
+    rng = np.random.default_rng(pcfg.draw_seed)
     model = SemioNet(cfg)
-    data = WindowDataset(train, augment=True, seed=pcfg.train_seed)
+    data = WindowDataset(train, augment=True, seed=pcfg.draw_seed)
     weights = _balanced_weights(train)
     opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr)
     best: tuple[tuple[float, float], int, dict] | None = None
+    if pcfg.init:  # step 0: the continuation keeps its start unless it beats it
+        best = (_scores(model, val), 0, copy.deepcopy(model.state_dict()))
     model.train()
     for step in range(1, pcfg.steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(pcfg, step)
         idx = rng.choice(len(data), size=pcfg.batch_size, p=weights)
         batch = collate([data[int(i)] for i in idx])
         loss = loss_per_window(model(batch), batch, 1.0).mean()
@@ -175,6 +207,7 @@ def save_pretrained(model: Any, recipe: dict[str, Any], out_dir: Path) -> tuple[
 
 def pretrain(model_cfg: Any, pcfg: PretrainConfig, out_dir: Path) -> dict[str, Any]:
     """Public data → trained round-0 model → ``OUT/<sha256>.safetensors``; returns a summary."""
+    chain = init_recipe(pcfg.init) if pcfg.init else None  # before the data is generated
     with tempfile.TemporaryDirectory(prefix="semiofed-pretrain-") as tmp:
         patients = public_patients(pcfg, Path(tmp))
         model, summary = pretrain_model(model_cfg, pcfg, patients)
@@ -190,5 +223,7 @@ def pretrain(model_cfg: Any, pcfg: PretrainConfig, out_dir: Path) -> dict[str, A
         "training": asdict(pcfg) | summary,
         "model": asdict(base),
     }
+    if chain is not None:
+        recipe["init_recipe"] = chain
     digest, path = save_pretrained(model, recipe, out_dir)
     return {"sha256": digest, "path": str(path), **summary}

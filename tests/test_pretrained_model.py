@@ -13,7 +13,13 @@ from semiofed.client.allowlist import param_specs
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.client.evaluation import evaluate
 from semiofed.client.site_task import get_arrays, set_arrays
-from semiofed.server.pretrain import PretrainConfig, pretrain_model, save_pretrained
+from semiofed.server.pretrain import (
+    PretrainConfig,
+    init_recipe,
+    learning_rate,
+    pretrain_model,
+    save_pretrained,
+)
 from semiofed.shared.dataset import load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import (
@@ -110,8 +116,19 @@ def test_dp_fine_tuning_leaves_frozen_layers_and_beats_chance(
     pcfg = PretrainConfig(steps=40, batch_size=24, eval_every=20, val_patients=1)
     pre, summary = pretrain_model(SMALL, pcfg, public)
     assert summary["best_step"] in (20, 40)
-    digest, _ = save_pretrained(pre, {"test": True}, tmp_path)
+    first, _ = save_pretrained(pre, {"data": "public: test"}, tmp_path)
     monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
+    # a continuation starts from the public model, decays its rate, never ends below its start
+    more = dataclasses.replace(pcfg, steps=10, lr_end=1e-4, draw_seed=1, init=first)
+    assert [round(learning_rate(more, s), 6) for s in (1, 10)] == [pcfg.lr, 1e-4]
+    pre, cont = pretrain_model(SMALL, more, public)
+    assert cont["best_step"] in (0, 10)
+    start = (summary["val_macro_f1"], summary["val_auroc"])  # the same validation patients
+    assert (cont["val_macro_f1"], cont["val_auroc"]) >= start
+    assert init_recipe(first) == {"data": "public: test"}
+    digest, _ = save_pretrained(pre, {"test": True}, tmp_path)
+    with pytest.raises(SemioFedError, match="not a public pretrained model"):
+        pretrain_model(SMALL, dataclasses.replace(more, init=digest), public)
 
     site = load_patient_windows(small_consortium / "site-02")
     train, _, test = patient_split(site, 0.0, 0.25, seed=0)
@@ -152,6 +169,11 @@ def test_pretrain_command_refuses_bad_input(
         == 2
     )
     assert capsys.readouterr().err.strip() == "semiofed: error: --steps must be >= 1, got 0"
+    args = ["server", "pretrain", "--config", str(config), "--out", str(tmp_path)]
+    assert main([*args, "--lr-end", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "semiofed: error: --lr-end must be > 0, got 0.0"
+    assert main([*args, "--init", "0" * 64]) == 2
+    assert "no " + "0" * 64 + ".safetensors" in capsys.readouterr().err
     missing = tmp_path / "missing.toml"
     assert main(["server", "pretrain", "--config", str(missing), "--out", str(tmp_path)]) == 2
     assert str(missing) in capsys.readouterr().err
