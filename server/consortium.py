@@ -220,6 +220,13 @@ class Consortium:
         self.close()
 
     # -- SuperLink --------------------------------------------------------------------------
+    def forget_superlink_state(self) -> None:
+        """Delete an earlier SuperLink's database (runs, registered SuperNode keys), so that a
+        new consortium on this work folder registers its sites again instead of failing on
+        keys an earlier one registered ("Public key already in use")."""
+        for path in self.workdir.glob("superlink.db*"):
+            path.unlink()
+
     def superlink_command(self) -> list[str]:
         """The SuperLink's command line (TLS and SuperNode authentication unless insecure)."""
         certs = self.certs

@@ -234,6 +234,7 @@ def run_demo(
         signer = None if certs is None else certs.fab_signing_pub.read_text(encoding="utf-8")
         code = None if certs is None else fab_hash(build_fab())
         with Consortium(out / "work", certs) as c:
+            c.forget_superlink_state()  # `make demo` again: no key of the last run is registered
             c.start_superlink()
             for s in names:
                 state = out / "state" / s

@@ -21,6 +21,7 @@ from semiofed.server.app import PROGRESS_FILE
 from semiofed.server.certs import add_site_key, init_consortium
 from semiofed.server.code_signing import write_signing_key
 from semiofed.server.consortium import Consortium
+from semiofed.shared.errors import SemioFedError
 from semiofed.shared.fab import build_fab, fab_hash, write_app_dir
 from semiofed.shared.release import ALLOWED_METRICS
 from semiofed.shared.run_config import approval_fields, encode_payload, validate
@@ -377,3 +378,25 @@ class TestSupernodeCrash:
         assert "site-02" not in rounds[1]["sites"] and "site-01" in rounds[1]["sites"]
         assert rounds[1]["aggregated"]  # min-nodes = 1: round 1 completed without site-02
         assert any("site-02" in rounds[r]["sites"] for r in (2, 3))  # site-02 rejoined
+
+
+class TestWorkFolderReuse:
+    """Its own class, so that the second pytest worker can run it beside the module."""
+
+    def test_a_new_consortium_on_the_same_work_folder_registers_its_sites_again(self, tmp_path):
+        """`make demo` twice: the second SuperLink must not find the first one's keys."""
+        certs = init_consortium(tmp_path / "certs")
+        key = tmp_path / "site-01.key"
+        write_supernode_keypair(key, key.with_suffix(".pub"))
+        add_site_key(certs, "site-01", key.with_suffix(".pub"))
+        with Consortium(tmp_path / "work", certs) as c:
+            c.start_superlink()
+            c.register("site-01")
+        with Consortium(tmp_path / "work", certs) as c:  # the old database: the key is in use
+            c.start_superlink()
+            with pytest.raises(SemioFedError, match="already in use"):
+                c.register("site-01")
+        with Consortium(tmp_path / "work", certs) as c:
+            c.forget_superlink_state()
+            c.start_superlink()
+            assert c.register("site-01") > 0
