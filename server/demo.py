@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -231,6 +232,11 @@ def run_demo(
             flush=True,
         )
         run_dir = out / "run"
+        if run_dir.exists():  # its checkpoint would resume (or refuse) another configuration
+            previous = out / "run.previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            run_dir.rename(previous)
+            print(f"  the last demo's run directory is kept as {previous}", flush=True)
         signer = None if certs is None else certs.fab_signing_pub.read_text(encoding="utf-8")
         code = None if certs is None else fab_hash(build_fab())
         with Consortium(out / "work", certs) as c:
