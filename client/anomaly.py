@@ -41,18 +41,9 @@ def seizure_windows(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fused embeddings, type classes) of each patient's windows of annotated seizure
     classes, from one batched pass; patients without any are left out."""
-    from .evaluation import predict
+    from .evaluation import labelled_windows
 
-    if not patients:
-        return []
-    fused = predict(model, list(patients))["fused"]
-    out, start = [], 0
-    for p in patients:
-        emb, start = fused[start : start + len(p)], start + len(p)
-        sel = np.isin(p.y_type, SEIZURE_CLASSES)
-        if sel.any():
-            out.append((emb[sel], p.y_type[sel]))
-    return out
+    return labelled_windows(model, patients, "fused", lambda p: np.isin(p.y_type, SEIZURE_CLASSES))
 
 
 def share_anomaly(

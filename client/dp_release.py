@@ -83,18 +83,9 @@ def labelled_outputs(
     without one are left out (they contribute nothing to a calibration summary)."""
     from semiofed.shared.labels import IGNORE_INDEX
 
-    from .evaluation import predict
+    from .evaluation import labelled_windows
 
-    if not patients:
-        return []
-    logits = predict(model, list(patients))["type_logits"]
-    out, start = [], 0
-    for p in patients:
-        z, start = logits[start : start + len(p)], start + len(p)
-        lab = p.y_type != IGNORE_INDEX
-        if lab.any():
-            out.append((z[lab], p.y_type[lab]))
-    return out
+    return labelled_windows(model, patients, "type_logits", lambda p: p.y_type != IGNORE_INDEX)
 
 
 def share_calibration(

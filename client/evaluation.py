@@ -20,7 +20,7 @@ Decision threshold: :func:`choose_threshold` on validation patients (see
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,27 @@ def predict(
         "type_pred": out["type_logits"].argmax(axis=1),
         "fused": out["fused"],
     }
+
+
+def labelled_windows(
+    model: nn.Module,
+    patients: Sequence[PatientWindows],
+    output: str,
+    keep: Callable[[PatientWindows], np.ndarray],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(model output ``output``, type labels) of each patient's windows where ``keep``
+    (a mask per patient) holds, from one batched pass over every patient; patients with
+    none are left out."""
+    if not patients:
+        return []
+    values = predict(model, list(patients))[output]
+    bounds = np.cumsum([len(p) for p in patients])[:-1]
+    out = []
+    for p, v in zip(patients, np.split(values, bounds), strict=True):
+        sel = keep(p)
+        if sel.any():
+            out.append((v[sel], p.y_type[sel]))
+    return out
 
 
 def cached_embeddings(model: nn.Module, patients: list[PatientWindows]) -> str | None:
