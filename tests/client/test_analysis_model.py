@@ -27,7 +27,7 @@ from semiofed.shared.recording import save_recording
 from semiofed.shared.synth import generate_consortium, simulate_event_clip
 from semiofed.shared.windows import WindowConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 HELD_OUT = ("sub-01-008", "sub-01-009", "sub-01-010")
 
@@ -265,7 +265,7 @@ def test_analyze_a_video_reports_the_dominant_frequency(trained: dict, tmp_path:
     at report["semiology"]["regions"]["head"]["dominant_frequency_hz"] (whole recording: no
     event is expected in a rocking photo, else over the detected event)."""
     from tests.clips import make_moving_clip
-    from tests.test_analysis_frequency import FREQ_HZ, _rock
+    from tests.shared.test_analysis_frequency import FREQ_HZ, _rock
 
     clip = make_moving_clip(tmp_path / "rocking.mp4", seconds=10.0, fps=30.0, motion=_rock)
     out = tmp_path / "report"

@@ -12,7 +12,7 @@ import pytest
 
 from semiofed.shared.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "demo.toml")
 
 # (argv with F = an existing file, D = an existing empty folder, M = a missing path; the

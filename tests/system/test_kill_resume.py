@@ -1,7 +1,7 @@
 """kill -9 at seeded random moments of each long command, then a rerun loses nothing.
 
 For each command (``site train`` with DP, ``site calibrate``, ``site analyze``,
-``audit attack``; ``site extract``'s is tests/test_extract_resume.py) on tiny inputs: an uninterrupted reference run gives the
+``audit attack``; ``site extract``'s is tests/client/test_extract_resume.py) on tiny inputs: an uninterrupted reference run gives the
 command's duration D and its result; then the real command runs as a subprocess in its own
 session and its process group is killed with SIGKILL at ``KILLS`` points drawn from a fixed
 seed in (0.2 D, 0.95 D), each kill followed by a restart (so later kills hit a resumed run).
@@ -35,7 +35,7 @@ import pytest
 
 from tests.ledger_helpers import new_ledger
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEED = 18
 KILLS = 2
 TIMEOUT = 300.0

@@ -10,8 +10,7 @@ import torch
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.privacy.accounting import epsilon
 from semiofed.shared.model import SemioNet
-
-from .test_dp_sampling import TINY, tiny_patients
+from tests.client.test_dp_sampling import TINY, tiny_patients
 
 PUBLIC_SEED = 0
 SIGMA, EPOCHS, DELTA = 8.0, 3, 1e-3  # q = 1 (batch ≥ patients): 3 full-batch Gaussian steps

@@ -41,11 +41,10 @@ from semiofed.shared.run_config import (
     validate,
     window_config,
 )
+from tests.federation_helpers import TINY, synth_consortium
+from tests.ledger_helpers import new_ledger, officer
 
-from .federation_helpers import TINY, synth_consortium
-from .ledger_helpers import new_ledger, officer
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_validate():

@@ -17,7 +17,7 @@ from semiofed.server.registry.publish import publish_local, retire_local
 from tests.registry_helpers import LiveServer, make_registry, make_run_dir, make_tls
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

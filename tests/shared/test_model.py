@@ -148,7 +148,7 @@ def test_architecture_hash_and_device() -> None:
 
 def test_smaller_config_and_dataset_batch_run() -> None:
     from semiofed.shared.dataset import WindowDataset, collate
-    from tests.test_dataset import _patients
+    from tests.shared.test_dataset import _patients
 
     cfg = ModelConfig(channels=(8, 16), strides=(3, 3), embed_dim=16, groups=4)
     model = SemioNet(cfg)

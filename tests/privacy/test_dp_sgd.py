@@ -16,9 +16,8 @@ from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.dp_sgd import make_patient_private
 from semiofed.shared.dataset import WindowDataset
 from semiofed.shared.model import SemioNet, loss_per_window
+from tests.client.test_dp_sampling import TINY, tiny_patients
 from tests.ledger_helpers import new_ledger
-
-from .test_dp_sampling import TINY, tiny_patients
 
 DETERMINISTIC = replace(TINY, dropout=0.0)
 

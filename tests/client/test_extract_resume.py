@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.clips import make_moving_clip, sway
 from tests.extract_helpers import manifest, run_extract
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNNER = "import sys; from tests.extract_helpers import run_extract; sys.exit(run_extract(*sys.argv[1:]))"
 
 

@@ -23,8 +23,7 @@ from semiofed.privacy.audit_trail import (
 from semiofed.privacy.keys import KeyFileError, canonical_json, load_private_key, sign
 from semiofed.shared.cli import main
 from tests.ledger_helpers import new_ledger, officer_key
-
-from .test_ledger import plan
+from tests.privacy.test_ledger import plan
 
 
 @pytest.fixture
@@ -124,7 +123,7 @@ def test_trail_rolled_back_before_the_anchor(site: Path) -> None:
 def test_officer_key_inside_state_is_refused(site: Path, tmp_path: Path) -> None:
     inside = site / "keys" / "officer.pem"
     code, out = _cli(
-        "audit", "approve", str(Path(__file__).parents[1] / "configs" / "demo.toml"),
+        "audit", "approve", str(Path(__file__).parents[2] / "configs" / "demo.toml"),
         "--state", str(site), "--key", str(inside),
     )  # fmt: skip
     assert code == 2 and "outside the site state folder" in out and not inside.exists()

@@ -14,8 +14,7 @@ from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.events import Event, write_events
 from semiofed.shared.recording import save_recording
 from semiofed.shared.windows import WindowConfig
-
-from .test_dataset import make_recording
+from tests.shared.test_dataset import make_recording
 
 PATIENTS = ("sub-01-001", "sub-01-002")
 DEFAULT = WindowConfig()

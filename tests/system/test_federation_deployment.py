@@ -25,8 +25,7 @@ from semiofed.shared.errors import SemioFedError
 from semiofed.shared.fab import build_fab, fab_hash, write_app_dir
 from semiofed.shared.release import ALLOWED_METRICS
 from semiofed.shared.run_config import approval_fields, encode_payload, validate
-
-from .federation_helpers import TINY, synth_consortium
+from tests.federation_helpers import TINY, synth_consortium
 
 pytestmark = pytest.mark.slow
 SITES = ["site-01", "site-02", "site-03"]

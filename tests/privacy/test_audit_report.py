@@ -18,7 +18,7 @@ from semiofed.privacy.ledger import PlannedRun
 from semiofed.shared.cli import main
 from tests.ledger_helpers import new_ledger, officer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 
 

@@ -16,8 +16,8 @@ import pytest
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.ledger import BudgetExceeded, PlannedRun, PrivacyLedger
 from semiofed.shared.errors import FormatError, SemioFedError
-from tests import test_federation_units as units
 from tests.ledger_helpers import new_ledger
+from tests.system import test_federation_units as units
 
 DELTA = 1e-5
 tiny = units.tiny  # the module-scoped fixture: one tiny synthetic site and its configuration

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("shared", "privacy", "client", "server")
 FORBIDDEN = {
     "shared": {"privacy", "client", "server"},

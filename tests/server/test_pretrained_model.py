@@ -161,7 +161,7 @@ def test_pretrain_command_refuses_bad_input(
 ) -> None:
     from semiofed.shared.cli import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
     assert (
         main(
             ["server", "pretrain", "--config", str(config), "--out", str(tmp_path), "--steps", "0"]
@@ -186,7 +186,7 @@ def test_demo_round0_model_is_what_coordinator_and_sites_exchange() -> None:
     from semiofed.server.app import _initial_arrays
     from semiofed.shared.run_config import load_run_config, model_config
 
-    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
+    cfg = load_run_config(Path(__file__).resolve().parents[2] / "configs" / "demo.toml")
     mcfg = model_config(cfg)
     assert mcfg.pretrained and mcfg.frozen == HEADS_ONLY and "semiology" in mcfg.streams
     _, arrays = _initial_arrays(cfg)

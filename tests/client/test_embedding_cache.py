@@ -24,11 +24,10 @@ from semiofed.shared.model import (
     SemioNet,
     embed_windows,
 )
-
-from .ledger_helpers import new_ledger
-from .test_feature_cache import _write_site
-from .test_model import random_batch
-from .test_pretrained_model import SMALL as PRETRAIN_SMALL
+from tests.client.test_feature_cache import _write_site
+from tests.ledger_helpers import new_ledger
+from tests.server.test_pretrained_model import SMALL as PRETRAIN_SMALL
+from tests.shared.test_model import random_batch
 
 SMALL = replace(PRETRAIN_SMALL, frozen=("encoders",))
 

@@ -38,7 +38,7 @@ from semiofed.shared.cli import build_parser, main
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.flower_commands import node_config, superlink_command, supernode_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
