@@ -1,10 +1,10 @@
 """One templating approach for every HTML page SemioFed writes: Jinja2 with autoescaping.
 
 Each package keeps its pages in its own ``templates/`` folder (the site's analysis report
-here in ``shared/templates``, the privacy officer's report in ``privacy/templates``, the
+in ``client/templates``, the privacy officer's report in ``privacy/templates``, the
 registry's pages in ``server/registry/templates``); :func:`environment` also finds the
-shared macros (``shared/templates/macros.html``: tables) and plots
-(:mod:`semiofed.shared.svgplot`) from any of them.
+shared macros (``shared/templates/macros.html``: tables) from any of them. Plots come from
+:mod:`semiofed.shared.svgplot`.
 """
 
 from __future__ import annotations

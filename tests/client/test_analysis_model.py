@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from semiofed.client.analysis.pipeline import fit_calibration, outputs_for
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.analysis.explain import explain_window, resting_baseline
-from semiofed.shared.analysis.pipeline import fit_calibration, outputs_for
 from semiofed.shared.cli import main
 from semiofed.shared.dataset import load_patient_windows
 from semiofed.shared.features import STREAM_NAMES
@@ -264,8 +264,8 @@ def test_analyze_a_video_reports_the_dominant_frequency(trained: dict, tmp_path:
     """`site analyze VIDEO`: extraction first, then report.json holds the rocking frequency
     at report["semiology"]["regions"]["head"]["dominant_frequency_hz"] (whole recording: no
     event is expected in a rocking photo, else over the detected event)."""
+    from tests.client.test_analysis_frequency import FREQ_HZ, _rock
     from tests.clips import make_moving_clip
-    from tests.shared.test_analysis_frequency import FREQ_HZ, _rock
 
     clip = make_moving_clip(tmp_path / "rocking.mp4", seconds=10.0, fps=30.0, motion=_rock)
     out = tmp_path / "report"

@@ -217,8 +217,8 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
 def test_anomaly_summaries_are_charged_recorded_and_merge_into_the_aberrant_flag(
     site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from semiofed.client.analysis.pipeline import SiteCalibration
     from semiofed.client.anomaly import PURPOSE
-    from semiofed.shared.analysis.pipeline import SiteCalibration
 
     states = {s: _state(tmp_path, f"state-{s}", 20.0) for s in ("a", "b")}
     public = ["--public-data", str(site["public"])]

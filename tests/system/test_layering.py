@@ -72,7 +72,7 @@ def test_a_training_message_does_not_import_the_analysis_stack() -> None:
     import subprocess
     import sys
 
-    heavy = ("captum", "scipy.signal", "matplotlib", "semiofed.shared.analysis.pipeline")
+    heavy = ("captum", "scipy.signal", "matplotlib", "semiofed.client.analysis.pipeline")
     code = (
         "import sys, semiofed.client.app, semiofed.client.site_task; "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semiofed.client.analysis.semiology import SemiologyConfig, event_semiology, rhythm_tracks
+from semiofed.client.analysis.signals import region_signals
 from semiofed.client.extract.pipeline import ExtractOptions, extract
-from semiofed.shared.analysis.semiology import SemiologyConfig, event_semiology, rhythm_tracks
-from semiofed.shared.analysis.signals import region_signals
 from semiofed.shared.recording import load_recording
 from tests.clips import make_moving_clip
 

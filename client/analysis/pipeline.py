@@ -19,20 +19,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_json
-from ..errors import FormatError, SemioFedError
-from ..events import Event
-from ..features import STREAM_NAMES
-from ..labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
-from ..metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
-from ..model import model_outputs
-from ..recording import Recording
-from ..windows import WindowConfig, assemble_windows, windows_from_recording
-from . import calibration as cal
+from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.analysis.explain import explain_window, resting_baseline
+from semiofed.shared.analysis.openset import OpenSetScorer
+from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.errors import FormatError, SemioFedError
+from semiofed.shared.events import Event
+from semiofed.shared.features import STREAM_NAMES
+from semiofed.shared.labels import CANONICAL_EVENT_TYPE, CLASSES, IGNORE_INDEX
+from semiofed.shared.metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
+from semiofed.shared.model import predict_windows
+from semiofed.shared.recording import Recording
+from semiofed.shared.windows import WindowConfig, assemble_windows, windows_from_recording
+
 from .evolution import EvolutionConfig, abnormal_masks, baseline_mask, event_evolution
-from .explain import explain_window, resting_baseline
 from .onset import AlarmRule, causal_alarms
-from .openset import OpenSetScorer
 from .report import REPORT_FORMAT, REPORT_VERSION, skeleton_snapshot
 from .semiology import SemiologyConfig, event_semiology, rhythm_tracks
 from .signals import region_signals
@@ -104,24 +105,6 @@ class SiteCalibration:
             raise FormatError(path, f"not a readable calibration file ({exc})") from None
 
 
-def predict(
-    model: nn.Module,
-    x: dict[str, np.ndarray],
-    mask: dict[str, np.ndarray],
-    batch_size: int = 64,
-) -> dict[str, np.ndarray]:
-    """Model outputs for windows ``x``/``mask`` ({stream: (N, T, V, C)} / (N, T)), in batches."""
-    n = len(next(iter(mask.values())))
-    batches = (
-        {
-            **{f"x_{s}": torch.tensor(x[s][i : i + batch_size]) for s in STREAM_NAMES},
-            **{f"m_{s}": torch.tensor(mask[s][i : i + batch_size]) for s in STREAM_NAMES},
-        }
-        for i in range(0, n, batch_size)
-    )
-    return model_outputs(model, batches)
-
-
 def event_groups(patients: list, y_detect_key: str = "y_detect") -> list[tuple]:
     """An event id per window: (patient, recording, run number) for consecutive seizure windows of
     the same type in one recording; None for background windows."""
@@ -143,7 +126,7 @@ def event_groups(patients: list, y_detect_key: str = "y_detect") -> list[tuple]:
 
 def outputs_for(model: nn.Module, patients: list, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Model outputs and labels over every window of ``patients`` (PatientWindows)."""
-    outs = [predict(model, p.x, p.mask, batch_size) for p in patients]
+    outs = [predict_windows(model, p.x, p.mask, batch_size) for p in patients]
     res = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     res["y_type"] = np.concatenate([p.y_type for p in patients])
     res["y_detect"] = np.concatenate([p.y_detect for p in patients])
@@ -228,7 +211,7 @@ def analyze_recording(
         w = windows_from_recording(rec, [], wcfg)
     else:
         w = assemble_windows([(*frame_features, [])], wcfg)
-    out = predict(model, w["x"], w["mask"], cfg.batch_size)
+    out = predict_windows(model, w["x"], w["mask"], cfg.batch_size)
     t0, prob = w["t0"], out["detect_prob"].astype(np.float64)
     centres = t0 + wcfg.seconds / 2
     temp = calib.temperature if calib else 1.0

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal, stats
 
-from ..recording import Recording
-from ..skeleton import FACE_SUBSET, POSE, REGION_NAMES
+from semiofed.shared.recording import Recording
+from semiofed.shared.skeleton import FACE_SUBSET, POSE, REGION_NAMES
+
 from .evolution import clean_mask, runs
 from .signals import RegionSignals, interpolate_gaps, xy
 

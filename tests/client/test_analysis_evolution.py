@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from semiofed.shared.analysis.evolution import (
+from semiofed.client.analysis.evolution import (
     EvolutionConfig,
     abnormal_masks,
     event_evolution,
     involvement_order,
 )
-from semiofed.shared.analysis.signals import region_signals
+from semiofed.client.analysis.signals import region_signals
 from semiofed.shared.synth import simulate_event_clip
 
 

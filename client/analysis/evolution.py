@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..skeleton import REGION_NAMES
+from semiofed.shared.skeleton import REGION_NAMES
+
 from .signals import RegionSignals, smooth
 
 LEFT_REGIONS = ("left_arm", "left_hand", "left_leg")

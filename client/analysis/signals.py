@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..features import frame_aspect
-from ..recording import Recording
-from ..skeleton import POSE, REGIONS
+from semiofed.shared.features import frame_aspect
+from semiofed.shared.recording import Recording
+from semiofed.shared.skeleton import POSE, REGIONS
 
 MAX_GAP_S = 0.5
 MAX_HAND_OFFSET = 0.5  # body units between hand-model wrist and pose wrist

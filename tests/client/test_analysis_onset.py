@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semiofed.shared.analysis.onset import (
+from semiofed.client.analysis.onset import (
     MAX_FALSE_ALARMS_PER_HOUR,
     AlarmRule,
     ScoredRecording,

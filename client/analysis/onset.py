@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..events import Event
+from semiofed.shared.events import Event
 
 TOLERANCE_BEFORE_S = 30.0
 TOLERANCE_AFTER_S = 60.0

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from semiofed.shared.analysis.semiology import event_semiology, rhythm_tracks
-from semiofed.shared.analysis.signals import region_signals
+from semiofed.client.analysis.semiology import event_semiology, rhythm_tracks
+from semiofed.client.analysis.signals import region_signals
 from semiofed.shared.synth import simulate_event_clip
 
 

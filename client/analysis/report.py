@@ -1,6 +1,6 @@
 """``report.json`` and a self-contained ``report.html`` (inline SVG and CSS, no scripts, no
 external resources, no video frames: people are shown only as keypoint skeletons). The page
-is the template ``shared/templates/analysis_report.html`` (:mod:`semiofed.shared.html`); its
+is the template ``client/templates/analysis_report.html`` (:mod:`semiofed.shared.html`); its
 plots come from :mod:`semiofed.shared.svgplot`."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from .. import svgplot
-from ..atomic import atomic_write_json, atomic_write_text
-from ..html import SHARED, render
-from ..recording import Recording
-from ..skeleton import HAND_EDGES, POSE_EDGES, REGION_NAMES
+from semiofed.shared import svgplot
+from semiofed.shared.atomic import atomic_write_json, atomic_write_text
+from semiofed.shared.html import render
+from semiofed.shared.recording import Recording
+from semiofed.shared.skeleton import HAND_EDGES, POSE_EDGES, REGION_NAMES
+
 from .signals import xy
 
 REPORT_FORMAT = "semiofed-analysis-report"
@@ -167,7 +168,7 @@ def render_html(report: dict) -> str:
             }
         )
     return render(
-        SHARED,
+        "semiofed.client",
         "analysis_report.html",
         report=report,
         timeline=timeline_plot(report),
