@@ -15,6 +15,7 @@ import torch
 
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.client.evaluation import (
+    TYPE_RULE,
     choose_threshold,
     evaluate,
     evaluate_scores,
@@ -23,7 +24,7 @@ from semiofed.client.evaluation import (
     summary_line,
 )
 from semiofed.shared.baseline import REFERENCE_DETECTORS, reference_detector
-from semiofed.shared.dataset import load_patient_windows
+from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
 from semiofed.shared.metrics import window_metrics
 from semiofed.shared.model import ModelConfig, SemioNet
@@ -126,3 +127,30 @@ def test_types_are_decided_per_detection_and_never_outside_one(scored) -> None:
     assert np.all(types[detected] == y_type[detected])
     ours = window_metrics(y_type, types, y_det, score)["macro_f1"]
     assert ours > window_metrics(y_type, logits.argmax(1), y_det, score)["macro_f1"] + 0.1
+
+
+def test_a_detection_takes_its_windows_majority_type_and_a_short_one_stays_untyped() -> None:
+    """One recording, 1-s hop: 20 detected windows, 15 of clonic and 5 scattered of PNES by
+    their own type probabilities, are all typed clonic; a 6-window burst detected just as
+    confidently and typed automatisms by the head is shorter than TYPE_RULE's minimum, so
+    it stays background, as does everything outside the detections."""
+    n = 60
+    t0 = np.arange(n, dtype=float)
+    y_det = np.zeros(n, dtype=np.int64)
+    y_det[20:40] = 1
+    y_type = np.where(y_det == 1, CLASS_INDEX["clonic"], CLASS_INDEX["bckg"])
+    patient = PatientWindows(
+        "site-01", "sub-01", {}, {}, y_det, y_type, np.full(n, "n/a"), t0, np.full(n, "rec")
+    )
+    head = y_type.copy()
+    head[[21, 25, 29, 33, 37]] = CLASS_INDEX["pnes"]
+    head[50:56] = CLASS_INDEX["automatisms"]
+    score = y_det.astype(float)
+    score[50:56] = 1.0
+    assert TYPE_RULE.min_event_s > 6.0  # the burst's detection is 6 s long
+    types = event_types([patient], score, np.eye(6)[head] * 4.0, threshold=0.5)
+    assert np.all(types[20:40] == CLASS_INDEX["clonic"])
+    assert np.all(np.delete(types, np.arange(20, 40)) == CLASS_INDEX["bckg"])
+    per_window = window_metrics(y_type, head, y_det, score)
+    assert per_window["per_class_f1"]["automatisms"] == 0.0  # predicted, absent: counted
+    assert window_metrics(y_type, types, y_det, score)["macro_f1"] == 1.0

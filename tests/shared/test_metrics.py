@@ -200,3 +200,15 @@ def test_paired_bootstrap_resamples_whole_patients() -> None:
     lo, hi = paired_bootstrap(groups, lambda i: float(x[i].mean()), resamples=300)
     assert lo < 4.5 < hi and hi - lo < 5
     assert np.isnan(paired_bootstrap(groups, lambda i: math.nan)[0])
+
+
+def test_a_predicted_class_the_reference_lacks_counts_in_the_macro_f1_with_f1_zero() -> None:
+    """As scikit-learn's macro average over the union of labels: typing 2 of 10 background
+    windows as a class no reference window has adds that class with F1 0."""
+    y_type = np.array([0] * 10 + [2] * 5)
+    pred = y_type.copy()
+    pred[[3, 4]] = 1
+    m = window_metrics(y_type, pred, (y_type > 0).astype(int), (y_type > 0).astype(float))
+    assert m["per_class_f1"] == pytest.approx({"bckg": 16 / 18, "automatisms": 0.0, "clonic": 1.0})
+    assert m["macro_f1"] == pytest.approx((16 / 18 + 0.0 + 1.0) / 3)
+    assert "automatisms" not in m["per_class_recall"]
