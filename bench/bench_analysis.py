@@ -25,6 +25,14 @@ import numpy as np
 import torch
 
 from bench.run import BenchContext
+from semiofed.client.analysis.pipeline import (
+    AnalysisConfig,
+    _detected_events,
+    event_groups,
+    outputs_for,
+)
+from semiofed.client.analysis.semiology import event_semiology, rhythm_tracks
+from semiofed.client.analysis.signals import region_signals
 from semiofed.client.dp_training import TrainConfig, train_local
 from semiofed.privacy.accounting import epsilon
 from semiofed.shared.analysis import calibration as cal
@@ -36,14 +44,6 @@ from semiofed.shared.analysis.openset import (
     energy,
     event_scores,
 )
-from semiofed.shared.analysis.pipeline import (
-    AnalysisConfig,
-    _detected_events,
-    event_groups,
-    outputs_for,
-)
-from semiofed.shared.analysis.semiology import event_semiology, rhythm_tracks
-from semiofed.shared.analysis.signals import region_signals
 from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.labels import CLASS_INDEX, CLASSES, IGNORE_INDEX

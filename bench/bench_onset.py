@@ -1,13 +1,13 @@
 """Onset benchmark: how soon after a seizure's clinical onset a live alarm is raised.
 
-Live alarms (:mod:`semiofed.shared.analysis.onset`) are causal: each uses only windows that end
+Live alarms (:mod:`semiofed.client.analysis.onset`) are causal: each uses only windows that end
 at or before its time. They are measured on long recordings of a consortium no other code uses
 (seed 65537; every recording scored, nothing of it trains anything), with the demo
 configuration's round-0 model (public pretrained weights: the federated DP model equals it
 within noise, bench_dp_utility), windows every 1 s and every 1/3 s. Each detector's alarm rule
 (threshold, windows in a row) is chosen on the PUBLIC tuning recordings
 (:func:`~semiofed.shared.public_data.tuning_patients`) by
-:func:`~semiofed.shared.analysis.onset.select_alarm_rule`: the highest sensitivity whose
+:func:`~semiofed.client.analysis.onset.select_alarm_rule`: the highest sensitivity whose
 false-alarm rate is ≤ 2/h at 95 % confidence (exact Poisson bound), then the lowest median
 latency. Beside it: the offline detections of
 ``site analyze`` (their onset is the start of the first window above threshold, which is
@@ -27,8 +27,7 @@ import numpy as np
 
 from bench.run import BenchContext
 from semiofed.client import site_task
-from semiofed.shared import baseline
-from semiofed.shared.analysis.onset import (
+from semiofed.client.analysis.onset import (
     AlarmCounts,
     AlarmRule,
     ScoredRecording,
@@ -37,10 +36,11 @@ from semiofed.shared.analysis.onset import (
     score_alarms,
     select_alarm_rule,
 )
-from semiofed.shared.analysis.pipeline import predict
+from semiofed.shared import baseline
 from semiofed.shared.dataset import events_path
 from semiofed.shared.events import read_events
 from semiofed.shared.metrics import MERGE_GAP_S, MIN_EVENT_S, windows_to_events
+from semiofed.shared.model import predict_windows
 from semiofed.shared.public_data import TUNING_SEED
 from semiofed.shared.recording import SUFFIX, load_recording
 from semiofed.shared.run_config import load_run_config
@@ -64,7 +64,7 @@ class Scored:
         rec = load_recording(path)
         w = windows_from_recording(rec, [], WINDOW)
         self.t0 = np.asarray(w["t0"], dtype=np.float64)
-        self.prob = predict(model, w["x"], w["mask"])["detect_prob"].astype(np.float64)
+        self.prob = predict_windows(model, w["x"], w["mask"])["detect_prob"].astype(np.float64)
         self.energy = baseline.window_energy(rec, self.t0, WINDOW.seconds)
         self.duration = rec.n_frames / rec.fps
         self.events = read_events(events_path(path), self.duration)

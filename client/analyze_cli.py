@@ -334,14 +334,14 @@ def _recording_for(args: argparse.Namespace) -> tuple[Recording, Path]:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from semiofed.shared.analysis.onset import AlarmRule
-    from semiofed.shared.analysis.pipeline import (
+    from semiofed.client.analysis.onset import AlarmRule
+    from semiofed.client.analysis.pipeline import (
         CALIBRATION_FILE,
         AnalysisConfig,
         SiteCalibration,
         analyze_recording,
     )
-    from semiofed.shared.analysis.report import write_report
+    from semiofed.client.analysis.report import write_report
     from semiofed.shared.model_folder import load_model_folder
 
     if not 0.0 < args.threshold < 1.0:
@@ -691,7 +691,7 @@ def _anomaly_scorer(args: argparse.Namespace, model, wcfg):
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from semiofed.shared.analysis.pipeline import CALIBRATION_FILE, fit_calibration
+    from semiofed.client.analysis.pipeline import CALIBRATION_FILE, fit_calibration
     from semiofed.shared.dataset import load_patient_windows
     from semiofed.shared.model_folder import load_model_folder
 

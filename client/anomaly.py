@@ -73,7 +73,7 @@ class PublicWindows:
     the anomaly model's projection, standardisation and threshold come from (no ε)."""
 
     def __init__(self, model: nn.Module, public: Sequence[PatientWindows]) -> None:
-        from semiofed.shared.analysis.pipeline import event_groups, outputs_for
+        from semiofed.client.analysis.pipeline import event_groups, outputs_for
 
         out = outputs_for(model, list(public))
         sel = (out["y_detect"] == 1) & np.isin(out["y_type"], SEIZURE_CLASSES)

@@ -4,7 +4,8 @@ Gathers, from one site's state folder: the privacy ledger (privacy unit, δ, acc
 ε per run and cumulative, budget left), the independent dp-accounting check, approvals,
 messages sent (``STATE/outbox.jsonl`` and the trail's ``message_sent`` entries), the
 empirical attack results (``STATE/audits/*.json``) and the audit trail's verification.
-No external resources: styles and the ε plot (inline SVG) are in the page.
+No external resources: styles and the ε plot (inline SVG) are in the page, the template
+``privacy/templates/privacy_report.html`` (:mod:`semiofed.shared.html`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.html import render
+from semiofed.shared.svgplot import line_plot
 
 from .accounting import epsilon
 from .approval import NotApproved, flatten_fields, load_approvals, pinned_officer_key
@@ -26,83 +28,20 @@ from .keys import KeyFileError, load_public_key
 
 AUDITS_DIR = "audits"
 OUTBOX_FILE = "outbox.jsonl"
-
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#1a1a1a;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.92em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f2f2f2}.ok{color:#116611;font-weight:bold}.bad{color:#b00020;font-weight:bold}
-.note{color:#555;font-size:.9em}.kv td:first-child{font-weight:bold;background:#fafafa}
-.sign{margin-top:3em;border-top:1px solid #888;padding-top:1em}
-"""
+Section = dict[str, Any]
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return escape(str(v))
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _kv(rows: list[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><td>{escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
-    return f'<table class="kv">{body}</table>'
-
-
-def epsilon_svg(per_run: list[float], cumulative: list[float], budget: float | None) -> str:
-    """Inline SVG: per-run ε as bars, cumulative ε as a line, the budget dashed."""
-    w, h, pad = 640, 260, 44
-    n = len(cumulative)
-    top = max([*cumulative, *per_run, budget or 0.0, 1e-9]) * 1.1
-    sx = (w - 2 * pad) / max(n, 1)
-
-    def y(v: float) -> float:
-        return h - pad - (v / top) * (h - 2 * pad)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
-        f'aria-label="epsilon per run and cumulative">',
-        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#333"/>',
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#333"/>',
-    ]
-    for frac in (0.0, 0.5, 1.0):
-        v = top / 1.1 * frac
-        parts.append(
-            f'<text x="{pad - 6}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:.2f}</text>'
-        )
-    for i, v in enumerate(per_run):
-        parts.append(
-            f'<rect class="per-run" x="{pad + i * sx + sx * 0.2:.1f}" y="{y(v):.1f}" '
-            f'width="{sx * 0.6:.1f}" height="{h - pad - y(v):.1f}" fill="#9ecae1"/>'
-        )
-    if cumulative:
-        pts = " ".join(f"{pad + (i + 0.5) * sx:.1f},{y(v):.1f}" for i, v in enumerate(cumulative))
-        parts.append(
-            f'<polyline class="cumulative" points="{pts}" fill="none" stroke="#08519c" stroke-width="2"/>'
-        )
-        for i, v in enumerate(cumulative):
-            parts.append(
-                f'<circle cx="{pad + (i + 0.5) * sx:.1f}" cy="{y(v):.1f}" r="3" fill="#08519c"/>'
-            )
-    if budget:
-        parts.append(
-            f'<line class="budget" x1="{pad}" y1="{y(budget):.1f}" x2="{w - pad}" y2="{y(budget):.1f}" '
-            'stroke="#b00020" stroke-dasharray="6,4"/>'
-            f'<text x="{w - pad}" y="{y(budget) - 4:.1f}" font-size="11" text-anchor="end" fill="#b00020">budget ε={budget:g}</text>'
-        )
-    parts.append(
-        f'<text x="{w / 2}" y="{h - 8}" font-size="12" text-anchor="middle">training run (round)</text>'
-        f'<text x="{pad}" y="{pad - 10}" font-size="11">bars: ε of the run alone · line: cumulative ε (the guarantee)</text>'
-        "</svg>"
+def epsilon_plot(per_run: list[float], cumulative: list[float], budget: float | None) -> Any:
+    """Per-run ε as bars, cumulative ε as a line, the budget dashed."""
+    runs = range(1, len(cumulative) + 1)
+    return line_plot(
+        {"cumulative ε (the guarantee)": list(zip(runs, cumulative, strict=True))},
+        "ε per training run and cumulative",
+        "training run (round)",
+        "ε",
+        bars={"ε of the run alone": list(zip(runs, per_run, strict=True))},
+        hlines={f"budget ε = {budget:g}": budget} if budget else None,
     )
-    return "".join(parts)
 
 
 def _integrity(state: Path) -> str:
@@ -122,10 +61,10 @@ def _integrity(state: Path) -> str:
     )
 
 
-def _ledger_section(state: Path) -> tuple[str, dict[str, Any]]:
+def _ledger_section(state: Path) -> tuple[Section, dict[str, Any]]:
     path = state / LEDGER_FILE
     if not path.exists():
-        return "<p class='bad'>No privacy ledger at " + escape(str(path)) + ".</p>", {}
+        return {"missing": str(path)}, {}
     data = json.loads(path.read_text(encoding="utf-8"))
     budget = data.get("budget") or {}
     accountant = budget.get("accountant", "rdp")
@@ -169,8 +108,8 @@ def _ledger_section(state: Path) -> tuple[str, dict[str, Any]]:
         "runs": len(runs),
     }
     patient_level = units in ([], ["patient"])
-    html = _kv(
-        [
+    section = {
+        "facts": [
             ("privacy unit", ", ".join(units) or "–"),
             (
                 "guarantee",
@@ -185,34 +124,16 @@ def _ledger_section(state: Path) -> tuple[str, dict[str, Any]]:
             ("budget left", summary["budget_left"]),
             ("training runs with steps", len(runs)),
             ("ledger integrity (checked before every DP action)", _integrity(state)),
-        ]
-    )
-    html += epsilon_svg(per_run, cumulative, eps_max)
-    html += _table(
-        [
-            "run",
-            "status",
-            "unit",
-            "q",
-            "σ",
-            "clip C",
-            "steps",
-            "ε run alone",
-            "ε cumulative",
-            "ε recorded (ledger)",
         ],
-        rows,
-    )
-    html += (
-        "<p class='note'>ε of a run alone is shown for orientation only; the privacy "
-        "guarantee is the cumulative ε over every run at this site.</p>"
-    )
-    return html, summary
+        "plot": epsilon_plot(per_run, cumulative, eps_max),
+        "rows": rows,
+    }
+    return section, summary
 
 
-def _independent_section(state: Path) -> tuple[str, bool | None]:
+def _independent_section(state: Path) -> Section:
     if not (state / LEDGER_FILE).exists():
-        return "<p>No ledger to check.</p>", None
+        return {"ok": None}
     result = check_ledger(state)
     rows = [
         [
@@ -225,14 +146,8 @@ def _independent_section(state: Path) -> tuple[str, bool | None]:
         ]
         for r in result.runs
     ]
-    verdict = (
-        "<p class='ok'>Every recorded ε agrees with Google dp-accounting.</p>"
-        if result.ok
-        else "<p class='bad'>DISAGREEMENT between the ledger and dp-accounting.</p>"
-    )
-    tol = f"<p class='note'>Tolerance {result.rel_tol:.1%} relative and {result.abs_tol:g} absolute.</p>"
-    table = _table(["run", "ledger RDP", "dp-acc RDP", "ledger PRV", "dp-acc PLD", "verdict"], rows)
-    return verdict + table + tol, result.ok
+    tolerance = f"{result.rel_tol:.1%} relative and {result.abs_tol:g} absolute"
+    return {"ok": result.ok, "rows": rows, "tolerance": tolerance}
 
 
 def _fields_text(fields: dict[str, Any]) -> str:
@@ -244,14 +159,14 @@ def _fields_text(fields: dict[str, Any]) -> str:
     )
 
 
-def _approvals_section(state: Path) -> str:
+def _approvals_section(state: Path) -> Section:
     try:
         key = pinned_officer_key(state)
         records = load_approvals(state, key)
     except (NotApproved, KeyFileError) as exc:
-        return f"<p class='bad'>{escape(str(exc))}</p>"
+        return {"error": str(exc)}
     if not records:
-        return "<p class='bad'>No approved run configuration.</p>"
+        return {"error": "No approved run configuration."}
     rows = []
     for r in sorted(records, key=lambda r: r.get("approved_at", "")):
         f = r["fields"]
@@ -264,7 +179,7 @@ def _approvals_section(state: Path) -> str:
                 "valid",
             ]
         )
-    return _table(["approved at", "fields hash", "officer key", "fields", "signature"], rows)
+    return {"rows": rows}
 
 
 def _message_keys(m: dict[str, Any]) -> list[str]:
@@ -275,7 +190,7 @@ def _message_keys(m: dict[str, Any]) -> list[str]:
     return [str(k) for k in m.get("keys") or []]
 
 
-def _messages_section(state: Path, trail_entries: list[dict[str, Any]]) -> str:
+def _messages_section(state: Path, trail_entries: list[dict[str, Any]]) -> Section:
     outbox = state / OUTBOX_FILE
     msgs: list[dict[str, Any]] = []
     source = "none"
@@ -290,7 +205,7 @@ def _messages_section(state: Path, trail_entries: list[dict[str, Any]]) -> str:
         msgs = [e["payload"] for e in trail_entries if e.get("kind") == "message_sent"]
         source = "audit trail (message_sent entries)"
     if not msgs:
-        return f"<p>No messages recorded (source: {escape(source)}).</p>"
+        return {"source": source, "rows": []}
     kinds: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     keys: Counter[str] = Counter()
@@ -302,128 +217,84 @@ def _messages_section(state: Path, trail_entries: list[dict[str, Any]]) -> str:
             keys[k] += 1
     rows = [[k, kinds[k], sizes[k]] for k in sorted(kinds)]
     rows.append(["total", sum(kinds.values()), sum(sizes.values())])
-    key_text = ", ".join(f"{escape(k)} ({n})" for k, n in sorted(keys.items())) or "–"
-    return (
-        _table(["kind", "messages", "bytes"], rows)
-        + f"<p class='note'>Content keys sent: {key_text}. Source: {escape(source)}.</p>"
-    )
+    key_text = ", ".join(f"{k} ({n})" for k, n in sorted(keys.items())) or "–"
+    return {"source": source, "rows": rows, "keys": key_text}
 
 
-def _attacks_section(state: Path) -> str:
+_MIA_HEADERS = ["model", "ε of the audited model", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR",
+                "FPR resolution"]  # fmt: skip
+_CANARY_HEADERS = ["model", "ε of the audited model", "ε lower bound (95 %)", "correct guesses",
+                   "canaries", "bound ≤ claim"]  # fmt: skip
+_INVERSION_HEADERS = ["update seen by the server", "relative error (attacker's pick)",
+                      "relative error (best neuron, oracle)", "exact reconstructions"]  # fmt: skip
+
+
+def _attack(stem: str, data: dict[str, Any]) -> Section | None:
+    """One audit file's table (``None``: not an audit this report knows)."""
+    model = {True: "DP", False: "no DP"}
+    if stem == "mia":
+        rows = [
+            [model[r["private"]], r["epsilon"], attack, r[attack]["auc"],
+             r[attack]["tpr_at_0.001_fpr"], r[attack]["tpr_at_0.01_fpr"],
+             r[attack]["fpr_resolution"]]
+            for r in data["results"]
+            for attack in ("loss_threshold", "lira")
+        ]  # fmt: skip
+        return {"title": "Membership inference", "headers": _MIA_HEADERS, "rows": rows}
+    if stem in ("canary", "patient-canary"):
+        rows = [
+            [model[r["private"]], r["claimed_epsilon"], r["epsilon_lower_bound"],
+             f"{r['correct']}/{r['guesses']}", r["canaries"], r["bound_below_claim"]]
+            for r in data["results"]
+        ]  # fmt: skip
+        title = "One-run canary audit (Steinke, Nasr, Jagielski 2023)" + (
+            ": patient-level trainer" if stem == "patient-canary" else ""
+        )
+        return {"title": title, "headers": _CANARY_HEADERS, "rows": rows}
+    if stem == "inversion":
+        rows = [
+            [name, data[name]["relative_error_median"],
+             data[name]["oracle_relative_error_median"],
+             f"{data[name]['exact_reconstructions']}/{data['trials']}"]
+            for name in ("plain", "dp", "secagg")
+        ]  # fmt: skip
+        note = (
+            f"{data['method']}; σ={data['noise_multiplier']}, C={data['max_grad_norm']}, "
+            f"SecAgg+ over {data['secagg_sites']} sites."
+        )
+        return {"title": "Gradient inversion of a keypoint window",
+                "headers": _INVERSION_HEADERS, "rows": rows, "note": note}  # fmt: skip
+    return None
+
+
+def _attacks_section(state: Path) -> list[Section]:
+    """One entry per audit file in ``STATE/audits`` (unreadable ones say so)."""
     folder = state / AUDITS_DIR
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
-        return "<p>No empirical audit has been run (<code>semiofed audit attack</code>).</p>"
-    out = [
-        "<p class='note'>These audits test the site's DP-SGD recipe (σ, C, Opacus) on synthetic "
-        "windows; the ε shown is that of the audited model, not the site's guarantee above.</p>"
-    ]
-    for path in files:
+    out: list[Section] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            out.append(f"<p class='bad'>{escape(path.name)}: unreadable</p>")
+            out.append({"error": f"{path.name}: unreadable"})
             continue
-        if path.stem == "mia":
-            rows = [
-                [
-                    ("DP" if r["private"] else "no DP"),
-                    r["epsilon"],
-                    attack,
-                    r[attack]["auc"],
-                    r[attack]["tpr_at_0.001_fpr"],
-                    r[attack]["tpr_at_0.01_fpr"],
-                    r[attack]["fpr_resolution"],
-                ]
-                for r in data["results"]
-                for attack in ("loss_threshold", "lira")
-            ]
-            out.append(
-                "<h3>Membership inference</h3>"
-                + _table(
-                    [
-                        "model",
-                        "ε of the audited model",
-                        "attack",
-                        "AUC",
-                        "TPR@0.1%FPR",
-                        "TPR@1%FPR",
-                        "FPR resolution",
-                    ],
-                    rows,
-                )
-            )
-        elif path.stem in ("canary", "patient-canary"):
-            rows = [
-                [
-                    ("DP" if r["private"] else "no DP"),
-                    r["claimed_epsilon"],
-                    r["epsilon_lower_bound"],
-                    f"{r['correct']}/{r['guesses']}",
-                    r["canaries"],
-                    r["bound_below_claim"],
-                ]
-                for r in data["results"]
-            ]
-            out.append(
-                f"<h3>One-run canary audit (Steinke, Nasr, Jagielski 2023)"
-                f"{': patient-level trainer' if path.stem == 'patient-canary' else ''}</h3>"
-                + _table(
-                    [
-                        "model",
-                        "ε of the audited model",
-                        "ε lower bound (95 %)",
-                        "correct guesses",
-                        "canaries",
-                        "bound ≤ claim",
-                    ],
-                    rows,
-                )
-            )
-        elif path.stem == "inversion":
-            rows = [
-                [
-                    name,
-                    data[name]["relative_error_median"],
-                    data[name]["oracle_relative_error_median"],
-                    f"{data[name]['exact_reconstructions']}/{data['trials']}",
-                ]
-                for name in ("plain", "dp", "secagg")
-            ]
-            out.append(
-                "<h3>Gradient inversion of a keypoint window</h3>"
-                + _table(
-                    [
-                        "update seen by the server",
-                        "relative error (attacker's pick)",
-                        "relative error (best neuron, oracle)",
-                        "exact reconstructions",
-                    ],
-                    rows,
-                )
-                + f"<p class='note'>{escape(data['method'])}; σ={data['noise_multiplier']}, "
-                f"C={data['max_grad_norm']}, SecAgg+ over {data['secagg_sites']} sites.</p>"
-            )
-        else:
-            continue
-        if "setup" in data:
-            out.append(f"<p class='note'>{escape(str(data['setup']))}</p>")
-    return "".join(out)
+        attack = _attack(path.stem, data)
+        if attack is not None:
+            out.append({**attack, "setup": str(data["setup"]) if "setup" in data else None})
+    return out
 
 
 def _trail_section(
     state: Path, trail: Path | None, key_path: Path | None
-) -> tuple[str, bool | None, list[dict[str, Any]]]:
+) -> tuple[Section, list[dict[str, Any]]]:
     trail = trail or state / TRAIL_FILE
     if not trail.exists():
-        return f"<p class='bad'>No audit trail at {escape(str(trail))}.</p>", None, []
+        return {"ok": None, "path": str(trail)}, []
     key_path = key_path or site_public_key_path(state)
     key = load_public_key(key_path) if key_path.exists() else None
     result = verify(trail, key)
     kinds = ", ".join(f"{k}: {n}" for k, n in sorted(result.kinds.items()))
-    cls = "ok" if result.ok else "bad"
-    html = f"<p class='{cls}'>{escape(result.summary())}</p><p class='note'>{escape(str(trail))}; entries by kind: {escape(kinds)}</p>"
-    return html, result.ok, read_entries(trail)
+    section = {"ok": result.ok, "path": str(trail), "summary": result.summary(), "kinds": kinds}
+    return section, read_entries(trail)
 
 
 def build_report(state_dir: str | Path, trail: Path | None = None, key: Path | None = None) -> str:
@@ -431,33 +302,21 @@ def build_report(state_dir: str | Path, trail: Path | None = None, key: Path | N
     state = Path(state_dir)
     if not state.is_dir():
         raise SemioFedError(f"{state}: no such state folder")
-    trail_html, trail_ok, entries = _trail_section(state, trail, key)
-    ledger_html, summary = _ledger_section(state)
-    indep_html, indep_ok = _independent_section(state)
-    status = [
-        ("audit trail", trail_ok),
-        ("independent ε check", indep_ok),
-    ]
-    status_html = "".join(
-        f"<li>{escape(name)}: <span class='{'ok' if ok else 'bad'}'>"
-        f"{'verified' if ok else ('missing' if ok is None else 'FAILED')}</span></li>"
-        for name, ok in status
+    trail_section, entries = _trail_section(state, trail, key)
+    ledger, summary = _ledger_section(state)
+    independent = _independent_section(state)
+    return render(
+        "semiofed.privacy",
+        "privacy_report.html",
+        state_name=state.name,
+        state_path=str(state.resolve()),
+        generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        status=[("audit trail", trail_section["ok"]), ("independent ε check", independent["ok"])],
+        ledger=ledger,
+        independent=independent,
+        approvals=_approvals_section(state),
+        messages=_messages_section(state, entries),
+        attacks=_attacks_section(state),
+        trail=trail_section,
+        summary_json=json.dumps(summary, default=str).replace("</", "<\\/"),
     )
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    summary_json = json.dumps(summary, default=str).replace("</", "<\\/")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>SemioFed privacy report — {escape(state.name)}</title>
-<style>{CSS}</style></head><body>
-<h1>SemioFed privacy report</h1>
-<p class="note">Site state folder: {escape(str(state.resolve()))} · generated {now}</p>
-<h2 id="status">Verification status</h2><ul>{status_html}</ul>
-<h2 id="guarantee">Privacy guarantee and budget</h2>{ledger_html}
-<h2 id="independent">Independent ε check</h2>{indep_html}
-<h2 id="approvals">Approved run configurations</h2>{_approvals_section(state)}
-<h2 id="messages">Messages sent</h2>{_messages_section(state, entries)}
-<h2 id="attacks">Empirical attacks</h2>{_attacks_section(state)}
-<h2 id="trail">Audit trail</h2>{trail_html}
-<div class="sign"><p>Reviewed by (privacy officer): ______________________ &nbsp; Date: ____________ &nbsp; Signature: ______________________</p></div>
-<script type="application/json" id="summary">{summary_json}</script>
-</body></html>
-"""

@@ -34,10 +34,10 @@ from semiofed.shared.analysis.explain import (
     resting_baseline,
     shapley_streams,
 )
-from semiofed.shared.analysis.pipeline import predict
 from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.features import STREAM_NAMES
 from semiofed.shared.labels import CLASS_INDEX, CLASSES, IGNORE_INDEX
+from semiofed.shared.model import predict_windows
 from semiofed.shared.public_data import TUNING_SEED
 from semiofed.shared.skeleton import REGION_NAMES, REGIONS
 
@@ -78,7 +78,7 @@ def explain_public(
     neutral: list[dict[str, torch.Tensor]] = []
     pool: dict[int, list[tuple[int, int]]] = {}
     for k, pw in enumerate(patients):
-        prob = predict(model, pw.x, pw.mask)["detect_prob"]
+        prob = predict_windows(model, pw.x, pw.mask)["detect_prob"]
         rest = np.argsort(prob, kind="stable")[: max(1, len(prob) // 4)]
         fallback = {s: np.asarray(pw.x[s][int(rest[0])]) for s in STREAM_NAMES}
         base = resting_baseline(pw.x, pw.mask, rest, fallback)

@@ -343,6 +343,24 @@ def model_outputs(
     return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in parts.items()}
 
 
+def predict_windows(
+    model: nn.Module,
+    x: dict[str, np.ndarray],
+    mask: dict[str, np.ndarray],
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Model outputs for windows ``x``/``mask`` ({stream: (N, T, V, C)} / (N, T)), in batches."""
+    n = len(next(iter(mask.values())))
+    batches = (
+        {
+            **{f"x_{s}": torch.tensor(x[s][i : i + batch_size]) for s in STREAM_NAMES},
+            **{f"m_{s}": torch.tensor(mask[s][i : i + batch_size]) for s in STREAM_NAMES},
+        }
+        for i in range(0, n, batch_size)
+    )
+    return model_outputs(model, batches)
+
+
 def loss_per_window(out: dict[str, Tensor], batch: dict[str, Tensor], type_weight: float) -> Tensor:
     """BCE on the detection logit + ``type_weight`` · CE on the type logits (ignored labels add 0)."""
     bce = F.binary_cross_entropy_with_logits(

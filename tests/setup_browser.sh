@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install Debian's headless Chromium for the registry browser test (tests/test_registry_browser.py).
+# Install Debian's headless Chromium for the registry browser test (tests/server/test_registry_browser.py).
 # Idempotent; `make test` calls it before pytest. Needs root (or sudo) and apt.
 set -eu
 if [ -x /usr/bin/chromium ]; then

@@ -31,11 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from semiofed.shared.analysis.pipeline import predict
 from semiofed.shared.dataset import PatientWindows, WindowDataset, collate
 from semiofed.shared.features import STREAM_NAMES, STREAM_SHAPES
 from semiofed.shared.labels import CLASSES
-from semiofed.shared.model import ModelConfig, SemioNet, loss_per_window
+from semiofed.shared.model import ModelConfig, SemioNet, loss_per_window, predict_windows
 from semiofed.shared.windows import WindowConfig
 
 from ..dp_sgd import make_patient_private
@@ -158,7 +157,7 @@ def synthetic_patients(
 
 def patient_loss(model: nn.Module, p: PatientWindows) -> float:
     """Mean cross-entropy of the type head over the patient's windows."""
-    logits = predict(model, p.x, p.mask)["type_logits"].astype(np.float64)
+    logits = predict_windows(model, p.x, p.mask)["type_logits"].astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     return float(-log_p[np.arange(len(p)), p.y_type].mean())

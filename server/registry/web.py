@@ -10,7 +10,6 @@ localhost) only, scripts cannot read it and other sites cannot make the browser 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -23,14 +22,15 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from semiofed.shared.features import STREAM_NAMES
+from semiofed.shared.html import environment
+from semiofed.shared.svgplot import line_plot
 
 from . import queries
 from .auth import COOKIE, Principal, authenticate, authorize, bearer, get_session, presented_token
 from .publish import RegistryRefusal
-from .svgplot import line_plot
 
 WEB_ROLES = ("coordinator", "auditor")
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates = Jinja2Templates(env=environment("semiofed.server.registry"))
 router = APIRouter(include_in_schema=False)
 
 
