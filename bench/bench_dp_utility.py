@@ -45,7 +45,7 @@ from semiofed.shared.dataset import PatientWindows, load_patient_windows
 from semiofed.shared.labels import CLASSES, IGNORE_INDEX
 from semiofed.shared.metrics import window_metrics
 from semiofed.shared.model import STREAM_NAMES, ModelConfig, SemioNet, count_parameters
-from semiofed.shared.run_config import load_run_config, model_config
+from semiofed.shared.run_config import RunConfig, load_run_config
 from semiofed.shared.splits import patient_split
 from semiofed.shared.synth.consortium import generate_consortium
 
@@ -102,15 +102,15 @@ def train_plain(cfg: ModelConfig, train: list[PatientWindows], seed: int = 0) ->
     return model
 
 
-def demo_recipe(budget: float = EPSILON, delta: float = DELTA) -> dict[str, Any]:
+def demo_recipe(budget: float = EPSILON, delta: float = DELTA) -> RunConfig:
     """The demo's run configuration (its model and DP recipe) under this bench's budget and δ."""
-    cfg = load_run_config(DEMO_CONFIG)
-    cfg["privacy"].update({"delta": delta, "site-budget": budget})
-    return cfg
+    return load_run_config(DEMO_CONFIG).updated(
+        {"privacy": {"delta": delta, "site-budget": budget}}
+    )
 
 
 def federated_dp(
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     data: dict[str, site_task.SiteData],
     state: Path,
     site_dirs: dict[str, Path],
@@ -121,17 +121,17 @@ def federated_dp(
     both charged to its own ledger (budget ``site-budget`` at ``delta``); the coordinator
     takes the unweighted mean of the sites' parameters (FedAvg with ``num_examples`` = 1,
     without SecAgg's quantization)."""
-    priv = cfg["privacy"]
+    priv = cfg.privacy
     for site in data:
         officer = state / "officers" / site / "officer_ed25519.pem"
         generate_keypair(officer)  # the site's officer creates its ledger (outside its STATE)
         init_ledger(
-            state / site, site_dirs[site], officer, priv["site-budget"], priv["delta"],
-            priv["accountant"], BENCH_RESET,
+            state / site, site_dirs[site], officer, priv.site_budget, priv.delta,
+            priv.accountant, BENCH_RESET,
         )  # fmt: skip
     model = site_task.build_model(cfg)
     arrays = site_task.get_arrays(model)
-    rounds = cfg["federation"]["rounds"]
+    rounds = cfg.federation.rounds
     for r in range(1, rounds + 1):
         updates = []
         for site, d in data.items():
@@ -145,7 +145,7 @@ def federated_dp(
         site_task.evaluate_dp(d, cfg, arrays, state / site, "bench evaluation of the final model")
     site_task.set_arrays(model, arrays)
     eps = {site: site_task.site_epsilon(state / site) for site in data}
-    return model, {"epsilon": eps, "sigma": priv["noise-multiplier"], "rounds": rounds}
+    return model, {"epsilon": eps, "sigma": priv.noise_multiplier, "rounds": rounds}
 
 
 def consortium(out: Path, seed: int) -> dict[str, list[PatientWindows]]:
@@ -156,13 +156,13 @@ def consortium(out: Path, seed: int) -> dict[str, list[PatientWindows]]:
 
 
 def compare(
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     by_site: dict[str, list[PatientWindows]],
     site_dirs: dict[str, Path],
     work: Path,
 ) -> dict:
     """Every row of the table (see module docstring) on one consortium."""
-    new = model_config(cfg)
+    new = cfg.model_config
     splits = {s: patient_split(p, 0.0, 0.25, seed=0) for s, p in by_site.items()}
     data = {s: site_task.SiteData(sp[0], sp[2]) for s, sp in splits.items()}
     train = [p for d in data.values() for p in d.train]

@@ -22,8 +22,12 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.run import BenchContext
+
+if TYPE_CHECKING:
+    from semiofed.shared.run_config import RunConfig
 
 SITES = ["site-01", "site-02", "site-03"]
 ROUNDS = 2
@@ -31,10 +35,10 @@ SIM_SIZES = (10, 50, 100)
 SIM_BUDGET_SECONDS = 300.0
 
 
-def _tiny(rounds: int, secagg: bool) -> dict:
-    from semiofed.shared.run_config import validate
+def _tiny(rounds: int, secagg: bool) -> RunConfig:
+    from semiofed.shared.run_config import RunConfig
 
-    return validate(
+    return RunConfig.parse(
         {
             "federation": {"rounds": rounds, "min-nodes": 2, "round-timeout": 300.0},
             "training": {"local-epochs": 1, "batch-size": 2, "test-fraction": 0.34},
@@ -184,7 +188,7 @@ def _simulation(work: Path) -> list[str]:
     from semiofed.server.simulate import simulate
 
     cfg_path = work / "tiny.toml"
-    cfg_path.write_text(tomli_w.dumps(_tiny(1, secagg=False)), encoding="utf-8")
+    cfg_path.write_text(tomli_w.dumps(_tiny(1, secagg=False).as_dict()), encoding="utf-8")
     lines = [
         "### Simulation runtime (`flwr run` on a simulation SuperLink, Ray), 1 round, tiny model\n",
         "CPU: user + sys of every process of the run (SuperLink, simulation process, Ray, "

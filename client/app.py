@@ -72,7 +72,7 @@ from semiofed.shared.release import (
     SITE_ERROR,
     SITE_NAME,
 )
-from semiofed.shared.run_config import approval_fields, payload_of
+from semiofed.shared.run_config import RunConfig, payload_of
 
 from . import site_audit
 from .allowlist import (
@@ -107,8 +107,8 @@ class SiteSettings:
 def _simulated_site(context: Context) -> dict[str, Any]:
     """Virtual site ``partition-id`` of ``semiofed server simulate``: data is shared among
     virtual sites (``sim_data_sites`` folders, round robin), state is per site."""
-    payload = payload_of(context.run_config)
-    root, n_data = Path(payload["sim_root"]), int(payload["sim_data_sites"])
+    extra = payload_of(context.run_config).extra
+    root, n_data = Path(extra["sim_root"]), int(extra["sim_data_sites"])
     pid = int(context.node_config["partition-id"])
     name = f"site-{pid + 1:03d}"
     return {
@@ -119,16 +119,18 @@ def _simulated_site(context: Context) -> dict[str, Any]:
     }
 
 
-def run_config_of(context: Context) -> dict[str, Any]:
-    return payload_of(context.run_config)["config"]
+def run_config_of(context: Context) -> RunConfig:
+    """The run's configuration, decoded and validated once per payload in this process (the
+    mods and the handler of a message share it)."""
+    return payload_of(context.run_config).config
 
 
-def check_approved(cfg: dict[str, Any], state_dir: Path) -> None:
+def check_approved(cfg: RunConfig, state_dir: Path) -> None:
     """Raise ``NotApproved`` unless the site's privacy officer approved this configuration,
     in the FAB this process runs, and the approval has not expired."""
     from semiofed.privacy.approval import require_approved
 
-    require_approved(approval_fields(cfg), state_dir, fab_hash=running_fab_hash())
+    require_approved(cfg.approval_fields(), state_dir, fab_hash=running_fab_hash())
 
 
 class SiteClient(Client):
@@ -251,8 +253,8 @@ class SiteClient(Client):
         metrics = {
             EVAL_TABLE: table,
             EPSILON: site_task.site_epsilon(state),
-            DELTA: float(cfg["privacy"]["delta"]),
-            PRIVACY_UNIT: cfg["privacy"]["unit"],
+            DELTA: float(cfg.privacy.delta),
+            PRIVACY_UNIT: cfg.privacy.unit,
             SITE_NAME: self.site.name,
         }
         site_audit.record_budget(state)
@@ -337,12 +339,12 @@ def clip_if_requested_mod(msg: Message, context: Context, call_next: Any) -> Mes
 
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
-    cdp = run_config_of(context)["central-dp"]
+    cdp = run_config_of(context).central_dp
     fit_cfg = msg.content.config_records.get("fitins.config")
     requested = fit_cfg.get(CLIP_KEY) if fit_cfg is not None else None
-    if cdp["enabled"] and requested != cdp["clip-norm"]:
+    if cdp.enabled and requested != cdp.clip_norm:
         raise NotApproved(
-            f"the server asks for clip norm {requested!r}; the approved one is {cdp['clip-norm']!r}"
+            f"the server asks for clip norm {requested!r}; the approved one is {cdp.clip_norm!r}"
         )
     if requested is not None:
         return fixedclipping_mod(msg, context, call_next)

@@ -49,7 +49,7 @@ from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
 from semiofed.shared.metrics import EventCounts, paired_bootstrap, window_metrics
 from semiofed.shared.public_data import TUNING_CACHE, tuning_patients
 from semiofed.shared.recording import load_recording
-from semiofed.shared.run_config import load_run_config
+from semiofed.shared.run_config import RunConfig, load_run_config
 
 from . import site_task
 from .demo_calibration import Progress
@@ -89,7 +89,7 @@ def plain_steps_per_epoch(patients: list[PatientWindows]) -> int:
 
 
 def fit_plain(
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     patients: list[PatientWindows],
     val: list[PatientWindows],
     device: str,
@@ -103,10 +103,10 @@ def fit_plain(
         dp=False,
         batch_size=PLAIN_BATCH,
         steps_per_epoch=plain_steps_per_epoch(patients),
-        lr=cfg["training"]["learning-rate"],
+        lr=cfg.training.learning_rate,
         augment=False,
         device=device,
-        seed=cfg["federation"]["seed"],
+        seed=cfg.federation.seed,
         purpose="demo baseline",
     )
     train_local(model, patients, tcfg, ledger=None, progress=False, val_patients=val)

@@ -50,6 +50,7 @@ from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.dataset import PatientWindows, WindowDataset, collate
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import SemioNet, loss_per_window, resolve_device
+from semiofed.shared.run_config import DEFAULT_DELTA, DEFAULT_LEARNING_RATE
 from semiofed.shared.window_picker import WindowPicker
 
 from .evaluation import cached_embeddings, evaluate
@@ -70,9 +71,9 @@ class TrainConfig:
     noise_multiplier: float = 1.0
     epsilon_target: float | None = None  # cumulative ε after this run; picks σ (overrides above)
     max_grad_norm: float = 1.0
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA
     accountant: str = "rdp"
-    lr: float = 2e-3
+    lr: float = DEFAULT_LEARNING_RATE
     weight_decay: float = 0.0
     type_loss_weight: float = 1.0
     augment: bool = True  # input-space augmentation; only when the encoders train (docstring)

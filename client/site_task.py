@@ -27,7 +27,7 @@ from semiofed.shared.errors import SemioFedError
 from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.model_arrays import get_arrays, set_arrays
 from semiofed.shared.release import DELTA, EPSILON_ROUND, PRIVACY_UNIT
-from semiofed.shared.run_config import model_config, window_config
+from semiofed.shared.run_config import RunConfig
 from semiofed.shared.splits import stable_patient_split
 
 from .allowlist import ParamSpec, param_specs
@@ -46,7 +46,7 @@ class SiteData:
     val: list[PatientWindows] = field(default_factory=list)  # never trained on
 
 
-def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None) -> SiteData:
+def load_site(data_dir: Path, cfg: RunConfig, state_dir: Path | None = None) -> SiteData:
     """The site's patients cut by patient into train / validation / held-out test (each
     patient's side fixed by the seed and the patient alone:
     :func:`~semiofed.shared.splits.stable_patient_split`; validation patients are used by no
@@ -57,15 +57,15 @@ def load_site(data_dir: Path, cfg: dict[str, Any], state_dir: Path | None = None
     training, evaluation and calibration then run the trainable top only."""
     extra = [Path(state_dir) / REVIEWED_DATA] if state_dir is not None else []
     patients = load_patient_windows(
-        Path(data_dir), window_config(cfg), extra_dirs=extra, features=site_features(state_dir)
+        Path(data_dir), cfg.window, extra_dirs=extra, features=site_features(state_dir)
     )
-    if state_dir is not None and model_config(cfg).frozen:  # else no encoder is frozen
+    if state_dir is not None and cfg.model_config.frozen:  # else no encoder is frozen
         patients = embed_patients(build_model(cfg), patients, EmbeddingCache(Path(state_dir)))
     if len(patients) < 2:
         raise SemioFedError(f"{data_dir}: {len(patients)} usable patients; at least 2 are needed")
-    tr = cfg["training"]
+    tr = cfg.training
     train, val, test = stable_patient_split(
-        patients, tr["val-fraction"], tr["test-fraction"], seed=cfg["federation"]["seed"]
+        patients, tr.val_fraction, tr.test_fraction, seed=cfg.federation.seed
     )
     if not train:
         raise SemioFedError(f"{data_dir}: the split leaves no training patient")
@@ -79,18 +79,18 @@ def small_work_threads() -> None:
     torch.set_num_threads(1)
 
 
-def build_model(cfg: dict[str, Any], arrays: list[np.ndarray] | None = None) -> SemioNet:
-    torch.manual_seed(cfg["federation"]["seed"])
-    model = SemioNet(model_config(cfg))
+def build_model(cfg: RunConfig, arrays: list[np.ndarray] | None = None) -> SemioNet:
+    torch.manual_seed(cfg.federation.seed)
+    model = SemioNet(cfg.model_config)
     if arrays is not None:
         set_arrays(model, arrays)
     return model
 
 
-def model_specs(cfg: dict[str, Any]) -> list[ParamSpec]:
+def model_specs(cfg: RunConfig) -> list[ParamSpec]:
     """The allowlisted parameters of the run's model (:func:`.allowlist.param_specs`),
     built once per model configuration in a process: they depend on it alone."""
-    return list(_model_specs(model_config(cfg)))
+    return list(_model_specs(cfg.model_config))
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,16 +98,16 @@ def _model_specs(mcfg: ModelConfig) -> tuple[ParamSpec, ...]:
     return tuple(param_specs(SemioNet(mcfg)))
 
 
-def ensure_budget(ledger: PrivacyLedger, cfg: dict[str, Any]) -> None:
+def ensure_budget(ledger: PrivacyLedger, cfg: RunConfig) -> None:
     """The approved site budget caps the ledger's (never raises it). The ledger must exist
     and be sound (only the officer creates it): anything else is refused here."""
-    priv = cfg["privacy"]
-    if ledger.budget.epsilon_max > priv["site-budget"]:
-        ledger.set_budget(priv["site-budget"], priv["delta"], priv["accountant"])
+    priv = cfg.privacy
+    if ledger.budget.epsilon_max > priv.site_budget:
+        ledger.set_budget(priv.site_budget, priv.delta, priv.accountant)
 
 
 def _model_and_ledger(
-    cfg: dict[str, Any], arrays: list[np.ndarray], state_dir: Path
+    cfg: RunConfig, arrays: list[np.ndarray], state_dir: Path
 ) -> tuple[SemioNet, PrivacyLedger]:
     """The received model and the site's ledger, checked against its trail and anchors."""
     from semiofed.privacy.ledger import PrivacyLedger
@@ -120,7 +120,7 @@ def _model_and_ledger(
 
 def train_round(
     data: SiteData,
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     arrays: list[np.ndarray],
     state_dir: Path,
     server_round: int,
@@ -132,17 +132,17 @@ def train_round(
     small_work_threads()
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     ledger.check_patients(p.patient for p in data.train)
-    tr, priv = cfg["training"], cfg["privacy"]
+    tr, priv = cfg.training, cfg.privacy
     tcfg = TrainConfig(
-        epochs=tr["local-epochs"],
+        epochs=tr.local_epochs,
         dp=True,
-        privacy_unit=priv["unit"],
-        batch_size=tr["batch-size"],
-        noise_multiplier=priv["noise-multiplier"],
-        max_grad_norm=priv["clip-norm"],
-        delta=priv["delta"],
-        accountant=priv["accountant"],
-        lr=tr["learning-rate"],
+        privacy_unit=priv.unit,
+        batch_size=tr.batch_size,
+        noise_multiplier=priv.noise_multiplier,
+        max_grad_norm=priv.clip_norm,
+        delta=priv.delta,
+        accountant=priv.accountant,
+        lr=tr.learning_rate,
         augment=False,
         device=device,  # DP randomness is secret, never derived from federation.seed
         purpose=f"federated round {server_round}",
@@ -150,15 +150,15 @@ def train_round(
     res = train_local(model, data.train, tcfg, ledger=ledger, progress=False)
     metrics = {
         EPSILON_ROUND: float(res.epsilon_run if res.epsilon_run is not None else math.inf),
-        DELTA: float(priv["delta"]),
-        PRIVACY_UNIT: priv["unit"],
+        DELTA: float(priv.delta),
+        PRIVACY_UNIT: priv.unit,
     }
     return get_arrays(model), metrics
 
 
 def evaluate_dp(
     data: SiteData,
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     arrays: list[np.ndarray],
     state_dir: Path,
     purpose: str,
@@ -171,14 +171,14 @@ def evaluate_dp(
     small_work_threads()
     model, ledger = _model_and_ledger(cfg, arrays, state_dir)
     ledger.check_patients(p.patient for p in data.test)
-    priv = cfg["privacy"]
+    priv = cfg.privacy
     return noisy_table(
         model,
         data.test,
-        priv["eval-noise-multiplier"],
+        priv.eval_noise_multiplier,
         ledger,
-        priv["delta"],
-        priv["accountant"],
+        priv.delta,
+        priv.accountant,
         purpose,
         device,
     )

@@ -3,7 +3,7 @@
 The officer signs, with their Ed25519 key, the *approval fields* of a run configuration (the
 model architecture hash and the **whole** validated configuration: every field, including
 learning rate, split fractions, seed, fraction-train, min-nodes, SecAgg+ parameters and
-timeouts; ``semiofed.shared.run_config.approval_fields``), the hash of the FAB (the code
+timeouts; ``semiofed.shared.run_config.RunConfig.approval_fields``), the hash of the FAB (the code
 bundle) the run must come in, the FAB signer it trusts, and an expiry. Each approval is a
 JSON record in ``STATE/approvals/``; the officer's public key is pinned at
 ``STATE/keys/privacy_officer_ed25519.pub.pem``. Every approval also refreshes
@@ -78,9 +78,9 @@ def field_differences(approved: dict[str, Any], requested: dict[str, Any]) -> li
 
 def approval_fields_of(path: str | Path) -> dict[str, Any]:
     """The fields an officer approves for a TOML run configuration file."""
-    from semiofed.shared.run_config import approval_fields, load_run_config
+    from semiofed.shared.run_config import load_run_config
 
-    return dict(approval_fields(load_run_config(path)))
+    return load_run_config(path).approval_fields()
 
 
 def pinned_officer_key(state_dir: str | Path) -> Ed25519PublicKey:

@@ -43,13 +43,7 @@ from flwr.server.workflow.default_workflows import (
 
 from semiofed.shared.atomic import atomic_write_json, json_safe
 from semiofed.shared.release import DELTA, EPSILON, PRIVACY_UNIT
-from semiofed.shared.run_config import (
-    approval_fields,
-    config_digest,
-    model_config,
-    payload_of,
-    window_config,
-)
+from semiofed.shared.run_config import RunConfig, payload_of
 from semiofed.shared.run_record import RunRecord
 
 from .checkpoints import load_checkpoint, save_checkpoint, write_run_dir
@@ -117,35 +111,35 @@ class PromptGrid(Grid):
         return replies
 
 
-def _initial_arrays(cfg: dict[str, Any]) -> tuple[Any, list[np.ndarray]]:
+def _initial_arrays(cfg: RunConfig) -> tuple[Any, list[np.ndarray]]:
     import torch
 
     from semiofed.shared.model import SemioNet
     from semiofed.shared.model_arrays import get_arrays
 
-    torch.manual_seed(cfg["federation"]["seed"])
-    model = SemioNet(model_config(cfg))
+    torch.manual_seed(cfg.federation.seed)
+    model = SemioNet(cfg.model_config)
     return model, get_arrays(model)
 
 
-def _site_level_epsilon(cfg: dict[str, Any], rounds: int) -> dict[str, Any] | None:
+def _site_level_epsilon(cfg: RunConfig, rounds: int) -> dict[str, Any] | None:
     """ε of the central DP mechanism (privacy unit: one site's whole update per round):
     every site is asked every round (``fraction-train = 1``), so the sample rate is 1."""
-    cdp = cfg["central-dp"]
-    if not cdp["enabled"]:
+    cdp = cfg.central_dp
+    if not cdp.enabled:
         return None
     from semiofed.privacy.accounting import epsilon
 
-    eps = epsilon([(cdp["noise-multiplier"], 1.0, rounds)], cdp["delta"], "rdp")
+    eps = epsilon([(cdp.noise_multiplier, 1.0, rounds)], cdp.delta, "rdp")
     return {
         "privacy_unit": "site",
         "mechanism": "Gaussian noise of std σ·C/m on the unweighted mean of the m kept updates, "
         "each clipped to C at its site (DifferentialPrivacyClientSideFixedClipping)",
-        "noise_multiplier": cdp["noise-multiplier"],
-        "clip_norm": cdp["clip-norm"],
+        "noise_multiplier": cdp.noise_multiplier,
+        "clip_norm": cdp.clip_norm,
         "sample_rate": 1.0,
         "rounds": rounds,
-        "delta": cdp["delta"],
+        "delta": cdp.delta,
         "accountant": "rdp",
         "epsilon": eps,
     }
@@ -171,11 +165,11 @@ def run_federation(grid: Grid, context: Context) -> None:
     from semiofed.shared.model_arrays import set_arrays
 
     payload = payload_of(context.run_config)
-    cfg = payload["config"]
-    out_dir = Path(payload["out_dir"])
+    cfg, extra = payload.config, payload.extra
+    out_dir = Path(extra["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = config_digest(cfg)
-    fed = cfg["federation"]
+    digest = cfg.config_digest()
+    fed = cfg.federation
     model, arrays = _initial_arrays(cfg)
 
     resumed = load_checkpoint(out_dir, digest)
@@ -185,13 +179,13 @@ def run_federation(grid: Grid, context: Context) -> None:
         start_round = last + 1
         log.info("resuming after round %d from %s", last, out_dir / "checkpoint")
 
-    grid = PromptGrid(grid, POLL_SECONDS, float(fed["round-timeout"]))
+    grid = PromptGrid(grid, POLL_SECONDS, float(fed.round_timeout))
     initial = ndarrays_to_parameters(arrays)
     recorder, strategy = make_strategy(cfg, len(list(grid.get_node_ids())), initial)
     recorder.rounds = {int(k): v for k, v in saved.get("rounds", {}).items()}
     ctx = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=fed["rounds"], round_timeout=fed["round-timeout"]),
+        config=ServerConfig(num_rounds=fed.rounds, round_timeout=fed.round_timeout),
         strategy=strategy,
     )
     ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(initial, True)
@@ -203,14 +197,14 @@ def run_federation(grid: Grid, context: Context) -> None:
         ctx.state.config_records[MAIN_CONFIGS_RECORD] = cfg_rec
     cfg_rec[Key.START_TIME] = time.time()
 
-    if cfg["secagg"]["enabled"]:
-        sa = cfg["secagg"]
+    if cfg.secagg.enabled:
+        sa = cfg.secagg
         fit_workflow: Any = SecAggPlusWorkflow(
-            num_shares=sa["num-shares"],
-            reconstruction_threshold=sa["reconstruction-threshold"],
-            clipping_range=sa["clipping-range"],
-            quantization_range=sa["quantization-range"],
-            timeout=float(fed["round-timeout"]),
+            num_shares=sa.num_shares,
+            reconstruction_threshold=sa.reconstruction_threshold,
+            clipping_range=sa.clipping_range,
+            quantization_range=sa.quantization_range,
+            timeout=float(fed.round_timeout),
         )
     else:
         fit_workflow = default_fit_workflow
@@ -220,9 +214,9 @@ def run_federation(grid: Grid, context: Context) -> None:
     started = saved.get("started", time.time())
     round_times: dict[int, float] = {int(k): v for k, v in saved.get("round_seconds", {}).items()}
     try:
-        for server_round in range(start_round, fed["rounds"] + 1):
+        for server_round in range(start_round, fed.rounds + 1):
             t0 = time.perf_counter()
-            log.info("[ROUND %d/%d]", server_round, fed["rounds"])
+            log.info("[ROUND %d/%d]", server_round, fed.rounds)
             cfg_rec[Key.CURRENT_ROUND] = server_round
             try:
                 fit_workflow(grid, ctx)
@@ -256,15 +250,15 @@ def run_federation(grid: Grid, context: Context) -> None:
         run,
         flower_run_id=context.run_id,
         resumed_after_round=start_round - 1 if resumed is not None else None,
-        run_name=payload.get("run_name", out_dir.name),
-        data=payload.get("data"),
+        run_name=extra.get("run_name", out_dir.name),
+        data=extra.get("data"),
     )
-    write_run_dir(out_dir, model, model_config(cfg), window_config(cfg), run)
+    write_run_dir(out_dir, model, cfg.model_config, cfg.window, run)
     _write_progress(out_dir, cfg, recorder, round_times, finished=True)
 
 
 def _run_record(
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     rec: RecordingStrategy,
     round_times: dict[int, float],
     started: float,
@@ -272,21 +266,21 @@ def _run_record(
     rounds = [rec.rounds[r] | {"seconds": round_times.get(r)} for r in sorted(rec.rounds)]
     sites = sorted({s for r in rec.rounds.values() for s in r["sites"]})
     return RunRecord(
-        config=cfg,
-        approval_fields=approval_fields(cfg),
-        rounds_planned=cfg["federation"]["rounds"],
+        config=cfg.as_dict(),
+        approval_fields=cfg.approval_fields(),
+        rounds_planned=cfg.federation.rounds,
         rounds=rounds,
         participating_sites=sites,
         site_privacy=_per_site_privacy(rec.rounds),
         patient_level_dp={
-            "privacy_unit": cfg["privacy"]["unit"],
-            "delta": cfg["privacy"]["delta"],
-            "accountant": cfg["privacy"]["accountant"],
+            "privacy_unit": cfg.privacy.unit,
+            "delta": cfg.privacy.delta,
+            "accountant": cfg.privacy.accountant,
             "note": "epsilon per site is cumulative over that site's whole ledger "
             "(DP training and DP evaluation)",
         },
         central_dp=_site_level_epsilon(cfg, len(rounds)),
-        secure_aggregation=cfg["secagg"]["enabled"],
+        secure_aggregation=cfg.secagg.enabled,
         started_unix=started,
         finished_unix=time.time(),
     )
@@ -294,7 +288,7 @@ def _run_record(
 
 def _write_progress(
     out_dir: Path,
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     rec: RecordingStrategy,
     round_times: dict[int, float],
     finished: bool,
@@ -304,7 +298,7 @@ def _write_progress(
         json_safe(
             {
                 "finished": finished,
-                "rounds_planned": cfg["federation"]["rounds"],
+                "rounds_planned": cfg.federation.rounds,
                 "rounds": [
                     rec.rounds[r] | {"seconds": round_times.get(r)} for r in sorted(rec.rounds)
                 ],

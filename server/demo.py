@@ -37,7 +37,7 @@ from typing import Any
 
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.fab import build_fab, fab_hash
-from semiofed.shared.run_config import approval_fields, encode_payload, load_run_config
+from semiofed.shared.run_config import RunConfig, encode_payload, load_run_config
 
 from . import demo_privacy
 from .app import PROGRESS_FILE
@@ -59,7 +59,7 @@ def officer_key_path(officer_root: Path, site: str) -> Path:
 
 
 def approve_as_officer(
-    cfg: dict[str, Any],
+    cfg: RunConfig,
     state_dir: Path,
     officer_root: Path,
     site: str,
@@ -80,7 +80,7 @@ def approve_as_officer(
     key_path = officer_key_path(officer_root, site)
     key = load_private_key(key_path) if key_path.exists() else generate_keypair(key_path)
     approve(
-        approval_fields(cfg),
+        cfg.approval_fields(),
         state_dir,
         key,
         fab_hash=fab_hash,
@@ -88,14 +88,14 @@ def approve_as_officer(
         source="semiofed demo",
     )
     if not (state_dir / LEDGER_FILE).exists():
-        priv = cfg["privacy"]
+        priv = cfg.privacy
         init_ledger(
             state_dir,
             data_dir,
             key_path,
-            priv["site-budget"],
-            priv["delta"],
-            priv["accountant"],
+            priv.site_budget,
+            priv.delta,
+            priv.accountant,
             reset_reason,
         )
 
@@ -200,8 +200,8 @@ def run_demo(
     out = out.resolve()
     cfg = load_run_config(config)
     if rounds is not None:
-        cfg["federation"]["rounds"] = rounds
-    rounds = cfg["federation"]["rounds"]
+        cfg = cfg.updated({"federation": {"rounds": rounds}}, "--rounds")
+    rounds = cfg.federation.rounds
     names = [f"site-{i:02d}" for i in range(1, sites + 1)]
     data_root = out / "data"
     print(
@@ -261,10 +261,10 @@ def run_demo(
                     )
             print(
                 f"[4/5] ({time.perf_counter() - t_start:.0f} s) federating: {len(names)} SuperNodes, "
-                f"{rounds} rounds, strategy {cfg['federation']['strategy']}, SecAgg+ "
-                f"{'on' if cfg['secagg']['enabled'] else 'off'}, patient-level DP "
-                f"σ={cfg['privacy']['noise-multiplier']} C={cfg['privacy']['clip-norm']} "
-                f"δ={cfg['privacy']['delta']:g} ({cfg['privacy']['accountant']})",
+                f"{rounds} rounds, strategy {cfg.federation.strategy}, SecAgg+ "
+                f"{'on' if cfg.secagg.enabled else 'off'}, patient-level DP "
+                f"σ={cfg.privacy.noise_multiplier} C={cfg.privacy.clip_norm} "
+                f"δ={cfg.privacy.delta:g} ({cfg.privacy.accountant})",
                 flush=True,
             )
             payload = encode_payload(cfg, out_dir=str(run_dir), run_name="demo", data="synthetic")
@@ -280,7 +280,7 @@ def run_demo(
     finally:
         background.shutdown(wait=True, cancel_futures=True)
     tuning.result()
-    priv = cfg["privacy"]
+    priv = cfg.privacy
     print(
         f"  ({time.perf_counter() - t_start:.0f} s) federated DP calibration (the comparison "
         "of [5/5] runs beside it)",
@@ -296,7 +296,7 @@ def run_demo(
         calibration = demo_privacy.run_calibration(
             cmp_cfg, data_root, names, run_dir, out / "state"
         )
-        demo_privacy.print_site_epsilon(out / "state", names, priv["delta"], priv["accountant"])
+        demo_privacy.print_site_epsilon(out / "state", names, priv.delta, priv.accountant)
         anchored = [anchor_as_officer(out / "state" / s, out / "officers", s) for s in names]
         print(
             f"  each officer countersigned its site's audit trail and ledger (officer keys and "
@@ -451,7 +451,7 @@ def _gt(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and a > b
 
 
-def _write_toml(cfg: dict[str, Any], path: Path) -> None:
+def _write_toml(cfg: RunConfig, path: Path) -> None:
     import tomli_w
 
-    path.write_text(tomli_w.dumps(cfg), encoding="utf-8")
+    path.write_text(tomli_w.dumps(cfg.as_dict()), encoding="utf-8")

@@ -255,7 +255,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from semiofed.shared.run_config import load_run_config, model_config
+    from semiofed.shared.run_config import load_run_config
 
     from .pretrain import PretrainConfig, pretrain
 
@@ -275,7 +275,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     pcfg = dataclasses.replace(
         PretrainConfig(), **{k: v for k, v in given.items() if v is not None}
     )
-    res = pretrain(model_config(load_run_config(args.config)), pcfg, args.out)
+    res = pretrain(load_run_config(args.config).model_config, pcfg, args.out)
     print(json.dumps(res, indent=1))
     print(f'[model] pretrained = "{res["sha256"]}"')
     return 0

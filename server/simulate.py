@@ -84,8 +84,8 @@ def simulate(
         raise SemioFedError("--sites must be >= 2")
     out = out.resolve()
     cfg = load_run_config(config)
-    cfg["federation"]["rounds"] = rounds
-    cfg["federation"]["round-timeout"] = max(cfg["federation"]["round-timeout"], 600.0)
+    timeout = max(cfg.federation.round_timeout, 600.0)
+    cfg = cfg.updated({"federation": {"rounds": rounds, "round-timeout": timeout}}, "--rounds")
     n_data = min(DATA_SITES, sites)
     if not all((out / "data" / f"site-{i:02d}").is_dir() for i in range(1, n_data + 1)):
         generate_consortium(out / "data", n_data, patients_per_site, 1.0, seed)

@@ -3,7 +3,7 @@ wrapper that keeps SemioFed's per-round record.
 
 * ``fedavg`` (default), ``fedprox``: usable with SecAgg+ (the server only needs the sum).
 * ``fedtrimmedavg``, ``fedmedian``, ``krum``, ``multikrum``: robust aggregators need every
-  site's individual update, which SecAgg+ hides; :func:`semiofed.shared.run_config.validate`
+  site's individual update, which SecAgg+ hides; :meth:`semiofed.shared.run_config.RunConfig.parse`
   refuses them with ``[secagg] enabled = true``.
 * central DP: Flower's ``DifferentialPrivacyClientSideFixedClipping`` (sites clip their update
   with ``fixedclipping_mod``; the server adds Gaussian noise to the aggregate). The
@@ -65,52 +65,52 @@ from semiofed.shared.release import (
     SITE_METRICS,
     SITE_NAME,
 )
-from semiofed.shared.run_config import server_optimizer
+from semiofed.shared.run_config import RunConfig
 
 
-def base_strategy(cfg: dict[str, Any], num_sites: int, initial: Parameters) -> Strategy:
+def base_strategy(cfg: RunConfig, num_sites: int, initial: Parameters) -> Strategy:
     """The configured Flower strategy (before the central-DP wrapper)."""
-    fed, st = cfg["federation"], cfg["strategy"]
-    n_min = fed["min-nodes"]
+    fed, st = cfg.federation, cfg.strategy
+    n_min = fed.min_nodes
     common: dict[str, Any] = {
-        "fraction_fit": fed["fraction-train"],
-        "fraction_evaluate": fed["fraction-evaluate"],
+        "fraction_fit": fed.fraction_train,
+        "fraction_evaluate": fed.fraction_evaluate,
         "min_fit_clients": n_min,
         "min_evaluate_clients": n_min,
         "min_available_clients": n_min,
         "initial_parameters": initial,
         "accept_failures": True,
     }
-    name = fed["strategy"]
+    name = fed.strategy
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedprox":
-        return FedProx(**common, proximal_mu=st["proximal-mu"])
+        return FedProx(**common, proximal_mu=st.proximal_mu)
     if name == "fedtrimmedavg":
-        return FedTrimmedAvg(**common, beta=st["trim-beta"])
+        return FedTrimmedAvg(**common, beta=st.trim_beta)
     if name == "fedmedian":
         return FedMedian(**common)
     if name in ("krum", "multikrum"):
-        keep = st["num-keep"] if name == "multikrum" else 0
+        keep = st.num_keep if name == "multikrum" else 0
         if name == "multikrum" and keep < 1:
             raise SemioFedError("[strategy] num-keep must be >= 1 for multikrum")
-        return Krum(**common, num_malicious_clients=st["num-malicious"], num_clients_to_keep=keep)
+        return Krum(**common, num_malicious_clients=st.num_malicious, num_clients_to_keep=keep)
     raise SemioFedError(f"unknown strategy {name!r}")
 
 
 def make_strategy(
-    cfg: dict[str, Any], num_sites: int, initial: Parameters
+    cfg: RunConfig, num_sites: int, initial: Parameters
 ) -> tuple[RecordingStrategy, Strategy]:
     """(recording wrapper, strategy the workflow calls)."""
     inner = base_strategy(cfg, num_sites, initial)
-    cdp = cfg["central-dp"]
-    if cdp["enabled"]:  # every site every round (validate: fraction-train = 1)
+    cdp = cfg.central_dp
+    if cdp.enabled:  # every site every round (RunConfig.parse: fraction-train = 1)
         inner = DifferentialPrivacyClientSideFixedClipping(
-            inner, cdp["noise-multiplier"], cdp["clip-norm"], max(1, num_sites)
+            inner, cdp.noise_multiplier, cdp.clip_norm, max(1, num_sites)
         )
-    if server_optimizer(cfg):
-        st = cfg["strategy"]
-        inner = ServerMomentum(inner, st["server-learning-rate"], st["server-momentum"])
+    if cfg.server_optimizer:
+        st = cfg.strategy
+        inner = ServerMomentum(inner, st.server_learning_rate, st.server_momentum)
     rec = RecordingStrategy(inner, cfg)
     return rec, rec
 
@@ -223,11 +223,11 @@ def _failure_reason(failure: Any) -> str:
 class RecordingStrategy(DelegatingStrategy):
     """Delegates to ``inner``; drops declined replies; keeps the per-round record."""
 
-    def __init__(self, inner: Strategy, cfg: dict[str, Any]) -> None:
+    def __init__(self, inner: Strategy, cfg: RunConfig) -> None:
         super().__init__(inner)
-        self.min_nodes = cfg["federation"]["min-nodes"]
-        self.last_round = cfg["federation"]["rounds"]
-        self.eval_sigma = cfg["privacy"]["eval-noise-multiplier"]
+        self.min_nodes = cfg.federation.min_nodes
+        self.last_round = cfg.federation.rounds
+        self.eval_sigma = cfg.privacy.eval_noise_multiplier
         self.server_round_config: dict[str, Scalar] = {}
         self.rounds: dict[int, dict[str, Any]] = {}
 

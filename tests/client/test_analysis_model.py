@@ -218,7 +218,7 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
     assert queue["items"][0]["status"] == "labelled"
     # … and it joins the next training: the ClientApp's site loader and `site train --state`
     from semiofed.client.site_task import load_site
-    from semiofed.shared.run_config import validate
+    from semiofed.shared.run_config import RunConfig
 
     joined = {
         p.patient: len(p)
@@ -226,7 +226,7 @@ def test_analyze_report_and_review_loop(trained: dict, tmp_path: Path) -> None:
     }
     assert len(joined) == 10  # the same patients: the event joined one, no new privacy unit
     assert joined[patient] == len(trained["train"][0]) + len(labelled[0])
-    site_data = load_site(site, validate({}), state)
+    site_data = load_site(site, RunConfig.parse({}), state)
     assert {p.patient for p in site_data.train + site_data.test} <= set(joined)
     run = tmp_path / "retrained"
     argv = ["site", "train", "--data", str(site), "--out", str(run), "--state", str(state)]

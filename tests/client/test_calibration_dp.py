@@ -170,9 +170,9 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     )
     from semiofed.shared.run_config import load_run_config
 
-    cfg = load_run_config(DEFAULT_CONFIG)
-    cfg["model"] = {"channels": [8], "strides": [2], "motion-channels": [8], "motion-strides": [2]}
-    (tmp_path / "demo.toml").write_text(tomli_w.dumps(cfg), encoding="utf-8")
+    tiny = {"channels": [8], "strides": [2], "motion-channels": [8], "motion-strides": [2]}
+    cfg = load_run_config(DEFAULT_CONFIG).updated({"model": tiny})
+    (tmp_path / "demo.toml").write_text(tomli_w.dumps(cfg.as_dict()), encoding="utf-8")
     torch.manual_seed(0)
     mcfg = ModelConfig(channels=(8,), strides=(2,), motion_channels=(8,), motion_strides=(2,))
     (tmp_path / "run").mkdir()

@@ -123,10 +123,10 @@ def test_a_damaged_entry_is_recomputed_not_trusted(tmp_path: Path, damage) -> No
 
 def test_the_site_task_loader_uses_the_cache_in_the_state_folder(tmp_path: Path) -> None:
     from semiofed.client.site_task import load_site
-    from semiofed.shared.run_config import validate
+    from semiofed.shared.run_config import RunConfig
 
     site, state = _write_site(tmp_path), tmp_path / "state"
-    load_site(site, validate({}), state)
+    load_site(site, RunConfig.parse({}), state)
     assert len(_entries(state)) == 2
     assert list(tmp_path.rglob(CACHE_DIR)) == [state / CACHE_DIR]  # in the state folder only
 

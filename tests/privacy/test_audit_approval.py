@@ -25,7 +25,7 @@ from semiofed.privacy.keys import KeyFileError, generate_keypair, load_public_ke
 from semiofed.server.code_signing import write_signing_key
 from semiofed.shared.cli import main
 from semiofed.shared.fab import build_fab, fab_hash, signer_id
-from semiofed.shared.run_config import approval_fields, validate
+from semiofed.shared.run_config import RunConfig
 
 CONFIG = """\
 [federation]
@@ -114,8 +114,10 @@ def _changed(value: Any) -> Any:
 def test_changing_any_single_field_after_approval_is_refused(tmp_path: Path) -> None:
     """Every field of the validated configuration (defaults included: learning rate, split
     fractions, seed, fraction-train, min-nodes, SecAgg+ parameters, timeouts, …)."""
-    cfg = validate({"model": {"embed-dim": 16, "channels": [8]}, "central-dp": {"enabled": True}})
-    fields = approval_fields(cfg)
+    cfg = RunConfig.parse(
+        {"model": {"embed-dim": 16, "channels": [8]}, "central-dp": {"enabled": True}}
+    )
+    fields = cfg.approval_fields()
     state = tmp_path / "state"
     approve(fields, state, generate_keypair(tmp_path / "officer.pem"), fab_hash=FAB)
     require_approved(fields, state, fab_hash=FAB)

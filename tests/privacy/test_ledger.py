@@ -217,12 +217,11 @@ def _round_refused(state: Path, tiny: tuple) -> str:
 def site(tiny, tmp_path: Path) -> Path:
     """An approved site whose officer created its ledger; one DP run taken."""
     from semiofed.privacy.approval import approve
-    from semiofed.shared.run_config import approval_fields
     from tests.ledger_helpers import officer
 
     site_dir, cfg, _model, _arrays = tiny
     state = tmp_path / "state"
-    approve(approval_fields(cfg), state, officer(state))
+    approve(cfg.approval_fields(), state, officer(state))
     ledger = new_ledger(state, 50.0, DELTA, "rdp", site_dir)
     with ledger.begin_run(plan(1)) as run:
         run.count_step()
@@ -332,12 +331,11 @@ def test_new_state_folder_for_the_same_data(site: Path, tiny, tmp_path: Path) ->
 
     from semiofed.privacy.approval import approve
     from semiofed.privacy.ledger_binding import init_ledger
-    from semiofed.shared.run_config import approval_fields
     from tests.ledger_helpers import officer, officer_key
 
     site_dir = tiny[0]
     fresh = tmp_path / "fresh"
-    approve(approval_fields(tiny[1]), fresh, officer(site))  # approved, but no ledger
+    approve(tiny[1].approval_fields(), fresh, officer(site))  # approved, but no ledger
     _assert_refused(fresh, tiny, tmp_path, "no privacy ledger")  # no fresh budget by default
     key = officer_key(site)  # the same officer is asked for a new ledger: refused
     with pytest.raises(

@@ -184,10 +184,10 @@ def test_demo_round0_model_is_what_coordinator_and_sites_exchange() -> None:
     layout the sites' allowlist expects, and within SecAgg+'s clipping range."""
     from semiofed.client.site_task import build_model
     from semiofed.server.app import _initial_arrays
-    from semiofed.shared.run_config import load_run_config, model_config
+    from semiofed.shared.run_config import load_run_config
 
     cfg = load_run_config(Path(__file__).resolve().parents[2] / "configs" / "demo.toml")
-    mcfg = model_config(cfg)
+    mcfg = cfg.model_config
     assert mcfg.pretrained and mcfg.frozen == HEADS_ONLY and "semiology" in mcfg.streams
     _, arrays = _initial_arrays(cfg)
     site_model = build_model(cfg)
@@ -197,4 +197,4 @@ def test_demo_round0_model_is_what_coordinator_and_sites_exchange() -> None:
     pretrained = load_pretrained(mcfg.pretrained)[0]
     for spec, a in zip(specs, arrays, strict=True):
         torch.testing.assert_close(torch.from_numpy(a), pretrained[spec.name], rtol=0, atol=0)
-    assert max(float(abs(a).max()) for a in arrays) < cfg["secagg"]["clipping-range"]
+    assert max(float(abs(a).max()) for a in arrays) < cfg.secagg.clipping_range

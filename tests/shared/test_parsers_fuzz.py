@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.recording import SUFFIX, empty_recording, load_recording, save_recording
-from semiofed.shared.run_config import DEFAULTS, decode_payload, load_run_config, validate
+from semiofed.shared.run_config import DEFAULTS, RunConfig, decode_payload, load_run_config
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True)
 
@@ -90,11 +90,11 @@ def _mutated(data: st.DataObject) -> dict[str, Any]:
 def test_run_configurations_validate_or_name_the_field(data: st.DataObject) -> None:
     raw = _mutated(data)
     try:
-        cfg = validate(raw, "fuzz.toml")
+        cfg = RunConfig.parse(raw, "fuzz.toml")
     except SemioFedError as exc:
         assert "fuzz.toml" in str(exc)
     else:
-        assert set(DEFAULTS) <= set(cfg)
+        assert set(DEFAULTS) <= set(cfg.as_dict())
 
 
 @FUZZ
@@ -120,5 +120,5 @@ def test_any_payload_decodes_or_raises_one_error(text: str) -> None:
 
 def test_fuzzed_toml_reaches_the_validator() -> None:
     """The fuzzers above are not vacuous: the default configuration passes."""
-    assert validate({t: dict(v) for t, v in DEFAULTS.items()}, "x")
+    assert RunConfig.parse({t: dict(v) for t, v in DEFAULTS.items()}, "x")
     assert tomllib.loads("") == {}

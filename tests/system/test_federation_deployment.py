@@ -24,19 +24,17 @@ from semiofed.server.consortium import Consortium
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.fab import build_fab, fab_hash, write_app_dir
 from semiofed.shared.release import ALLOWED_METRICS
-from semiofed.shared.run_config import approval_fields, encode_payload, validate
+from semiofed.shared.run_config import RunConfig, encode_payload
 from tests.federation_helpers import TINY, synth_consortium
 
 pytestmark = pytest.mark.slow
 SITES = ["site-01", "site-02", "site-03"]
 
-MAIN = validate(TINY)  # SecAgg+, FedAvg, 2 rounds, min-nodes 2
-ONE_ROUND = validate(
-    {**TINY, "federation": {**TINY["federation"], "rounds": 1}, "secagg": {"enabled": False}}
-)
+MAIN = RunConfig.parse(TINY)  # SecAgg+, FedAvg, 2 rounds, min-nodes 2
+ONE_ROUND = MAIN.updated({"federation": {"rounds": 1}, "secagg": {"enabled": False}})
 # a DP parameter no privacy officer signed
-UNAPPROVED = validate({**ONE_ROUND, "privacy": {**ONE_ROUND["privacy"], "noise-multiplier": 0.7}})
-RESILIENT = validate(
+UNAPPROVED = ONE_ROUND.updated({"privacy": {"noise-multiplier": 0.7}})
+RESILIENT = RunConfig.parse(
     {
         **TINY,
         "federation": {
@@ -71,7 +69,7 @@ def consortium(tmp_path_factory):
             add_site_key(certs, s, key.with_suffix(".pub"))
             officer = generate_keypair(root / "officers" / f"{s}.pem")
             for cfg in (MAIN, RESILIENT, ONE_ROUND):  # never UNAPPROVED
-                approve(approval_fields(cfg), state, officer, fab_hash=code, signer=signer)
+                approve(cfg.approval_fields(), state, officer, fab_hash=code, signer=signer)
             # site-03 has (almost) no budget left: it must decline, not crash
             budget = 0.05 if s == "site-03" else TINY["privacy"]["site-budget"]
             init_ledger(state, data / s, root / "officers" / f"{s}.pem", budget, 1e-3, "rdp")

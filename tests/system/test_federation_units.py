@@ -34,12 +34,10 @@ from semiofed.shared.errors import SemioFedError
 from semiofed.shared.run_config import (
     DEFAULTS,
     FIELDS,
+    RunConfig,
     RunConfigError,
-    approval_fields,
     encode_payload,
     load_run_config,
-    validate,
-    window_config,
 )
 from tests.federation_helpers import TINY, synth_consortium
 from tests.ledger_helpers import new_ledger, officer
@@ -50,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shipped_configs_validate():
     for name in ("demo.toml", "consortium.toml"):
         cfg = load_run_config(ROOT / "configs" / name)
-        fields = approval_fields(cfg)
+        fields = cfg.approval_fields()
         assert len(fields["architecture_hash"]) == 64
-        assert fields["run_config"] == cfg  # the whole configuration is approved
+        assert fields["run_config"] == cfg.as_dict()  # the whole configuration is approved
 
 
 def test_config_errors_name_file_and_field(tmp_path):
@@ -66,7 +64,7 @@ def test_config_errors_name_file_and_field(tmp_path):
 
 
 def test_every_field_that_changes_the_computation_is_approved():
-    base = approval_fields(validate(TINY))
+    base = RunConfig.parse(TINY).approval_fields()
     for table, key, value in (
         ("training", "test-fraction", 0.9),  # the server cannot move patients into the test set
         ("training", "val-fraction", 0.2),
@@ -75,10 +73,10 @@ def test_every_field_that_changes_the_computation_is_approved():
         ("privacy", "eval-noise-multiplier", 0.1),
         ("strategy", "server-momentum", 0.9),
     ):
-        changed = validate({**TINY, table: {**TINY.get(table, {}), key: value}})
-        assert approval_fields(changed) != base, key
+        changed = RunConfig.parse({**TINY, table: {**TINY.get(table, {}), key: value}})
+        assert changed.approval_fields() != base, key
     with pytest.raises(RunConfigError, match="fraction-train: must be 1 with central DP"):
-        validate({"central-dp": {"enabled": True}, "federation": {"fraction-train": 0.5}})
+        RunConfig.parse({"central-dp": {"enabled": True}, "federation": {"fraction-train": 0.5}})
 
 
 def test_one_field_table_sets_defaults_window_config_and_cli_defaults(tmp_path):
@@ -90,13 +88,13 @@ def test_one_field_table_sets_defaults_window_config_and_cli_defaults(tmp_path):
     assert {(f.table, f.key) for f in FIELDS} == {
         (t, k) for t, keys in DEFAULTS.items() for k in keys
     } and all(f.approved for f in FIELDS)
-    assert "window" not in validate(TINY)  # earlier approvals' digests stay as they were
-    assert window_config(validate(TINY)) == WindowConfig()
+    assert "window" not in RunConfig.parse(TINY).as_dict()  # earlier approvals stay valid
+    assert RunConfig.parse(TINY).window == WindowConfig()
     path = tmp_path / "w.toml"
     path.write_text("[window]\nseconds = 4\nhop = 0.5\nrotate = false\n", encoding="utf-8")
     cfg = load_run_config(path)
-    assert window_config(cfg) == WindowConfig(seconds=4, hop=0.5, rotate=False)
-    assert approval_fields(cfg) != approval_fields(validate({}))
+    assert cfg.window == WindowConfig(seconds=4, hop=0.5, rotate=False)
+    assert cfg.approval_fields() != RunConfig.parse({}).approval_fields()
     path.write_text("[window]\nhop = 0\n", encoding="utf-8")
     with pytest.raises(RunConfigError, match=r"w\.toml: \[window\] hop: must be > 0"):
         load_run_config(path)
@@ -111,9 +109,9 @@ def test_one_field_table_sets_defaults_window_config_and_cli_defaults(tmp_path):
 
 def test_robust_strategy_with_secagg_is_refused():
     with pytest.raises(RunConfigError, match="secure aggregation hides"):
-        validate({"federation": {"strategy": "fedmedian"}, "secagg": {"enabled": True}})
-    cfg = validate({"federation": {"strategy": "fedmedian"}, "secagg": {"enabled": False}})
-    assert cfg["federation"]["strategy"] == "fedmedian"
+        RunConfig.parse({"federation": {"strategy": "fedmedian"}, "secagg": {"enabled": True}})
+    cfg = RunConfig.parse({"federation": {"strategy": "fedmedian"}, "secagg": {"enabled": False}})
+    assert cfg.federation.strategy == "fedmedian"
 
 
 def test_init_consortium_chain_and_keys(tmp_path):
@@ -145,7 +143,7 @@ def test_init_consortium_chain_and_keys(tmp_path):
     assert ConsortiumPaths(tmp_path / "certs").sites() == ["site-01"]
 
 
-def _context(cfg: dict, site_dir: Path, state: Path) -> Context:
+def _context(cfg: RunConfig, site_dir: Path, state: Path) -> Context:
     return Context(
         run_id=1,
         node_id=7,
@@ -155,7 +153,7 @@ def _context(cfg: dict, site_dir: Path, state: Path) -> Context:
     )
 
 
-def _fit_message(cfg: dict, arrays: list[np.ndarray]) -> Message:
+def _fit_message(cfg: RunConfig, arrays: list[np.ndarray]) -> Message:
     from flwr.supercore.task_identity import TaskIdentity
 
     # what a flwr-clientapp process sets before it handles a message
@@ -167,7 +165,7 @@ def _fit_message(cfg: dict, arrays: list[np.ndarray]) -> Message:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = synth_consortium(tmp_path_factory.mktemp("units"), sites=1, patients=3)
-    cfg = validate(TINY)
+    cfg = RunConfig.parse(TINY)
     from semiofed.client import site_task
 
     model = site_task.build_model(cfg)
@@ -233,8 +231,8 @@ def test_unapproved_configuration_is_declined(tiny, tmp_path):
     assert res.num_examples == 0 and res.metrics["declined"] == 1
     assert res.metrics["decline-reason"] == "not-approved" and set(res.metrics) == ONLY_CODE
     # approving a *different* configuration does not help; the differences stay local
-    other = validate({**TINY, "privacy": {**TINY["privacy"], "noise-multiplier": 0.3}})
-    approve(approval_fields(other), tmp_path, officer(tmp_path))
+    other = RunConfig.parse({**TINY, "privacy": {**TINY["privacy"], "noise-multiplier": 0.3}})
+    approve(other.approval_fields(), tmp_path, officer(tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
     assert res.num_examples == 0 and res.metrics["decline-reason"] == "not-approved"
     assert "noise-multiplier" in _decline_details(tmp_path)[-1]
@@ -243,8 +241,8 @@ def test_unapproved_configuration_is_declined(tiny, tmp_path):
 
 def test_over_budget_round_is_declined_before_training(tiny, tmp_path):
     site_dir, cfg, _model, arrays = tiny
-    approve(approval_fields(cfg), tmp_path, officer(tmp_path))
-    new_ledger(tmp_path, 0.05, cfg["privacy"]["delta"], cfg["privacy"]["accountant"], site_dir)
+    approve(cfg.approval_fields(), tmp_path, officer(tmp_path))
+    new_ledger(tmp_path, 0.05, cfg.privacy.delta, cfg.privacy.accountant, site_dir)
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
     assert res.num_examples == 0 and set(res.metrics) == ONLY_CODE
@@ -260,7 +258,7 @@ def test_exception_naming_a_patient_leaves_only_a_code(tiny, tmp_path):
     """The site's data folder is unusable: the exception text (which names the folder and
     would name a patient) stays in the audit trail; the reply carries the code."""
     _site_dir, cfg, _model, arrays = tiny
-    approve(approval_fields(cfg), tmp_path, officer(tmp_path))
+    approve(cfg.approval_fields(), tmp_path, officer(tmp_path))
     missing = tmp_path / "sub-01-007"
     client = SiteClient(_context(cfg, missing, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}))
@@ -276,8 +274,8 @@ def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
     from semiofed.shared.release import ALLOWED_METRICS
 
     site_dir, cfg, _model, arrays = tiny
-    approve(approval_fields(cfg), tmp_path, officer(tmp_path))
-    new_ledger(tmp_path, 50.0, cfg["privacy"]["delta"], cfg["privacy"]["accountant"], site_dir)
+    approve(cfg.approval_fields(), tmp_path, officer(tmp_path))
+    new_ledger(tmp_path, 50.0, cfg.privacy.delta, cfg.privacy.accountant, site_dir)
     client = SiteClient(_context(cfg, site_dir, tmp_path))
     res = client.fit(FitIns(ndarrays_to_parameters(arrays), {"server-round": 2}))
     assert res.num_examples == 1 and set(res.metrics) <= set(ALLOWED_METRICS)
@@ -288,7 +286,7 @@ def test_joined_round_releases_only_the_inventory(tiny, tmp_path):
         "federated evaluation of the round-1 model",
     ]
     assert (runs[1]["sample_rate"], runs[1]["steps_counted"]) == (1.0, 1)
-    assert runs[1]["noise_multiplier"] == cfg["privacy"]["eval-noise-multiplier"]
+    assert runs[1]["noise_multiplier"] == cfg.privacy.eval_noise_multiplier
     assert res.metrics["epsilon"] == pytest.approx(PrivacyLedger(tmp_path).spent())
     check_reply(compat.fitres_to_recorddict(res, False), param_specs(_model))  # as sent
 
@@ -298,7 +296,7 @@ def test_clip_norm_other_than_the_approved_one_is_refused(tiny, tmp_path):
     from semiofed.privacy.approval import NotApproved
 
     site_dir, _cfg, _model, arrays = tiny
-    cfg = validate({**TINY, "central-dp": {"enabled": True, "clip-norm": 2.0}})
+    cfg = RunConfig.parse({**TINY, "central-dp": {"enabled": True, "clip-norm": 2.0}})
     ctx = _context(cfg, site_dir, tmp_path)
     msg = _fit_message(cfg, arrays)
     msg.content.config_records["fitins.config"]["clipping_norm"] = 50.0
@@ -360,7 +358,7 @@ def test_central_dp_noise_is_scaled_to_the_kept_sites_unweighted_mean():
     std σ·C/2 (not σ·C/3), and each update counts once whatever the site's size."""
     from semiofed.server.strategies import make_strategy
 
-    cfg = validate(
+    cfg = RunConfig.parse(
         {**TINY, "secagg": {"enabled": False},
          "central-dp": {"enabled": True, "noise-multiplier": 1.0, "clip-norm": 2.0}}
     )  # fmt: skip
@@ -387,7 +385,7 @@ def test_server_momentum_steps_the_aggregate_with_heavy_ball_momentum():
     velocity carries over between rounds, and plain fedavg is the η = 1, β = 0 case."""
     from semiofed.server.strategies import make_strategy
 
-    cfg = validate(
+    cfg = RunConfig.parse(
         {**TINY, "secagg": {"enabled": False},
          "strategy": {"server-learning-rate": 0.5, "server-momentum": 0.9}}
     )  # fmt: skip
