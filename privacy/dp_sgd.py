@@ -56,6 +56,7 @@ from torch.func import functional_call, grad, vmap
 
 from semiofed.shared.dataset import WindowDataset, collate
 from semiofed.shared.errors import SemioFedError
+from semiofed.shared.run_config import DEFAULT_DELTA
 from semiofed.shared.window_picker import WindowPicker
 
 from .accounting import epsilon, noise_for_target
@@ -151,7 +152,7 @@ def make_patient_private(
     noise_multiplier: float = 1.0,
     epsilon_target: float | None = None,
     max_grad_norm: float = 1.0,
-    delta: float = 1e-5,
+    delta: float = DEFAULT_DELTA,
     accountant: str = "rdp",
     privacy_unit: str = "patient",
     windows_per_patient: int = 1,

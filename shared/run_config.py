@@ -55,7 +55,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedtrimmedavg", "fedmedian", "krum", "multik
 ROBUST = ("fedtrimmedavg", "fedmedian", "krum", "multikrum")
 
 DEFAULT_LEARNING_RATE = 2e-3  # Adam, as `site train --lr`
-DEFAULT_DELTA = 1e-5  # as `site train --delta` and `audit init-ledger --delta`
+DEFAULT_DELTA = 1e-5  # as `site train --delta` and the empirical audits' δ
 
 
 def _field(default: Any, meaning: str, approved: bool = True) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from semiofed.shared.atomic import atomic_write_json
+from semiofed.shared.run_config import DEFAULT_DELTA
 
 from .canary import run_canary_audit
 from .inversion import run_inversion_probe
@@ -36,7 +37,7 @@ OPTIONAL: tuple[str, ...] = ("mia", "canary", "inversion")
 class AuditSettings:
     noise_multiplier: float = 1.5
     max_grad_norm: float = 1.0
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA
     epochs: int = 10
     dp_lr: float = 3e-3
     batch_size: int = 32

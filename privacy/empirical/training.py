@@ -11,6 +11,8 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from semiofed.shared.run_config import DEFAULT_DELTA
+
 from ..accounting import epsilon
 
 
@@ -28,7 +30,7 @@ class TrainConfig:
     lr: float = 1e-3
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA
     hidden: int = 128
 
     @property
