@@ -79,6 +79,10 @@ the patient; ε at the site budget's δ and accountant):
            + Gaussian noise (σ = --noise-multiplier) per temperature
   round 2  --share conformal --temperature T: each patient's score histogram on
            {len(cal.SCORE_EDGES) - 1} public bins, normalised to sum 1, summed, + Gaussian noise per bin
+           --share mondrian --temperature T (per-class thresholds): for each class a patient
+           has windows of, its histogram of those windows' scores (normalised to sum 1, times
+           1/sqrt(its number of classes)), summed, + Gaussian noise per bin; --merge-mondrian
+           (with --merge-conformal) puts the per-class thresholds into calibration.json
   anomaly  --share anomaly --public-data DIR: every patient's per-class count indicator,
            clipped mean and clipped mean square of its projected fused embeddings (L2 norm
            <= 1 per patient), summed, + Gaussian noise per coordinate; --merge-anomaly
@@ -96,6 +100,10 @@ examples:
       --share conformal --temperature T --summary-out c-site1.json
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --temperature T \\
       --merge-conformal c-site1.json c-site2.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --state S \\
+      --share mondrian --temperature T --summary-out m-site1.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --temperature T \\
+      --merge-conformal c-site1.json c-site2.json --merge-mondrian m-site1.json m-site2.json
   semiofed site calibrate --model M --data D --state S --share anomaly \
       --public-data PUBLIC --summary-out a-site1.json
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \
@@ -213,7 +221,7 @@ def register(cmds: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, metavar="FILE", help="default: MODEL_DIR/calibration.json")
     c.add_argument(
         "--share",
-        choices=(*cal.SUMMARY_KINDS, ANOMALY_KIND),
+        choices=(*cal.SUMMARY_KINDS, cal.MONDRIAN, ANOMALY_KIND),
         help="federated: release this site's DP summary (to --summary-out), charged to --state; "
         f"'{ANOMALY_KIND}': the class sums of the anomaly model, over every patient of --data "
         "(needs --public-data)",
@@ -248,6 +256,14 @@ def register(cmds: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="write calibration.json from round-2 summaries (with --temperature)",
+    )
+    c.add_argument(
+        "--merge-mondrian",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="with --merge-conformal: per-class thresholds of calibration.json from the sites' "
+        "Mondrian summaries (prediction sets then use them)",
     )
     c.add_argument(
         "--merge-anomaly",
@@ -627,8 +643,8 @@ def _check_share(args: argparse.Namespace) -> None:
         raise SemioFedError("--share needs --summary-out FILE and --state STATE")
     if args.share == ANOMALY_KIND and args.public_data is None:
         raise SemioFedError(f"--share {ANOMALY_KIND} needs --public-data DIR")
-    if args.share == "conformal" and args.temperature is None:
-        raise SemioFedError("--share conformal needs --temperature (the merged one)")
+    if args.share in ("conformal", cal.MONDRIAN) and args.temperature is None:
+        raise SemioFedError(f"--share {args.share} needs --temperature (the merged one)")
     if not (args.noise_multiplier > 0 and math.isfinite(args.noise_multiplier)):
         raise SemioFedError(f"--noise-multiplier must be > 0, got {args.noise_multiplier}")
     site_budget(PrivacyLedger(args.state))
@@ -729,6 +745,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     fit = [p for p in patients if p.patient not in args.held_out]
     if args.per_class and args.merge_conformal:
         raise SemioFedError("--per-class is local: it cannot be combined with --merge-conformal")
+    if args.merge_mondrian and not args.merge_conformal:
+        raise SemioFedError("--merge-mondrian goes with --merge-conformal (the same temperature)")
     calib = fit_calibration(
         model, held, fit, args.coverage, args.flag_rate, per_class=args.per_class
     )
@@ -745,6 +763,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         calib.source = (
             f"federated (DP): {len(summaries)} sites, about {mass:.0f} patients (noisy count)"
         )
+    if args.merge_mondrian:
+        mondrian = _load_summaries(args.merge_mondrian, cal.MONDRIAN)
+        if any(s["temperature"] != args.temperature for s in mondrian):
+            raise SemioFedError(
+                f"the Mondrian summaries were not computed at --temperature {args.temperature:g}"
+            )
+        thresholds, _ = cal.merge_mondrian(mondrian, args.coverage)
+        calib.class_thresholds = [float(t) for t in thresholds]
+        calib.source += f"; per-class thresholds: federated (DP), {len(mondrian)} sites"
     if args.merge_anomaly:
         calib.openset = _anomaly_scorer(args, model, wcfg)
         calib.source += (

@@ -73,10 +73,14 @@ class PublicWindows:
     the anomaly model's projection, standardisation and threshold come from (no ε)."""
 
     def __init__(self, model: nn.Module, public: Sequence[PatientWindows]) -> None:
-        from semiofed.client.analysis.pipeline import event_groups, outputs_for
+        from semiofed.client.analysis.pipeline import event_groups
 
-        out = outputs_for(model, list(public))
-        sel = (out["y_detect"] == 1) & np.isin(out["y_type"], SEIZURE_CLASSES)
+        from .evaluation import predict
+
+        out = predict(model, list(public))  # from their cached embeddings when they carry them
+        y_detect = np.concatenate([p.y_detect for p in public])
+        y_type = np.concatenate([p.y_type for p in public])
+        sel = (y_detect == 1) & np.isin(y_type, SEIZURE_CLASSES)
         if sel.sum() < 10:
             raise SemioFedError(
                 f"{int(sel.sum())} public seizure windows: too few for a projection"

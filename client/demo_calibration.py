@@ -4,8 +4,11 @@
 Each site does what ``semiofed site calibrate --share`` does, with its own state folder
 (``STATE_ROOT/<site>``: the ledger the ClientApp charged, the signed audit trail): round 1,
 a DP temperature summary; the coordinator merges them (post-processing); round 2, a DP
-conformal summary at the merged temperature, merged into the consortium's threshold. Every
-summary is charged to the site's ledger and recorded in its trail before it exists
+conformal summary and a DP Mondrian (per-class) summary at the merged temperature, merged
+into the consortium's threshold and per-class thresholds; then one DP anomaly summary
+(:mod:`.anomaly`, every patient with seizure windows), merged into the federated anomaly
+model, standardised and thresholded on the public tuning patients. Every summary is charged
+to the site's ledger and recorded in its trail before it exists
 (:func:`.dp_release.release_gaussian`).
 
 Calibration patients: a site's patients the model was not trained on (validation and test
@@ -26,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.labels import CLASSES
 from semiofed.shared.run_config import load_run_config
 
 from . import site_task
+from .anomaly import PublicWindows, seizure_windows, share_anomaly
 from .dp_release import labelled_outputs, share_calibration
 
 
@@ -51,11 +56,13 @@ def calibrate(
     sites: list[str],
     run_dir: Path,
     state_root: Path,
+    tuning_dir: Path,
     noise_multiplier: float = cal.DEFAULT_NOISE_MULTIPLIER,
     coverage: float = cal.DEFAULT_COVERAGE,
 ) -> dict[str, Any]:
-    """Both rounds for every site; the merged temperature and threshold and, per site, the
-    patients used and the ε of each of its summaries."""
+    """Both rounds and the anomaly summary for every site; the merged temperature,
+    thresholds and anomaly model and, per site, the patients used and the ε of each of its
+    summaries (``tuning_dir``: the public tuning patients and their cache)."""
     from semiofed.shared.model_folder import load_weights
 
     progress = Progress("calibration")
@@ -63,23 +70,25 @@ def calibrate(
     model = site_task.build_model(cfg)
     load_weights(run_dir, model)
     model.eval()
-    outputs, report = {}, {}
+    outputs, seizures, report = {}, {}, {}
     for s in sites:
         data = site_task.load_site(data_root / s, cfg, state_root / s)  # its feature cache
         progress(f"{s}: {len(data.train + data.val + data.test)} patients loaded")
         held = labelled_outputs(model, data.val + data.test)
         use_all = len(held) < cal.MIN_PATIENTS
         outputs[s] = labelled_outputs(model, data.train) + held if use_all else held
+        seizures[s] = seizure_windows(model, data.train + data.val + data.test)
         progress(f"{s}: outputs of {len(outputs[s])} patients")
         report[s] = {
             "held_out_patients": len(held),
             "patients": len(outputs[s]),
             "patients_used": "all (training included)" if use_all else "held-out",
+            "anomaly_patients": len(seizures[s]),
             "summaries": [],
         }
     temperature: float | None = None
     merged: dict[str, Any] = {}
-    for kind in cal.SUMMARY_KINDS:
+    for kind in cal.FEDERATED_KINDS:
         summaries = []
         for s in sites:
             summary, total, _ = share_calibration(
@@ -92,10 +101,15 @@ def calibrate(
         if kind == "temperature":
             temperature = cal.merge_temperature(summaries)
             merged["temperature"] = temperature
+        elif kind == cal.MONDRIAN:
+            thresholds, _ = cal.merge_mondrian(summaries, coverage)
+            merged["class_thresholds"] = dict(zip(CLASSES, map(float, thresholds), strict=True))
         else:
             threshold, mass = cal.merge_conformal(summaries, coverage)
             merged.update(conformal_threshold=threshold, noisy_patients=mass, coverage=coverage)
         progress(f"{kind} summaries released and merged")
+    merged["anomaly"] = _anomaly(model, tuning_dir, sites, state_root, seizures, report)
+    progress("anomaly summaries released and merged")
     return {
         **merged,
         "noise_multiplier": noise_multiplier,
@@ -105,14 +119,48 @@ def calibrate(
     }
 
 
+def _anomaly(
+    model: Any,
+    tuning_dir: Path,
+    sites: list[str],
+    state_root: Path,
+    seizures: dict[str, list],
+    report: dict[str, Any],
+    noise_multiplier: float = cal.DEFAULT_NOISE_MULTIPLIER,
+) -> dict[str, Any]:
+    """Each site's DP anomaly summary in the public projection, then the merged model
+    (:meth:`.anomaly.PublicWindows.scorer`: standardised and thresholded on public data)."""
+    from .baselines import load_tuning
+
+    public = PublicWindows(model, load_tuning(tuning_dir, model).patients)
+    summaries = []
+    for s in sites:
+        summary, total = share_anomaly(state_root / s, seizures[s], public.space, noise_multiplier)
+        summaries.append(summary)
+        report[s]["summaries"].append(
+            {"kind": "anomaly", "epsilon": summary["epsilon"], "epsilon_total_after": total}
+        )
+    scorer = public.scorer(summaries)
+    return {
+        "scorer": scorer.to_dict(),
+        "classes": [CLASSES[k] for k in scorer.classes],
+        "threshold": scorer.threshold,
+        "flag_rate": scorer.flag_rate,
+        "public_events": len(set(public.groups)),
+        "noise_multiplier": noise_multiplier,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    for name in ("--config", "--data-root", "--run-dir", "--state-root"):
+    for name in ("--config", "--data-root", "--run-dir", "--state-root", "--tuning-dir"):
         p.add_argument(name, type=Path, required=True)
     p.add_argument("--sites", nargs="+", required=True)
     args = p.parse_args(argv)
     site_task.small_work_threads()
-    res = calibrate(args.config, args.data_root, args.sites, args.run_dir, args.state_root)
+    res = calibrate(
+        args.config, args.data_root, args.sites, args.run_dir, args.state_root, args.tuning_dir
+    )
     json.dump(res, sys.stdout)
     return 0
 

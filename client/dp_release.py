@@ -96,21 +96,28 @@ def share_calibration(
     temperature: float | None = None,
 ) -> tuple[dict[str, Any], float, str]:
     """Release one DP calibration summary of ``kind`` (round 1 ``temperature``; round 2
-    ``conformal`` at the merged ``temperature``) of the patients' labelled outputs, charged
-    to ``state_dir``'s ledger; returns the summary, the site's cumulative ε after it and
-    what it holds (for the user)."""
+    ``conformal`` or ``mondrian``, per class, at the merged ``temperature``) of the
+    patients' labelled outputs, charged to ``state_dir``'s ledger; returns the summary, the
+    site's cumulative ε after it and what it holds (for the user)."""
     cal.require_patients(len(per_patient))
     rng = cal.secret_rng()
+    bins = len(cal.SCORE_EDGES) - 1
     if kind == "temperature":
         compute = lambda: cal.dp_temperature_summary(per_patient, noise_multiplier, rng)  # noqa: E731
         what = f"{len(cal.TEMPERATURE_GRID)} noisy sums of per-patient NLL curves"
     else:
         if temperature is None:
-            raise SemioFedError("a conformal summary needs the merged temperature")
+            raise SemioFedError(f"a {kind} summary needs the merged temperature")
         t = temperature
         scores = [cal.scores(cal.softmax(z, t), y) for z, y in per_patient]
-        compute = lambda: cal.dp_conformal_summary(scores, t, noise_multiplier, rng)  # noqa: E731
-        what = f"{len(cal.SCORE_EDGES) - 1} noisy per-patient score-histogram bins"
+        if kind == cal.MONDRIAN:
+            k = per_patient[0][0].shape[1]
+            pairs = [(sc, y) for sc, (_, y) in zip(scores, per_patient, strict=True)]
+            compute = lambda: cal.dp_mondrian_summary(pairs, t, k, noise_multiplier, rng)  # noqa: E731
+            what = f"{k} × {bins} noisy per-patient, per-class score-histogram bins"
+        else:
+            compute = lambda: cal.dp_conformal_summary(scores, t, noise_multiplier, rng)  # noqa: E731
+            what = f"{bins} noisy per-patient score-histogram bins"
     purpose = f"calibration summary: {kind}"
     summary, total = release_gaussian(
         state_dir, purpose, noise_multiplier, len(per_patient), compute

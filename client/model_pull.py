@@ -8,7 +8,13 @@ reported as unverified); the downloaded weights must have the signed size and SH
 then is the version installed, atomically::
 
     STATE/models/<version>/model.safetensors, manifest.json, manifest.sig, model_card.json
+                           calibration.json (when the card has a ``calibration`` section)
     STATE/models/current -> <version>
+
+A version published with the consortium's DP calibration (the card's ``calibration`` and
+``anomaly`` sections, signed with the weights) installs it as the folder's
+``calibration.json``, so ``site analyze --model STATE/models/current`` uses the federated
+temperature, thresholds and anomaly model (the aberrant flag) without any local fit.
 
 Without ``--version`` the newest active version is pulled, and a version older than the
 installed one (a rollback) is refused. The registry is reached over HTTPS, its certificate
@@ -273,6 +279,10 @@ def _pull_verified(
         architecture = manifest["card"].get("model", {}).get("architecture")
         if isinstance(architecture, dict):  # signed with the card: `site analyze --model` reads it
             atomic_write_json(incoming / CONFIG_FILE, architecture)
+        if parsed.card.calibration is not None:  # signed with the card too
+            from semiofed.client.analysis.pipeline import CALIBRATION_FILE
+
+            published_calibration(parsed, version).save(incoming / CALIBRATION_FILE)
         if final.exists():  # a stale or damaged earlier copy: replaced by the verified one
             shutil.rmtree(final)
         os.rename(incoming, final)
@@ -281,6 +291,29 @@ def _pull_verified(
             shutil.rmtree(incoming)
     _set_current(models, version)
     return InstalledModel(version, final, sha, manifest["card"], already_installed=False)
+
+
+def published_calibration(manifest: Manifest, version: str) -> Any:
+    """The version's signed calibration as a ``calibration.json``
+    (:class:`~semiofed.client.analysis.pipeline.SiteCalibration`): the aberrant flag is the
+    published anomaly model when the card has one."""
+    from semiofed.shared.analysis.openset import OpenSetScorer
+    from semiofed.client.analysis.pipeline import SiteCalibration
+    from semiofed.shared.labels import CLASSES
+
+    c, a = manifest.card.calibration, manifest.card.anomaly
+    assert c is not None
+    return SiteCalibration(
+        temperature=c.temperature,
+        coverage=c.coverage,
+        conformal_threshold=c.conformal_threshold,
+        source=f"published with {version}: federated (DP)"
+        + ("; aberrant flag: the published federated DP anomaly model" if a else ""),
+        openset=None if a is None else OpenSetScorer.from_dict(a.scorer),
+        class_thresholds=None
+        if c.class_thresholds is None
+        else [c.class_thresholds[name] for name in CLASSES],
+    )
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -294,7 +294,7 @@ def run_demo(
     )  # fmt: skip
     try:
         calibration = demo_privacy.run_calibration(
-            cmp_cfg, data_root, names, run_dir, out / "state"
+            cmp_cfg, data_root, names, run_dir, out / "state", out / PUBLIC_TUNING
         )
         demo_privacy.print_site_epsilon(out / "state", names, priv.delta, priv.accountant)
         anchored = [anchor_as_officer(out / "state" / s, out / "officers", s) for s in names]
@@ -320,8 +320,12 @@ def run_demo(
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     eps = demo_privacy.cumulative_epsilon(out / "state", names, priv["delta"], priv["accountant"])
     print_comparison(comparison, eps, priv["delta"])
+    demo_privacy.print_release_epsilon(calibration)
     wall = time.perf_counter() - t_start
-    print(f"\nrun directory: {run_dir}  (publish with `semiofed registry publish {run_dir}`)")
+    print(
+        f"\nrun directory: {run_dir}  (publish with `semiofed registry publish {run_dir}`: one "
+        "signed version with the seizure model, its DP calibration and the DP anomaly model)"
+    )
     print(f"demo wall time: {wall:.0f} s; Flower run {run_id}: {status.get('status')}")
     return {
         "run": run,

@@ -1,6 +1,9 @@
-"""The demo's privacy close: the federated DP calibration of the final model, then each
-site's cumulative ε over everything it released — DP-SGD training rounds, DP evaluations
-and calibration summaries — read from the site's own ledger (the source of truth).
+"""The demo's privacy close: the federated DP calibration and anomaly model of the final
+model, written into the run directory (``federated_calibration.json``: the card's
+``calibration`` and ``anomaly`` sections, so ``registry publish`` signs them into the same
+version as the weights), then each site's cumulative ε over everything it released — DP-SGD
+training rounds, DP evaluations, calibration and anomaly summaries — read from the site's
+own ledger (the source of truth).
 
 The calibration runs as each site would run it, with its own state folder, in a
 subprocess (``python -m semiofed.client.demo_calibration``: server/ does not import
@@ -15,25 +18,50 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.ledger import PrivacyLedger
+from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.atomic import atomic_write_json
 from semiofed.shared.errors import SemioFedError
+
+from .registry.cards import FEDERATED_CALIBRATION_FILE, FEDERATED_CALIBRATION_FORMAT
 
 #: Ledger purposes (prefixes) and how the per-site line names them.
 RELEASE_KINDS = (
     ("federated round", "training rounds"),
     ("federated evaluation", "evaluations"),
     ("calibration summary", "calibration summaries"),
+    ("anomaly summary", "anomaly summaries"),
+)
+PROTECTS_AGAINST = (
+    "the coordinator and anyone who sees the summaries or this card (other sites, registry "
+    "readers), as long as each site runs its approved code and its ledger is sound"
+)
+ANOMALY_WHAT = (
+    "Federated anomaly model behind the aberrant-seizure flag and the review queue: "
+    "class-conditional Gaussians (per seizure class a mean, one shared diagonal covariance) of "
+    "the model's fused embedding in a public 4-dimensional projection, estimated from one "
+    "Gaussian-mechanism summary per site (each patient's vector of L2 norm ≤ 1); an event's "
+    "score is the mean over its windows of the standardised squared Mahalanobis distance to "
+    "the nearest class mean plus the standardised energy of the type head. It flags seizures "
+    "unlike the consortium's known types for clinician review; it does not diagnose."
 )
 
 
 def run_calibration(
-    config: Path, data_root: Path, sites: list[str], run_dir: Path, state_root: Path
+    config: Path,
+    data_root: Path,
+    sites: list[str],
+    run_dir: Path,
+    state_root: Path,
+    tuning_dir: Path,
 ) -> dict[str, Any]:
-    """Both federated DP calibration rounds at every site; prints what was merged."""
+    """Both federated DP calibration rounds and the anomaly summary at every site; prints
+    what was merged and writes it into ``run_dir`` for the card."""
     res = subprocess.run(
         [sys.executable, "-m", "semiofed.client.demo_calibration", "--config", str(config),
          "--data-root", str(data_root), "--sites", *sites, "--run-dir", str(run_dir),
-         "--state-root", str(state_root)],
+         "--state-root", str(state_root), "--tuning-dir", str(tuning_dir)],
         stdout=subprocess.PIPE, text=True, check=False,
     )  # fmt: skip
     if res.returncode != 0:
@@ -43,15 +71,110 @@ def run_calibration(
         f"{s} {r['patients']} ({r['patients_used']}; {r['held_out_patients']} held out)"
         for s, r in calib["sites"].items()
     )
+    per_class = ", ".join(f"{c} {t:.2f}" for c, t in calib["class_thresholds"].items())
     print(
-        f"  federated DP calibration (2 summaries per site, σ={calib['noise_multiplier']:g}, "
+        f"  federated DP calibration (3 summaries per site, σ={calib['noise_multiplier']:g}, "
         f"charged to each site's ledger, recorded in its trail): temperature "
         f"{calib['temperature']:.3g}, conformal threshold {calib['conformal_threshold']:.3f} at "
-        f"{calib['coverage']:.0%} (about {calib['noisy_patients']:.0f} patients, noisy count); "
-        f"patients with labelled windows per site: {used}",
+        f"{calib['coverage']:.0%} (about {calib['noisy_patients']:.0f} patients, noisy count), "
+        f"per-class thresholds {per_class}; patients with labelled windows per site: {used}",
+        flush=True,
+    )
+    a = calib["anomaly"]
+    eps = ", ".join(
+        f"{s} {_section_epsilon(calib, s, ('anomaly',), a['noise_multiplier'])[0]:.2f}"
+        for s in calib["sites"]
+    )
+    print(
+        f"  federated DP anomaly model (1 summary per site, σ={a['noise_multiplier']:g}; ε "
+        f"{eps}): classes {', '.join(a['classes'])}, threshold {a['threshold']:.2f} = the "
+        f"{1 - a['flag_rate']:.0%} quantile of {a['public_events']} public tuning events' scores",
+        flush=True,
+    )
+    doc = federated_calibration(calib)
+    atomic_write_json(run_dir / FEDERATED_CALIBRATION_FILE, doc)
+    print(
+        f"  → {run_dir / FEDERATED_CALIBRATION_FILE}: the card's calibration and anomaly "
+        "sections (`registry publish` signs them into the same version as the weights)",
         flush=True,
     )
     return calib
+
+
+def _section_epsilon(
+    calib: dict[str, Any], site: str, kinds: tuple[str, ...], sigma: float
+) -> tuple[float, float]:
+    """What a site's summaries of ``kinds`` (each one Gaussian mechanism of noise multiplier
+    ``sigma``) cost it alone, composed, and its cumulative ε after them (its ledger)."""
+    mine = [x for x in calib["sites"][site]["summaries"] if x["kind"] in kinds]
+    alone = epsilon([(sigma, 1.0, 1)] * len(mine), calib["delta"], calib["accountant"])
+    return alone, mine[-1]["epsilon_total_after"]
+
+
+def _privacy(calib: dict[str, Any], kinds: tuple[str, ...], sigma: float) -> dict[str, Any]:
+    per_site = {}
+    for s in calib["sites"]:
+        alone, total = _section_epsilon(calib, s, kinds, sigma)
+        per_site[s] = {"epsilon": alone, "epsilon_total_after": total}
+    return {
+        "privacy_unit": "patient",
+        "delta": calib["delta"],
+        "accountant": calib["accountant"],
+        "noise_multiplier": sigma,
+        "per_site": per_site,
+        "protects_against": PROTECTS_AGAINST,
+    }
+
+
+def federated_calibration(calib: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``calibration`` and ``anomaly`` sections from the demo's calibration."""
+    a = calib["anomaly"]
+    return {
+        "format": FEDERATED_CALIBRATION_FORMAT,
+        "calibration": {
+            "temperature": calib["temperature"],
+            "coverage": calib["coverage"],
+            "conformal_threshold": calib["conformal_threshold"],
+            "class_thresholds": calib["class_thresholds"],
+            "how": (
+                "merged by the coordinator from each site's DP summaries: a temperature "
+                "summary (per-patient NLL curves), then at the merged temperature a "
+                "conformal and a per-class (Mondrian) summary (per-patient score "
+                "histograms); thresholds by the tail rule on the noisy histograms"
+            ),
+            "privacy": _privacy(calib, cal.FEDERATED_KINDS, calib["noise_multiplier"]),
+        },
+        "anomaly": {
+            "what": ANOMALY_WHAT,
+            "threshold": a["threshold"],
+            "flag_rate": a["flag_rate"],
+            "threshold_rule": (
+                f"the {1 - a['flag_rate']:.0%} quantile of the event scores of "
+                f"{a['public_events']} known-type seizure events of public simulator patients "
+                "(the tuning seed); the standardisation comes from the same public windows, "
+                "so no site's patient enters it: flagging costs no further ε"
+            ),
+            "classes": a["classes"],
+            "privacy": _privacy(calib, ("anomaly",), a["noise_multiplier"]),
+            "scorer": a["scorer"],
+        },
+    }
+
+
+def print_release_epsilon(calib: dict[str, Any]) -> None:
+    """The final printout's ε line: per site, what the calibration and the anomaly model
+    cost it alone (both inside the table's cumulative ε)."""
+    parts = []
+    for s in calib["sites"]:
+        c, _ = _section_epsilon(calib, s, cal.FEDERATED_KINDS, calib["noise_multiplier"])
+        sigma = calib["anomaly"]["noise_multiplier"]
+        a, total = _section_epsilon(calib, s, ("anomaly",), sigma)
+        parts.append(f"{s} calibration {c:.2f} + anomaly model {a:.2f} (cumulative {total:.2f})")
+    print(
+        f"  ε of the published calibration and anomaly model alone, per site at δ = "
+        f"{calib['delta']:g} ({calib['accountant']}, privacy unit: patient; inside the table's "
+        f"cumulative ε): {'; '.join(parts)}"
+    )
 
 
 def cumulative_epsilon(

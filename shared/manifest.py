@@ -79,6 +79,45 @@ class MetricRow(_Open):
     round: Count
 
 
+class SiteRelease(_Open):
+    epsilon: float  # what these summaries cost the site alone
+    epsilon_total_after: float  # the site's cumulative ε after them (its ledger)
+
+
+class SummaryPrivacy(_Open):
+    """Who paid what for a section released through DP summaries (sites' ledgers)."""
+
+    privacy_unit: Literal["patient"]
+    delta: float
+    accountant: str
+    noise_multiplier: float = Field(gt=0)
+    per_site: dict[str, SiteRelease]
+    protects_against: str
+
+
+class CardCalibration(_Open):
+    """The consortium's calibration, merged from the sites' DP summaries."""
+
+    temperature: float = Field(gt=0)
+    coverage: float = Field(gt=0, lt=1)
+    conformal_threshold: float
+    class_thresholds: dict[str, float] | None = None  # per class name (Mondrian), from DP summaries
+    how: str
+    privacy: SummaryPrivacy
+
+
+class CardAnomaly(_Open):
+    """The federated anomaly model (the aberrant flag), merged from the sites' DP summaries."""
+
+    what: str
+    threshold: float
+    flag_rate: float = Field(gt=0, lt=1)
+    threshold_rule: str
+    classes: list[str]
+    privacy: SummaryPrivacy
+    scorer: dict[str, Any]  # :class:`~semiofed.shared.analysis.openset.OpenSetScorer` fields
+
+
 class Card(_Open):
     format: Literal[CARD_FORMAT]
     name: str
@@ -91,6 +130,8 @@ class Card(_Open):
     intended_use: str = ""
     limitations: list[str] = []
     explanations: dict[str, Any] | None = None  # on public data: ``registry explain``
+    calibration: CardCalibration | None = None  # federated DP calibration (``make demo``)
+    anomaly: CardAnomaly | None = None  # federated DP anomaly model (``make demo``)
 
 
 class ManifestWeights(_Open):

@@ -32,12 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from safetensors import safe_open
 
 from semiofed.shared.atomic import json_safe
 from semiofed.shared.errors import FormatError
 from semiofed.shared.labels import CLASSES
-from semiofed.shared.manifest import CARD_FORMAT
+from semiofed.shared.manifest import CARD_FORMAT, CardAnomaly, CardCalibration
 from semiofed.shared.model_folder import CONFIG_FILE, WEIGHTS_FILE
 from semiofed.shared.release import DECLINED, DELTA, EPSILON, EPSILON_ROUND, PRIVACY_UNIT
 from semiofed.shared.run_record import RUN_FILE, RunRecord, read_json_object, read_run_record
@@ -47,6 +48,10 @@ from .storage import NotSafetensors, check_safetensors
 #: Global explanations on public data (``semiofed registry explain``), carried by the card.
 EXPLANATIONS_FILE = "explanations.json"
 EXPLANATIONS_FORMAT = "semiofed-explanations-1"
+#: The consortium's DP calibration and anomaly model (``make demo`` writes it), carried by
+#: the card's ``calibration`` and ``anomaly`` sections.
+FEDERATED_CALIBRATION_FILE = "federated_calibration.json"
+FEDERATED_CALIBRATION_FORMAT = "semiofed-federated-calibration-1"
 
 DEFAULT_INTENDED_USE = (
     "Research decision support at consortium sites: classifying seizure semiology "
@@ -243,6 +248,26 @@ def _explanations(run_dir: Path) -> dict[str, Any] | None:
     return doc
 
 
+def _federated_calibration(run_dir: Path) -> dict[str, Any]:
+    """The card's ``calibration`` and ``anomaly`` sections (both None when the run has none),
+    each checked against its schema."""
+    path = run_dir / FEDERATED_CALIBRATION_FILE
+    if not path.exists():
+        return {"calibration": None, "anomaly": None}
+    doc = read_json_object(path)
+    if doc.get("format") != FEDERATED_CALIBRATION_FORMAT:
+        raise FormatError(path, f"not a {FEDERATED_CALIBRATION_FORMAT} document")
+    out = {}
+    for key, schema in (("calibration", CardCalibration), ("anomaly", CardAnomaly)):
+        try:
+            out[key] = schema.model_validate(doc.get(key)).model_dump(mode="json")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in (key, *first["loc"]))
+            raise FormatError(path, f"{where}: {first['msg']}") from None
+    return out
+
+
 def build_card(run_dir: str | Path) -> dict[str, Any]:
     """The model card of the run in ``run_dir`` (a JSON-serialisable dict)."""
     run_dir = Path(run_dir)
@@ -287,5 +312,6 @@ def build_card(run_dir: str | Path) -> dict[str, Any]:
         "intended_use": str(run.intended_use or DEFAULT_INTENDED_USE),
         "limitations": [str(x) for x in limitations],
         "explanations": _explanations(run_dir),
+        **_federated_calibration(run_dir),
     }
     return json_safe(card)

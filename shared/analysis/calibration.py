@@ -60,6 +60,8 @@ SUMMARY_FORMAT = "semiofed-dp-calibration"
 SUMMARY_KINDS = ("temperature", "conformal")
 #: the per-class conformal summary (:func:`dp_mondrian_summary`), released on its own
 MONDRIAN = "mondrian"
+#: what a site releases, in order, for the consortium's calibration (``make demo``)
+FEDERATED_KINDS = (*SUMMARY_KINDS, MONDRIAN)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

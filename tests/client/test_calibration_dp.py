@@ -16,6 +16,7 @@ from semiofed.privacy.audit_trail import read_entries, site_trail, verify
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.cli import main
+from semiofed.shared.labels import CLASSES
 from semiofed.shared.model import ModelConfig, SemioNet
 from semiofed.shared.model_folder import write_model_folder
 from semiofed.shared.public_data import TUNING_SEED
@@ -155,9 +156,11 @@ def test_too_few_patients_no_budget_and_over_budget_release_nothing(
 def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_ledgers(
     site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`semiofed demo`'s close: both calibration rounds at every site with its own state, in
-    a subprocess (server/ runs the client module), then one ε line per site from its ledger
-    — composed with what the site released before (here one DP-SGD round)."""
+    """`semiofed demo`'s close: both calibration rounds (round 2: conformal and Mondrian)
+    and the anomaly summary at every site with its own state, in a subprocess (server/ runs
+    the client module), the merged result written into the run directory as the card's
+    calibration and anomaly sections, then one ε line per site from its ledger — composed
+    with what the site released before (here one DP-SGD round)."""
     import tomli_w
     from safetensors.torch import save_file
 
@@ -188,19 +191,19 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
             run.finish()
 
     calib = run_calibration(
-        tmp_path / "demo.toml", root, sites, tmp_path / "run", tmp_path / "state"
+        tmp_path / "demo.toml", root, sites, tmp_path / "run", tmp_path / "state", site["public"]
     )
     for s in sites:
         # 21 patients, about 40 % held out: fewer than 20, so all patients are used (and said)
         r = calib["sites"][s]
         assert r["held_out_patients"] < cal.MIN_PATIENTS <= r["patients"]
         assert r["patients_used"] == "all (training included)"
-        assert [x["kind"] for x in r["summaries"]] == list(cal.SUMMARY_KINDS)
+        assert [x["kind"] for x in r["summaries"]] == [*cal.FEDERATED_KINDS, "anomaly"]
         trail = site_trail(tmp_path / "state" / s).path
         assert verify(trail, require_head=False).ok
-        assert sum(e["kind"] == "summary_released" for e in read_entries(trail)) == 2
+        assert sum(e["kind"] == "summary_released" for e in read_entries(trail)) == 4
     sigma = (cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)
-    expected = epsilon([training, sigma, sigma], DELTA, "rdp")
+    expected = epsilon([training, sigma, sigma, sigma, sigma], DELTA, "rdp")
     eps = cumulative_epsilon(tmp_path / "state", sites, DELTA, "rdp")
     assert eps == {s: pytest.approx(expected) for s in sites}
     assert calib["sites"]["site-01"]["summaries"][-1]["epsilon_total_after"] == pytest.approx(
@@ -211,7 +214,26 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[0].startswith("  site-01: cumulative ε = ")
     assert f"{expected:.2f} at δ = 1e-05 (rdp accountant" in lines[0]
-    assert "1 training rounds + 0 evaluations + 2 calibration summaries" in lines[0]
+    assert "1 training rounds + 0 evaluations + 3 calibration summaries + 1 anomaly" in lines[0]
+
+    # the card of the run directory carries both sections, each schema-checked, with what
+    # each site paid for them alone and after them
+    from semiofed.server.registry.cards import build_card
+    from semiofed.shared.manifest import Card
+
+    write_model_folder(tmp_path / "run", SemioNet(mcfg), mcfg, WindowConfig())
+    (tmp_path / "run" / "run.json").write_text('{"data": "synthetic"}', encoding="utf-8")
+    card = Card.model_validate(build_card(tmp_path / "run"))
+    assert card.anomaly is not None and card.calibration is not None
+    one = epsilon([sigma], DELTA, "rdp")
+    for s in sites:
+        assert card.anomaly.privacy.per_site[s].epsilon == pytest.approx(one)
+        assert card.anomaly.privacy.per_site[s].epsilon_total_after == pytest.approx(expected)
+        three = epsilon([sigma] * 3, DELTA, "rdp")
+        assert card.calibration.privacy.per_site[s].epsilon == pytest.approx(three)
+    assert (card.anomaly.privacy.privacy_unit, card.anomaly.privacy.delta) == ("patient", DELTA)
+    assert card.anomaly.threshold == calib["anomaly"]["threshold"]
+    assert set(card.calibration.class_thresholds) == set(CLASSES)
 
 
 def test_anomaly_summaries_are_charged_recorded_and_merge_into_the_aberrant_flag(
