@@ -261,3 +261,93 @@ def test_a_retirement_without_signature_is_refused_until_signed(
     check_stored(setup.registry)
     with pytest.raises(RetiredVersion, match="recalled"):
         _pull(reg, tmp_path / "state", "v2")
+
+
+def _federated_calibration(sites: tuple[str, ...]) -> dict:
+    """What `make demo` writes into its run directory (server/demo_privacy.py), from a
+    calibration result of the demo's shape."""
+    import numpy as np
+
+    from semiofed.server.demo_privacy import federated_calibration
+    from semiofed.shared.analysis import calibration as cal
+    from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
+    from semiofed.shared.labels import CLASSES
+
+    space = ProjectionSpace(np.zeros(8), np.eye(8)[:, :4], 2.0)
+    scorer = OpenSetScorer([1, 3], np.ones((2, 4)), np.eye(4), threshold=1.75, space=space)
+    kinds = [*cal.FEDERATED_KINDS, "anomaly"]
+    return federated_calibration(
+        {
+            "temperature": 1.3,
+            "coverage": 0.9,
+            "conformal_threshold": 0.85,
+            "class_thresholds": {c: 0.5 + 0.05 * i for i, c in enumerate(CLASSES)},
+            "noise_multiplier": 3.0,
+            "delta": 1e-5,
+            "accountant": "rdp",
+            "sites": {
+                s: {
+                    "summaries": [
+                        {"kind": k, "epsilon_total_after": 2.0 + i} for i, k in enumerate(kinds)
+                    ]
+                }
+                for s in sites
+            },
+            "anomaly": {
+                "scorer": scorer.to_dict(),
+                "classes": ["automatisms", "f2b"],
+                "threshold": 1.75,
+                "flag_rate": 0.05,
+                "public_events": 40,
+                "noise_multiplier": 3.0,
+            },
+        }
+    )
+
+
+def test_a_version_with_the_federated_calibration_and_anomaly_model_installs_them(
+    reg: tuple[RegistrySetup, TestClient], tmp_path: Path
+) -> None:
+    """`make demo`'s run directory: the DP calibration and anomaly model are signed into the
+    same version as the weights (the card's sections), shown on its page, and `site pull`
+    installs them as the folder's calibration.json, the aberrant flag `site analyze` uses."""
+    from semiofed.privacy.accounting import epsilon
+    from semiofed.server.registry.cards import FEDERATED_CALIBRATION_FILE
+    from semiofed.shared.analysis.pipeline import SiteCalibration
+    from semiofed.shared.labels import CLASSES
+    from tests.registry_helpers import SITES
+
+    setup, tc = reg
+    run = make_run_dir(tmp_path / "run3", seed=3)
+    doc = _federated_calibration(SITES)
+    (run / FEDERATED_CALIBRATION_FILE).write_text(json.dumps(doc))
+    publish_local(run, setup.registry, setup.private_key)
+    state = tmp_path / "state"
+    model = _pull(reg, state)
+    assert model.version == "v3"
+    anomaly = model.card["anomaly"]
+    site = anomaly["privacy"]["per_site"]["site-a"]
+    assert site["epsilon"] == pytest.approx(epsilon([(3.0, 1.0, 1)], 1e-5, "rdp"))
+    assert site["epsilon_total_after"] == 5.0  # the site's ledger after its anomaly summary
+    calib_alone = model.card["calibration"]["privacy"]["per_site"]["site-a"]["epsilon"]
+    assert calib_alone == pytest.approx(epsilon([(3.0, 1.0, 3)], 1e-5, "rdp"))
+    calib = SiteCalibration.load(state / "models" / "v3" / "calibration.json")
+    assert calib.openset is not None
+    assert calib.openset.to_dict() == doc["anomaly"]["scorer"]
+    assert calib.class_thresholds == [doc["calibration"]["class_thresholds"][c] for c in CLASSES]
+    assert (calib.temperature, calib.conformal_threshold) == (1.3, 0.85)
+    assert "published federated DP anomaly model" in calib.source
+
+    auditor = {"Authorization": f"Bearer {setup.tokens['auditor']}"}
+    page = tc.get("/versions/v3", headers=auditor).text
+    assert 'id="anomaly-privacy"' in page and "quantile of the event scores of 40" in page
+    assert "No anomaly model published" in tc.get("/versions/v1", headers=auditor).text
+
+    (run / FEDERATED_CALIBRATION_FILE).write_text(
+        json.dumps({**doc, "anomaly": {**doc["anomaly"], "flag_rate": 2}})
+    )
+    from semiofed.server.registry.cards import build_card
+    from semiofed.shared.errors import FormatError
+
+    with pytest.raises(FormatError, match=r"anomaly\.flag_rate"):
+        build_card(run)
