@@ -15,6 +15,7 @@ from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.audit_trail import read_entries, site_trail, verify
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.analysis.pipeline import SiteCalibration
 from semiofed.shared.cli import main
 from semiofed.shared.labels import CLASSES
 from semiofed.shared.model import ModelConfig, SemioNet
@@ -92,6 +93,9 @@ def test_federated_dp_calibration_is_charged_recorded_and_merged(
     for s in ("a", "b"):
         argv = ["--share", "conformal", "--temperature", t]
         assert _share(site, s, states[s], tmp_path / f"c-{s}.json", *argv) == 0
+        # 6 classes × 20 bins of ~21 patients: at σ = 3 every class's set would be all classes
+        argv = ["--share", cal.MONDRIAN, "--temperature", t, "--noise-multiplier", "0.5"]
+        assert _share(site, s, states[s], tmp_path / f"m-{s}.json", *argv) == 0
 
     eps_one = epsilon([(cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)], DELTA, "rdp")
     ledger = PrivacyLedger(states["a"])
@@ -99,9 +103,10 @@ def test_federated_dp_calibration_is_charged_recorded_and_merged(
     assert [r["purpose"] for r in runs] == [
         "calibration summary: temperature",
         "calibration summary: conformal",
+        "calibration summary: mondrian",
     ]
     assert all(r["privacy_unit"] == "patient" and r["status"] == "completed" for r in runs)
-    assert ledger.history() == [(cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)] * 2
+    assert ledger.history() == [(cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)] * 2 + [(0.5, 1.0, 1)]
     assert ledger.spent() == pytest.approx(epsilon(ledger.history(), DELTA, "rdp"))
     assert ledger.spent() > eps_one > 0
 
@@ -110,10 +115,12 @@ def test_federated_dp_calibration_is_charged_recorded_and_merged(
     released = [
         e for e in read_entries(site_trail(states["a"]).path) if e["kind"] == "summary_released"
     ]
-    files = [json.loads((tmp_path / f"{k}-a.json").read_text()) for k in "tc"]
+    files = [json.loads((tmp_path / f"{k}-a.json").read_text()) for k in "tcm"]
     assert [e["payload"]["summary"] for e in released] == files
     for f in files:
-        assert f["epsilon"] == pytest.approx(eps_one) and f["delta"] == DELTA
+        sigma = f["noise_multiplier"]
+        assert f["epsilon"] == pytest.approx(epsilon([(sigma, 1.0, 1)], DELTA, "rdp"))
+        assert f["delta"] == DELTA
         assert not {"n", "nll", "quantiles", "levels"} & set(f)  # no count, no raw statistic
 
     merged = tmp_path / "calibration.json"
@@ -125,6 +132,54 @@ def test_federated_dp_calibration_is_charged_recorded_and_merged(
         and 0.0 < calib["conformal_threshold"] <= 1.0
     )
     assert calib["source"].startswith("federated (DP): 2 sites")
+
+    # with the Mondrian summaries: per-class thresholds (coverage: the test below)
+    argv += [*(str(tmp_path / f"c-{s}.json") for s in "ab"), "--merge-mondrian"]
+    assert main([*argv, *(str(tmp_path / f"m-{s}.json") for s in "ab")]) == 0
+    calib = SiteCalibration.load(merged)
+    assert calib.class_thresholds is not None and len(calib.class_thresholds) == len(CLASSES)
+    assert "per-class thresholds: federated (DP), 2 sites" in calib.source
+
+
+def _simulated_patient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Type logits and labels of one patient: 80 % background windows and one seizure type,
+    the true class's logit raised by a noisy margin (so the scores spread over the bins)."""
+    k = len(CLASSES)
+    labels = np.where(rng.random(60) < 0.8, 0, rng.integers(1, k))
+    logits = rng.normal(0.0, 1.0, (60, k))
+    logits[np.arange(60), labels] += rng.normal(3.0, 1.5, 60)
+    return logits, labels
+
+
+def test_mondrian_summaries_are_charged_and_cover_every_class_of_new_patients(
+    tmp_path: Path,
+) -> None:
+    """A small consortium (3 sites × 60 simulated patients): each site's `--share mondrian`
+    release (through the same code) is charged to its ledger; the merged per-class
+    thresholds cover each class of 200 new patients' windows at about the nominal 90 %."""
+    from semiofed.client.dp_release import share_calibration
+
+    rng = np.random.default_rng(7)
+    summaries = []
+    for s in range(3):
+        state = _state(tmp_path, f"site-{s}", 50.0)
+        patients = [_simulated_patient(rng) for _ in range(60)]
+        summary, _, _ = share_calibration(state, cal.MONDRIAN, patients, 0.2, 1.0)
+        summaries.append(summary)
+        runs = PrivacyLedger(state).load()["runs"]
+        assert [(r["purpose"], r["status"]) for r in runs] == [
+            ("calibration summary: mondrian", "completed")
+        ]
+        assert PrivacyLedger(state).history() == [(0.2, 1.0, 1)]
+    thresholds, _ = cal.merge_mondrian(summaries, 0.9)
+    new = [_simulated_patient(rng) for _ in range(200)]
+    logits = np.concatenate([z for z, _ in new])
+    labels = np.concatenate([y for _, y in new])
+    per_class = cal.coverage_per_class(cal.softmax(logits), labels, thresholds)
+    assert set(per_class) == set(range(len(CLASSES)))
+    for c, (coverage, size, _) in per_class.items():
+        assert coverage >= 0.88, (CLASSES[c], coverage)
+        assert size < len(CLASSES), (CLASSES[c], size)  # not the trivial set of every class
 
 
 def test_too_few_patients_no_budget_and_over_budget_release_nothing(
