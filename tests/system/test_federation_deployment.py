@@ -139,9 +139,29 @@ def _unfilled(value: object, where: str = "card") -> list[str]:
     return []
 
 
+def _label_a_queued_event(root: Path, site: str) -> tuple[str, int]:
+    """What a clinician does before the next run, with `site review`'s code: an event in the
+    site's review queue (queued as `site analyze` queues a flagged event; here a stretch of a
+    training patient's recording) labelled with a seizure type under that patient. Returns
+    the patient and the site's number of training patients."""
+    from semiofed.client import site_task
+    from semiofed.client.analyze_cli import apply_review, enqueue, known_patients
+
+    data, state = root / "data" / site, root / "state" / site
+    train = site_task.load_site(data, MAIN).train
+    patient = train[0].patient
+    rec = next((data / patient).glob("*_keypoints.npz"))
+    event = {"id": "E1", "onset_s": 4.0, "offset_s": 18.0, "predicted_type": "automatisms",
+             "prediction_set": ["automatisms", "f2b"], "aberrant": {"score": 3.0, "threshold": 2.0}}  # fmt: skip
+    assert enqueue(state, rec, "bed3", patient, [event], root / "report.json") == 1
+    apply_review(state, "bed3-E1", "hyperkinetic", None, known_patients(data))
+    return patient, len(train)
+
+
 def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     c, root = consortium
     out = root / "run-main"
+    patient, n_train = _label_a_queued_event(root, "site-01")
     run_id = c.submit({"semiofed": encode_payload(MAIN, out_dir=str(out), data="synthetic")})
     status = c.wait_run(run_id, timeout=900, progress=out / PROGRESS_FILE)
     assert status["status"] == "finished:completed", status
@@ -183,11 +203,15 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
     # 4 SecAgg+ stages per round (the train reply also evaluates the model received), and
     # one evaluate message for the final model
     assert len(outbox) == 2 * 4 + 1
-    # the site featurised each recording once, into its own state folder, for all messages
+    # the site featurised each recording once, into its own state folder, for all messages:
+    # its recordings and the labelled event's, which joined the rounds as part of its patient
+    # (the same number of privacy units: sample rate batch-size / training patients)
     recordings = list((root / "data" / "site-01").rglob("*_keypoints.npz"))
+    reviewed = list((root / "state" / "site-01" / "review" / "data").rglob("*_keypoints.npz"))
+    assert [r.parent.name for r in reviewed] == [patient]
     assert len(list((root / "state" / "site-01" / "feature-cache").glob("*.npz"))) == len(
         recordings
-    )
+    ) + len(reviewed)
     # the privacy officer's signed trail holds the same: rounds, replies, budget, declines
     kinds = _trail_kinds(root / "state" / "site-01")
     assert kinds.count("round_joined") == 2 and kinds.count("budget_state") == 3
@@ -200,7 +224,9 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
             assert metrics <= set(ALLOWED_METRICS), (s, metrics)
             if s == "site-03":
                 assert metrics <= {"declined", "decline-reason", "site-name"}, metrics
-    purposes = [r["purpose"] for r in PrivacyLedger(root / "state" / "site-01").load()["runs"]]
+    runs = PrivacyLedger(root / "state" / "site-01").load()["runs"]
+    assert runs[0]["sample_rate"] == pytest.approx(MAIN["training"]["batch-size"] / n_train)
+    purposes = [r["purpose"] for r in runs]
     assert purposes == [
         "federated round 1",
         "federated round 2",
