@@ -104,9 +104,9 @@ examples:
       --share mondrian --temperature T --summary-out m-site1.json
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --temperature T \\
       --merge-conformal c-site1.json c-site2.json --merge-mondrian m-site1.json m-site2.json
-  semiofed site calibrate --model M --data D --state S --share anomaly \
+  semiofed site calibrate --model M --data D --state S --share anomaly \\
       --public-data PUBLIC --summary-out a-site1.json
-  semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \\
       --merge-anomaly a-site1.json a-site2.json
 """
 
