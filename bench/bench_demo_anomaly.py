@@ -26,13 +26,13 @@ import torch
 
 from bench.run import BenchContext
 from semiofed.client import site_task
+from semiofed.client.analysis.pipeline import event_groups
 from semiofed.client.anomaly import PublicWindows, seizure_windows
 from semiofed.client.baselines import load_tuning
 from semiofed.client.evaluation import predict
 from semiofed.privacy.accounting import epsilon
 from semiofed.shared.analysis.anomaly import SEIZURE_CLASSES, dp_anomaly_summary
 from semiofed.shared.analysis.openset import OpenSetScorer, event_scores
-from semiofed.shared.analysis.pipeline import event_groups
 from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.labels import CLASSES
 from semiofed.shared.run_config import load_run_config

@@ -297,8 +297,8 @@ def published_calibration(manifest: Manifest, version: str) -> Any:
     """The version's signed calibration as a ``calibration.json``
     (:class:`~semiofed.client.analysis.pipeline.SiteCalibration`): the aberrant flag is the
     published anomaly model when the card has one."""
-    from semiofed.shared.analysis.openset import OpenSetScorer
     from semiofed.client.analysis.pipeline import SiteCalibration
+    from semiofed.shared.analysis.openset import OpenSetScorer
     from semiofed.shared.labels import CLASSES
 
     c, a = manifest.card.calibration, manifest.card.anomaly

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from semiofed.client.analysis.pipeline import SiteCalibration
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.audit_trail import read_entries, site_trail, verify
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.analysis import calibration as cal
-from semiofed.shared.analysis.pipeline import SiteCalibration
 from semiofed.shared.cli import main
 from semiofed.shared.labels import CLASSES
 from semiofed.shared.model import ModelConfig, SemioNet

@@ -311,9 +311,9 @@ def test_a_version_with_the_federated_calibration_and_anomaly_model_installs_the
     """`make demo`'s run directory: the DP calibration and anomaly model are signed into the
     same version as the weights (the card's sections), shown on its page, and `site pull`
     installs them as the folder's calibration.json, the aberrant flag `site analyze` uses."""
+    from semiofed.client.analysis.pipeline import SiteCalibration
     from semiofed.privacy.accounting import epsilon
     from semiofed.server.registry.cards import FEDERATED_CALIBRATION_FILE
-    from semiofed.shared.analysis.pipeline import SiteCalibration
     from semiofed.shared.labels import CLASSES
     from tests.registry_helpers import SITES
 
