@@ -7,8 +7,9 @@ the demo configuration, the FAB and its signer, starts one SuperLink and one Sup
 site on 127.0.0.1 with TLS, SuperNode authentication and ``--trusted-entities``, signs and
 submits the FAB, federates with
 patient-level DP and SecAgg+, prints per round the aggregated metrics and each site's
-cumulative ε, then calibrates the final model through each site's DP summaries
-(:mod:`.demo_privacy`) and prints each site's cumulative ε over training, evaluation and
+cumulative ε, then calibrates the final model and builds the federated anomaly model
+through each site's DP summaries (:mod:`.demo_privacy`; written into the run directory, so
+that publishing the run signs them into the same version as the weights) and prints each site's cumulative ε over training, evaluation and
 calibration from its ledger, then ends with one table, per site and overall, on held-out patients: the
 federated DP model, a centralized non-private model, each site's local-only model, the
 motion-energy baseline and detectors that know nothing (flag everything, coin flip, random
