@@ -111,7 +111,7 @@ def run(ctx: BenchContext) -> str:
     exact_rate = flag_rate(dict.fromkeys(names, public.scorer(exact, FLAG_RATE)))
     local_rate = flag_rate({s: _local_scorer(model, sites[s]) for s in names})
     coin = [float((rng.random(n_events) < FLAG_RATE).mean()) for _ in range(DRAWS)]
-    eps = epsilon([(SIGMA, 1.0, 1)], float(cfg["privacy"]["delta"]), cfg["privacy"]["accountant"])
+    eps = epsilon([(SIGMA, 1.0, 1)], cfg.privacy.delta, cfg.privacy.accountant)
     n_patients = ", ".join(f"{s} {len(per_patient[s])}" for s in names)
     seconds = time.perf_counter() - t0
     return "\n".join(
@@ -121,8 +121,8 @@ def run(ctx: BenchContext) -> str:
             f"Demo-shaped consortium: {SITES} sites × {PATIENTS} patients × {MINUTES:g} min, seed "
             f"{SEED}; the demo's model (public round-0 weights); one DP anomaly summary per site "
             f"of every patient with seizure windows ({n_patients}) at σ = {SIGMA:g} (ε = "
-            f"{eps:.2f} alone at the demo's δ = {cfg['privacy']['delta']:g}, "
-            f"{cfg['privacy']['accountant']}), merged and thresholded at the "
+            f"{eps:.2f} alone at the demo's δ = {cfg.privacy.delta:g}, "
+            f"{cfg.privacy.accountant}), merged and thresholded at the "
             f"{1 - FLAG_RATE:.0%} quantile of {len(set(public.groups))} public tuning events. "
             f"Known-type seizure events of the sites' test patients flagged as aberrant "
             f"({n_events} events; the target is {FLAG_RATE:.0%}: every type is known here):",

@@ -225,7 +225,7 @@ def test_three_supernodes_run_and_over_budget_site_declines(consortium):
             if s == "site-03":
                 assert metrics <= {"declined", "decline-reason", "site-name"}, metrics
     runs = PrivacyLedger(root / "state" / "site-01").load()["runs"]
-    assert runs[0]["sample_rate"] == pytest.approx(MAIN["training"]["batch-size"] / n_train)
+    assert runs[0]["sample_rate"] == pytest.approx(MAIN.training.batch_size / n_train)
     purposes = [r["purpose"] for r in runs]
     assert purposes == [
         "federated round 1",
