@@ -319,8 +319,8 @@ def run_demo(
         raise SemioFedError(f"baseline comparison failed (exit {comparing.returncode}; see above)")
     comparison = json.loads(stdout)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    eps = demo_privacy.cumulative_epsilon(out / "state", names, priv["delta"], priv["accountant"])
-    print_comparison(comparison, eps, priv["delta"])
+    eps = demo_privacy.cumulative_epsilon(out / "state", names, priv.delta, priv.accountant)
+    print_comparison(comparison, eps, priv.delta)
     demo_privacy.print_release_epsilon(calibration)
     wall = time.perf_counter() - t_start
     print(
