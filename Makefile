@@ -12,8 +12,10 @@ venv: $(STAMP)
 LOCK   := configs/requirements.lock
 # Two pytest workers, whole modules each (module fixtures such as a running consortium stay
 # on one worker): the deployment tests mostly wait on Flower heartbeats and process start-up,
-# and the other worker uses those minutes. Each worker runs torch on one thread (conftest).
-PYTEST_WORKERS ?= -n 2 --dist loadscope
+# and the other worker uses those minutes. The long end-to-end scopes are collected first
+# (tests/conftest.py) and xdist keeps that order, so none of them starts last. Each worker
+# runs torch on one thread (conftest).
+PYTEST_WORKERS ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 # Pinned install: pyproject's exact pins, every transitive package constrained by the lock,
 # then mediapipe 0.10.21 on its own with --no-deps (its wheel ships the Holistic models; its

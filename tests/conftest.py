@@ -20,6 +20,15 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long end-to-end tests (marked ``slow``) first, in collection order, then the rest.
+    ``make test`` runs pytest-xdist with ``--dist loadscope --no-loadscope-reorder``: each
+    worker takes the next scope (module or class) as it frees, so no long scope is taken last
+    and runs alone while the other worker idles (xdist's own reorder sorts scopes by their
+    number of tests, which put the one-test SuperNode-crash class last)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
+
+
 @pytest.fixture(scope="session")
 def small_consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic consortium (2 sites × 4 patients × 6 min, seed 0), generated once

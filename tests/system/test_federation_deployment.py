@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ RESILIENT = RunConfig.parse(
         **TINY,
         "federation": {
             **TINY["federation"],
-            "rounds": 3,
+            "rounds": 2,
             "min-nodes": 1,
             "strategy": "fedmedian",
             # A site that died is answered for by the SuperLink (node unavailable) once its
@@ -52,9 +53,7 @@ RESILIENT = RunConfig.parse(
 )
 
 
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
-    root = tmp_path_factory.mktemp("federation")
+def _start_consortium(root: Path) -> Iterator[tuple[Consortium, Path]]:
     data = synth_consortium(root / "data", sites=3, patients=3)
     certs = init_consortium(root / "certs")  # holds no site private key
     write_supernode_keypair(root / "intruder.key", root / "intruder.pub")  # never registered
@@ -78,6 +77,53 @@ def consortium(tmp_path_factory):
             c.start_supernode(s)
         c.wait_connected(3)
         yield c, root
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    yield from _start_consortium(tmp_path_factory.mktemp("federation"))
+
+
+class TestSupernodeCrash:
+    """The longest test (Flower's 30-s heartbeats), with a consortium of its own: a class,
+    so that pytest-xdist's ``--dist loadscope`` (``make test``) may run it on the other worker
+    beside the module's other tests (tests/conftest.py starts it first)."""
+
+    @pytest.fixture(scope="class")
+    def own_consortium(self, tmp_path_factory):
+        yield from _start_consortium(tmp_path_factory.mktemp("federation-crash"))
+
+    def test_killed_supernode_rejoins_and_restarted_serverapp_resumes(self, own_consortium):
+        c, root = own_consortium
+        out = root / "run-resilient"
+        payload = {"semiofed": encode_payload(RESILIENT, out_dir=str(out))}
+        ledger = root / "state" / "site-02" / "privacy_ledger.json"
+
+        def site02_training() -> bool:
+            return ledger.exists() and len(json.loads(ledger.read_text())["runs"]) > 0
+
+        run_id = c.submit(payload)
+        _wait(site02_training, 300, "site-02 to start training in round 1")
+        c.kill_supernode("site-02")  # mid-round crash of a hospital
+        c.start_supernode("site-02")  # it comes back (same key, same node id)
+        progress = out / PROGRESS_FILE
+        _wait(
+            lambda: progress.exists() and len(json.loads(progress.read_text())["rounds"]) >= 1,
+            600,
+            "round 1",
+        )
+        c.stop_run(run_id)  # the ServerApp goes away after round 1 …
+        c.wait_run(run_id, 60)  # the run stops
+        run_id2 = c.submit(payload)  # … and a new one resumes from the checkpoint
+        status = c.wait_run(run_id2, timeout=600, progress=progress)
+        assert status["status"] == "finished:completed", status
+        run = _run_json(out)
+        assert run["resumed_after_round"] >= 1
+        rounds = {r["round"]: r for r in run["rounds"]}
+        assert sorted(rounds) == [1, 2]
+        assert "site-02" not in rounds[1]["sites"] and "site-01" in rounds[1]["sites"]
+        assert rounds[1]["aggregated"]  # min-nodes = 1: round 1 completed without site-02
+        assert "site-02" in rounds[2]["sites"]  # site-02 rejoined
 
 
 def _run_json(out: Path) -> dict:
@@ -366,45 +412,6 @@ def _wait(pred, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-class TestSupernodeCrash:
-    """A class, so that pytest-xdist's ``--dist loadscope`` (``make test``) may run this
-    longest test (Flower's 30-s heartbeats) on the other worker, beside the module's other
-    tests, with a consortium of its own; it reads only what it makes."""
-
-    def test_killed_supernode_rejoins_and_restarted_serverapp_resumes(self, consortium):
-        c, root = consortium
-        out = root / "run-resilient"
-        payload = {"semiofed": encode_payload(RESILIENT, out_dir=str(out))}
-        ledger = root / "state" / "site-02" / "privacy_ledger.json"
-        n_before = len(json.loads(ledger.read_text())["runs"]) if ledger.exists() else 0
-
-        def site02_training() -> bool:
-            return ledger.exists() and len(json.loads(ledger.read_text())["runs"]) > n_before
-
-        run_id = c.submit(payload)
-        _wait(site02_training, 300, "site-02 to start training in round 1")
-        c.kill_supernode("site-02")  # mid-round crash of a hospital
-        c.start_supernode("site-02")  # it comes back (same key, same node id)
-        progress = out / PROGRESS_FILE
-        _wait(
-            lambda: progress.exists() and len(json.loads(progress.read_text())["rounds"]) >= 2,
-            600,
-            "2 rounds",
-        )
-        c.stop_run(run_id)  # the ServerApp goes away after round 2 …
-        c.wait_run(run_id, 60)  # the run stops
-        run_id2 = c.submit(payload)  # … and a new one resumes from the checkpoint
-        status = c.wait_run(run_id2, timeout=600, progress=progress)
-        assert status["status"] == "finished:completed", status
-        run = _run_json(out)
-        assert run["resumed_after_round"] >= 2
-        rounds = {r["round"]: r for r in run["rounds"]}
-        assert sorted(rounds) == [1, 2, 3]
-        assert "site-02" not in rounds[1]["sites"] and "site-01" in rounds[1]["sites"]
-        assert rounds[1]["aggregated"]  # min-nodes = 1: round 1 completed without site-02
-        assert any("site-02" in rounds[r]["sites"] for r in (2, 3))  # site-02 rejoined
 
 
 class TestWorkFolderReuse:

@@ -35,6 +35,7 @@ import pytest
 
 from tests.ledger_helpers import new_ledger
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SEED = 18
 KILLS = 2
