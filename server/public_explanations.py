@@ -9,8 +9,9 @@ the data shows, PNES), on up to ``per_class`` windows of that class drawn with a
 * **per-stream contribution**: the mean exact Shapley value, over the five input streams, of
   the model's probability for that class (the type head's softmax; for background the
   detection probability's complement is not used: background rows explain the detection
-  probability), each stream replaced by the recording's resting pose when absent from a
-  coalition (:func:`~semiofed.shared.analysis.explain.shapley_streams`);
+  probability), each stream replaced by the patient's resting pose when absent from a
+  coalition (the median pose over the quarter of its non-overlapping windows the model finds
+  least seizure-like) (:func:`~semiofed.shared.analysis.explain.shapley_streams`);
 * **body regions**: the share of the absolute integrated gradients of that class's logit
   that falls on each body region's landmarks and motion
   (:data:`~semiofed.shared.skeleton.REGIONS`), averaged over the windows.
@@ -45,6 +46,9 @@ from .registry.cards import EXPLANATIONS_FILE, EXPLANATIONS_FORMAT
 
 PER_CLASS = 12
 IG_STEPS = 16
+#: The resting pose is taken from every REST_STRIDE-th window (at the public windows' 5 s
+#: length and 1 s hop: windows that do not overlap, so together they cover the recording).
+REST_STRIDE = 5
 WHAT_IT_IS = (
     "How this model responds, on average, to windows of each class of simulated (public) "
     "patients: mean Shapley contribution of each input stream to the class probability, and "
@@ -78,8 +82,10 @@ def explain_public(
     neutral: list[dict[str, torch.Tensor]] = []
     pool: dict[int, list[tuple[int, int]]] = {}
     for k, pw in enumerate(patients):
-        prob = predict_windows(model, pw.x, pw.mask)["detect_prob"]
-        rest = np.argsort(prob, kind="stable")[: max(1, len(prob) // 4)]
+        spaced = np.arange(0, len(pw), REST_STRIDE)
+        x = {s: pw.x[s][spaced] for s in STREAM_NAMES}
+        prob = predict_windows(model, x, {s: pw.mask[s][spaced] for s in STREAM_NAMES})
+        rest = spaced[np.argsort(prob["detect_prob"], kind="stable")[: max(1, len(spaced) // 4)]]
         fallback = {s: np.asarray(pw.x[s][int(rest[0])]) for s in STREAM_NAMES}
         base = resting_baseline(pw.x, pw.mask, rest, fallback)
         neutral.append({s: torch.as_tensor(base[s])[None, None] for s in STREAM_NAMES})
@@ -120,6 +126,8 @@ def explain_public(
         "patients": len(patients),
         "method": {
             "streams": "exact Shapley values over the input streams, resting-pose baseline",
+            "baseline": f"median pose of the quarter of every {REST_STRIDE}th window with the "
+            "lowest detection probability",
             "regions": f"share of |integrated gradients| ({IG_STEPS} steps) per body region",
             "windows_per_class": per_class,
             "seed": seed,
