@@ -13,7 +13,10 @@ public validation patients (type macro-F1, then AUROC), so hyper-parameters and 
 checkpoint are chosen on public data only. A run may continue a previous public round-0
 model (``init``: its SHA-256) with a cosine-decayed rate (``lr_end``): the model it starts
 from is kept unless a checkpoint beats it, and its recipe is recorded in the new one's
-(``init_recipe``), so a chain of continuations stays declared public-only.
+(``init_recipe``), so a chain of continuations stays declared public-only. A continuation
+may keep its encoders (``frozen``: the top trains on the windows' embeddings) and draw a
+share of its background from the simulator truth's confounder episodes
+(``confounder_share``: hard background).
 
 The result is one safetensors file named by its SHA-256 (``<sha256>.safetensors``) holding
 the model's state dict and, as metadata, the recipe (simulator seed, sites, patients,
