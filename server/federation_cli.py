@@ -152,6 +152,19 @@ def register_server(cmds: argparse._SubParsersAction) -> None:
         metavar="SHA256",
         help="continue from this public round-0 model (its recipe is kept in the new file's)",
     )
+    p.add_argument(
+        "--frozen",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="with --init: keep these parameters (e.g. encoders: train the top only)",
+    )
+    p.add_argument(
+        "--confounder-share",
+        type=float,
+        default=None,
+        help="share of background draws from the simulator's confounder episodes (0 … 1)",
+    )
     p.set_defaults(func=_pretrain)
 
 
@@ -271,7 +284,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     for name, value in {"lr": args.lr, "lr_end": args.lr_end}.items():
         if value is not None and not value > 0:
             raise SemioFedError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    share = args.confounder_share
+    if share is not None and not 0 <= share < 1:
+        raise SemioFedError(f"--confounder-share must be in [0, 1), got {share}")
     given |= {"lr": args.lr, "lr_end": args.lr_end, "draw_seed": args.draw_seed, "init": args.init}
+    given |= {"frozen": tuple(args.frozen) if args.frozen else None, "confounder_share": share}
     pcfg = dataclasses.replace(
         PretrainConfig(), **{k: v for k, v in given.items() if v is not None}
     )

@@ -13,7 +13,10 @@ public validation patients (type macro-F1, then AUROC), so hyper-parameters and 
 checkpoint are chosen on public data only. A run may continue a previous public round-0
 model (``init``: its SHA-256) with a cosine-decayed rate (``lr_end``): the model it starts
 from is kept unless a checkpoint beats it, and its recipe is recorded in the new one's
-(``init_recipe``), so a chain of continuations stays declared public-only.
+(``init_recipe``), so a chain of continuations stays declared public-only. A continuation
+may keep its encoders (``frozen``: the top trains on the windows' embeddings) and draw a
+share of its background from the simulator truth's confounder episodes
+(``confounder_share``: hard background).
 
 The result is one safetensors file named by its SHA-256 (``<sha256>.safetensors``) holding
 the model's state dict and, as metadata, the recipe (simulator seed, sites, patients,
@@ -39,7 +42,7 @@ import numpy as np
 
 from semiofed.shared.atomic import atomic_write_bytes
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.public_data import PUBLIC_SEED
+from semiofed.shared.public_data import PUBLIC_SEED, confounder_windows
 
 FORMAT = "semiofed-pretrained-1"
 
@@ -61,17 +64,33 @@ class PretrainConfig:
     draw_seed: int = 0  # batch draws and augmentation
     lr_end: float | None = None  # None: constant lr; else cosine decay from lr to lr_end
     init: str = ""  # SHA-256 of a previous public round-0 model to continue from ("": fresh)
+    # parameter name prefixes kept as ``init`` has them (("encoders",): the top only, trained
+    # on the public windows' embeddings, without augmentation)
+    frozen: tuple[str, ...] = ()
+    # share of the background draws taken from windows inside the simulator's confounder
+    # episodes (talking, eating, scratching, …: hard background); the rest uniform
+    confounder_share: float = 0.0
 
 
-def _balanced_weights(patients: list[Any]) -> np.ndarray:
-    """Per-window draw probabilities: half background, half events (event classes balanced)."""
+def _balanced_weights(
+    patients: list[Any], hard: dict[tuple[str, str], np.ndarray] | None = None, share: float = 0.0
+) -> np.ndarray:
+    """Per-window draw probabilities: half background, half events (event classes balanced);
+    ``share`` of the background half on the windows ``hard`` marks (per patient key)."""
     from semiofed.shared.labels import IGNORE_INDEX
 
     y_det = np.concatenate([p.y_detect for p in patients])
     y_type = np.concatenate([p.y_type for p in patients])
     w = np.zeros(len(y_det))
     bg = y_det == 0
-    w[bg] = 0.5 / max(1, bg.sum())
+    marked = np.zeros(len(y_det), dtype=bool)
+    if hard is not None and share > 0:
+        marked = bg & np.concatenate([hard[p.key] for p in patients])
+    if marked.any():
+        w[bg] = 0.5 * (1 - share) / bg.sum()
+        w[marked] += 0.5 * share / marked.sum()
+    else:
+        w[bg] = 0.5 / max(1, bg.sum())
     classes = [c for c in np.unique(y_type[~bg]) if c != IGNORE_INDEX]
     for c in classes:
         sel = ~bg & (y_type == c)
@@ -103,12 +122,13 @@ def _scores(model: Any, patients: list[Any]) -> tuple[float, float]:
     """(type macro-F1, AUROC) of ``model`` on ``patients``."""
     import torch
 
-    from semiofed.shared.dataset import WindowDataset, collate
+    from semiofed.shared.dataset import WindowDataset, collate, embeddings_key
     from semiofed.shared.metrics import window_metrics
 
     model.eval()
+    key = embeddings_key(patients, model.embedding_key())
     loader = torch.utils.data.DataLoader(
-        WindowDataset(patients), batch_size=256, collate_fn=collate
+        WindowDataset(patients, embeddings=key), batch_size=256, collate_fn=collate
     )
     probs, types = [], []
     with torch.no_grad():
@@ -140,8 +160,34 @@ def public_patients(pcfg: PretrainConfig, work: Path) -> list[Any]:
     )
 
 
-def pretrain_model(model_cfg: Any, pcfg: PretrainConfig, patients: list[Any]) -> tuple[Any, dict]:
-    """Train a fresh SemioNet on public ``patients``; returns it and its training summary."""
+def _embedded(model: Any, patients: list[Any]) -> list[Any]:
+    """``patients`` with their windows' embeddings under ``model``'s frozen encoders."""
+    import torch
+
+    from semiofed.shared.dataset import StreamEmbeddings, WindowDataset, collate
+    from semiofed.shared.model import embed_windows
+
+    loader = torch.utils.data.DataLoader(
+        WindowDataset(patients), batch_size=256, shuffle=False, collate_fn=collate
+    )
+    emb, present = embed_windows(model, loader)
+    bounds = np.cumsum([len(p) for p in patients])[:-1]
+    key = model.embedding_key()
+    return [
+        dataclasses.replace(p, embedded=StreamEmbeddings(key, e, m))
+        for p, e, m in zip(patients, np.split(emb, bounds), np.split(present, bounds), strict=True)
+    ]
+
+
+def pretrain_model(
+    model_cfg: Any,
+    pcfg: PretrainConfig,
+    patients: list[Any],
+    hard: dict[tuple[str, str], np.ndarray] | None = None,
+) -> tuple[Any, dict]:
+    """Train a SemioNet (fresh, or from ``init``) on public ``patients``; ``hard`` marks each
+    patient's windows of hard background (``confounder_share``). Returns the model and its
+    training summary."""
     import copy
 
     import torch
@@ -150,7 +196,9 @@ def pretrain_model(model_cfg: Any, pcfg: PretrainConfig, patients: list[Any]) ->
     from semiofed.shared.model import SemioNet, loss_per_window
     from semiofed.shared.splits import patient_split
 
-    cfg = dataclasses.replace(model_cfg, pretrained=pcfg.init, frozen=())
+    cfg = dataclasses.replace(model_cfg, pretrained=pcfg.init, frozen=pcfg.frozen)
+    if pcfg.frozen and not pcfg.init:
+        raise SemioFedError("frozen parameters need init (a previous public round-0 model)")
     if pcfg.init:
         init_recipe(pcfg.init)
     frac = pcfg.val_patients / len(patients)
@@ -160,9 +208,12 @@ def pretrain_model(model_cfg: Any, pcfg: PretrainConfig, patients: list[Any]) ->
     torch.manual_seed(pcfg.train_seed)
     rng = np.random.default_rng(pcfg.draw_seed)
     model = SemioNet(cfg)
-    data = WindowDataset(train, augment=True, seed=pcfg.draw_seed)
-    weights = _balanced_weights(train)
-    opt = torch.optim.Adam(model.parameters(), lr=pcfg.lr)
+    key = model.embedding_key()
+    if key is not None:  # frozen encoders: the top trains on the windows' embeddings
+        train, val = _embedded(model, train), _embedded(model, val)
+    data = WindowDataset(train, augment=key is None, seed=pcfg.draw_seed, embeddings=key)
+    weights = _balanced_weights(train, hard, pcfg.confounder_share)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=pcfg.lr)
     best: tuple[tuple[float, float], int, dict] | None = None
     if pcfg.init:  # step 0: the continuation keeps its start unless it beats it
         best = (_scores(model, val), 0, copy.deepcopy(model.state_dict()))
@@ -210,7 +261,10 @@ def pretrain(model_cfg: Any, pcfg: PretrainConfig, out_dir: Path) -> dict[str, A
     chain = init_recipe(pcfg.init) if pcfg.init else None  # before the data is generated
     with tempfile.TemporaryDirectory(prefix="semiofed-pretrain-") as tmp:
         patients = public_patients(pcfg, Path(tmp))
-        model, summary = pretrain_model(model_cfg, pcfg, patients)
+        hard = None
+        if pcfg.confounder_share > 0:
+            hard = confounder_windows(Path(tmp) / "public-data", patients)
+        model, summary = pretrain_model(model_cfg, pcfg, patients, hard)
     base = dataclasses.replace(model_cfg, pretrained="", frozen=())
     recipe = {
         "data": "public: SemioFed motion simulator (shared/synth), no patient data",

@@ -9,9 +9,13 @@ consortium's data uses, so no patient is involved and nothing of it needs a priv
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+
 from .dataset import FeaturesFn, PatientWindows, file_features, load_patient_windows
+from .windows import WindowConfig
 
 #: Simulator seed of the public pretraining data; no consortium of sites may use it.
 PUBLIC_SEED = 104_729
@@ -47,3 +51,29 @@ def tuning_patients(data: Path, features: FeaturesFn = file_features) -> list[Pa
     return public_patients(
         data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED, features
     )
+
+
+def confounder_windows(
+    data: Path, patients: list[PatientWindows], window: WindowConfig | None = None
+) -> dict[tuple[str, str], np.ndarray]:
+    """Per patient (key), which windows overlap a confounder episode (talking, eating,
+    scratching, …) listed in its recordings' simulator truth (``*_truth.json`` under
+    ``data/<site>``): the background that looks most like an event."""
+    seconds = (window or WindowConfig()).seconds
+    truth = {
+        p.name[: -len("_truth.json")]: p
+        for site in dict.fromkeys(pw.site for pw in patients)
+        for p in (data / site).rglob("*_truth.json")
+    }
+    out = {}
+    for pw in patients:
+        mask = np.zeros(len(pw), dtype=bool)
+        for rec in dict.fromkeys(pw.recording.tolist()):
+            sel = pw.recording == rec
+            t0 = pw.t0[sel]
+            hit = np.zeros(len(t0), dtype=bool)
+            for cf in json.loads(truth[rec].read_text())["confounders"]:
+                hit |= (t0 < cf["offset"]) & (t0 + seconds > cf["onset"])
+            mask[sel] = hit
+        out[pw.key] = mask
+    return out

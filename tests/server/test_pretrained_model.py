@@ -156,6 +156,55 @@ def test_dp_fine_tuning_leaves_frozen_layers_and_beats_chance(
     assert m["auroc_seizure"] > 0.8
 
 
+def test_top_only_continuation_keeps_encoders_and_draws_confounders(
+    small_consortium: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A continuation with frozen encoders trains the top only, on the windows' embeddings;
+    the hard background it can draw from is the simulator truth's confounder episodes."""
+    import json
+
+    import numpy as np
+
+    from semiofed.server.pretrain import _balanced_weights
+    from semiofed.shared.public_data import confounder_windows
+
+    public = load_patient_windows(small_consortium / "site-01")
+    hard = confounder_windows(small_consortium, public)
+    assert any(m.any() for m in hard.values()) and not all(m.all() for m in hard.values())
+    episodes = {
+        path.name.removesuffix("_truth.json"): json.loads(path.read_text())["confounders"]
+        for path in (small_consortium / "site-01").rglob("*_truth.json")
+    }
+    for p in public:
+        m = hard[p.key]
+        assert len(m) == len(p)
+        # every marked window overlaps an episode of its own recording's truth
+        for t0, rec in zip(p.t0[m], p.recording[m], strict=True):
+            assert any(t0 < cf["offset"] and t0 + 5.0 > cf["onset"] for cf in episodes[rec])
+    w_uniform = _balanced_weights(public)
+    w_hard = _balanced_weights(public, hard, 0.5)
+    marked = np.concatenate([hard[p.key] & (p.y_detect == 0) for p in public])
+    assert w_hard.sum() == pytest.approx(1.0)
+    assert w_hard[marked].sum() > w_uniform[marked].sum()
+    assert w_hard[marked].sum() >= 0.25 - 1e-9  # half the background half
+
+    torch.manual_seed(0)
+    digest, _ = save_pretrained(SemioNet(SMALL), {"data": "public: test"}, tmp_path)
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
+    pcfg = PretrainConfig(
+        steps=10, batch_size=24, eval_every=10, val_patients=1, init=digest,
+        frozen=HEADS_ONLY, confounder_share=0.5,
+    )  # fmt: skip
+    model, summary = pretrain_model(SMALL, pcfg, public, hard)
+    assert summary["best_step"] in (0, 10)
+    start = load_pretrained(digest)[0]
+    for name, value in model.state_dict().items():
+        if name.startswith("encoders."):
+            torch.testing.assert_close(value, start[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(SemioFedError, match="frozen parameters need init"):
+        pretrain_model(SMALL, dataclasses.replace(pcfg, init=""), public, hard)
+
+
 def test_pretrain_command_refuses_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,6 +221,8 @@ def test_pretrain_command_refuses_bad_input(
     args = ["server", "pretrain", "--config", str(config), "--out", str(tmp_path)]
     assert main([*args, "--lr-end", "0"]) == 2
     assert capsys.readouterr().err.strip() == "semiofed: error: --lr-end must be > 0, got 0.0"
+    assert main([*args, "--confounder-share", "1"]) == 2
+    assert "--confounder-share must be in [0, 1), got 1.0" in capsys.readouterr().err
     assert main([*args, "--init", "0" * 64]) == 2
     assert "no " + "0" * 64 + ".safetensors" in capsys.readouterr().err
     missing = tmp_path / "missing.toml"
