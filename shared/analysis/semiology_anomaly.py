@@ -1,0 +1,113 @@
+"""The anomaly model on semiology events: the representation ``bench_openset`` measured to
+separate a seizure type no site has seen (leave-one-type-out), unlike the fused embedding.
+
+An event's features (:func:`patient_events`): the mean over its windows of the fixed
+quantified signs of :mod:`semiofed.shared.semiology_features` (motion, frequency, band power,
+asymmetry, face and presence per region). They have no learned or data-derived parameter, so
+a type the consortium never saw is not pulled onto the known ones, as the fused embedding (a
+network trained to tell the known types apart) pulls it.
+
+The public space (:func:`public_space`): each feature centred on the mean of the public
+known-type events and divided by its public within-class s.d. (floored at
+:data:`WITHIN_FLOOR` × its s.d. over every public window); all 91 features kept; clipping
+scale from the public events (:meth:`~.openset.ProjectionSpace.diagonal`). Every number of
+it comes from the simulator's public tuning patients.
+
+The DP release is :func:`~.anomaly.dp_anomaly_summary` with each patient's rows its events'
+feature vectors instead of its windows' embeddings: each row clipped to L2 norm ≤ 1 after
+projection, so a patient's vector still has L2 norm ≤ 1 however many events it has
+(sensitivity 1, one Gaussian release). The score of an event is its Mahalanobis distance to
+the nearest merged class mean (:meth:`~.openset.OpenSetScorer.event_distance`); the threshold
+is set on public known-type events (:meth:`~.openset.OpenSetScorer.calibrate_events`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from semiofed.shared.dataset import PatientWindows
+from semiofed.shared.errors import SemioFedError
+from semiofed.shared.semiology_features import semiology_features
+
+from .anomaly import SEIZURE_CLASSES
+from .openset import ProjectionSpace, event_features
+
+#: floor of a feature's within-class s.d., as a share of its s.d. over all public windows
+WITHIN_FLOOR = 0.05
+BATCH = 256
+
+
+def window_features(p: PatientWindows) -> np.ndarray:
+    """(N, N_FEATURES) semiology features of a patient's windows (deterministic, no model)."""
+    out = []
+    with torch.no_grad():
+        for a in range(0, len(p), BATCH):
+            batch = {f"x_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in p.x.items()}
+            batch |= {
+                f"m_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in p.mask.items()
+            }
+            out.append(semiology_features(batch).double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def event_ids(p: PatientWindows) -> list:
+    """An id per window: (recording, run) for consecutive windows of one annotated seizure
+    class in one recording; None elsewhere (background, unlabelled)."""
+    ids: list = []
+    run, prev = 0, None
+    for i in range(len(p)):
+        key = (str(p.recording[i]), int(p.y_type[i]))
+        if not p.y_detect[i] or key[1] not in SEIZURE_CLASSES:
+            ids.append(None)
+            prev = None
+            continue
+        run += key != prev
+        prev = key
+        ids.append((key[0], run))
+    return ids
+
+
+def patient_events(
+    p: PatientWindows, features: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(event feature rows (E, N_FEATURES), their classes (E,)) of a patient's annotated
+    seizure events (``features``: its windows' :func:`window_features`, computed if None)."""
+    f = window_features(p) if features is None else features
+    groups = event_ids(p)
+    ids, rows = event_features(f, groups)
+    first = {g: i for i, g in reversed(list(enumerate(groups))) if g is not None}
+    return rows, np.array([int(p.y_type[first[g]]) for g in ids], dtype=np.int64)
+
+
+def public_space(
+    window_rows: np.ndarray, event_rows: np.ndarray, event_labels: np.ndarray
+) -> ProjectionSpace:
+    """The space from public data only: every public window's features (``window_rows``) and
+    the public known-type events (rows, classes)."""
+    ev, lab = np.asarray(event_rows, dtype=np.float64), np.asarray(event_labels)
+    classes = sorted(set(lab.tolist()))
+    if len(ev) < 2 * max(len(classes), 1):
+        raise SemioFedError(f"{len(ev)} public events: too few for the anomaly space")
+    means = np.stack([ev[lab == c].mean(0) for c in classes])
+    within = np.sqrt(((ev - means[np.searchsorted(classes, lab)]) ** 2).mean(0))
+    sd = np.maximum(within, WITHIN_FLOOR * np.asarray(window_rows).std(0)) + 1e-3
+    return ProjectionSpace.diagonal(ev.mean(0), sd, ev)
+
+
+def events_of(
+    patients: Sequence[PatientWindows], exclude: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every window's features, and the events (rows, classes) of ``patients`` (the events
+    of class ``exclude`` left out)."""
+    wins, rows, labs = [], [], []
+    for p in patients:
+        f = window_features(p)
+        e, y = patient_events(p, f)
+        keep = y != exclude
+        wins.append(f)
+        rows.append(e[keep])
+        labs.append(y[keep])
+    return np.concatenate(wins), np.concatenate(rows), np.concatenate(labs)
