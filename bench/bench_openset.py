@@ -19,10 +19,11 @@ import numpy as np
 
 from bench.run import BenchContext
 from semiofed.privacy.accounting import epsilon
-from semiofed.shared.analysis.anomaly import SEIZURE_CLASSES, dp_anomaly_summary, merge_anomaly
+from semiofed.shared.analysis.anomaly import SEIZURE_CLASSES, dp_anomaly_summary
 from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
 from semiofed.shared.analysis.semiology_anomaly import (
     events_of,
+    merge,
     patient_events,
     public_space,
     window_features,
@@ -38,6 +39,7 @@ from semiofed.shared.synth import generate_consortium
 #: the demo's consortium shape, longer recordings for more events (seed used nowhere else)
 SITES, PATIENTS, MINUTES, SEED = 3, 40, 8.0, 41
 SPLITS, NOISE_DRAWS, SIGMAS = 3, 10, (1.0, 3.0)
+RANK = 3  # public discriminant directions of the low-rank space
 #: the motion-energy baseline: the summed log-speed of the body regions
 SPEEDS = [i for i, n in enumerate(FEATURE_NAMES) if n.endswith("_speed")]
 COLUMNS = (
@@ -47,6 +49,8 @@ COLUMNS = (
     ("pooled", "class Gaussians, pooled events (not DP)"),
     ("fed0", "federated estimator, no noise"),
     *((f"dp{s:g}", f"DP federated, σ = {s:g}") for s in SIGMAS),
+    ("r-fed0", f"{RANK} public directions: no noise"),
+    *((f"r-dp{s:g}", f"{RANK} public directions: DP, σ = {s:g}") for s in SIGMAS),
 )
 
 
@@ -54,15 +58,16 @@ def _fed(train: list, space: ProjectionSpace, sigma: float, rng) -> OpenSetScore
     by_site: dict[str, list] = {}
     for site, rows, lab in train:
         by_site.setdefault(site, []).append((rows, lab))
-    return merge_anomaly(
+    return merge(
         [dp_anomaly_summary(by_site[s], space, sigma, rng) for s in sorted(by_site)], space
     )
 
 
-def _one(train: list, test_rows, is_new, space, pub_rows, rng) -> dict:
+def _one(train: list, test_rows, is_new, spaces, pub_rows, rng) -> dict:
     """Figures of one held-out type in one split: AUROC (and flag rates where thresholded)."""
     tr_rows = np.concatenate([r for _, r, _ in train])
     tr_lab = np.concatenate([y for _, _, y in train])
+    space = spaces[0]
     z_tr, z_te = space.project(tr_rows), space.project(test_rows)
     rand = rng.random(len(is_new))
     res: dict = {
@@ -72,20 +77,34 @@ def _one(train: list, test_rows, is_new, space, pub_rows, rng) -> dict:
     }
     pooled = OpenSetScorer.fit(z_tr, tr_lab)
     res["pooled"] = (auroc(is_new, pooled.mahalanobis(z_te)),)
-    for key, sigma in (("fed0", 1e-9), *((f"dp{s:g}", s) for s in SIGMAS)):
-        figs = []
-        for _ in range(1 if sigma < 1e-6 else NOISE_DRAWS):
-            try:
-                model = _fed(train, space, sigma, rng)
-            except SemioFedError:  # no class above the noisy minimum: no model, nothing flagged
-                figs.append((0.5, 0.0, 0.0))
-                continue
-            model.calibrate_events(pub_rows)
-            ev = model.event_distance(test_rows)
-            flag = ev > model.threshold
-            figs.append((auroc(is_new, ev), flag[~is_new].mean(), flag[is_new].mean()))
-        res[key] = tuple(np.mean(figs, axis=0))
+    for prefix, space in zip(("", "r-"), spaces, strict=True):
+        for key, sigma in (("fed0", 1e-9), *((f"dp{s:g}", s) for s in SIGMAS)):
+            res[prefix + key] = _federated(train, test_rows, is_new, space, pub_rows, sigma, rng)
     return res
+
+
+def _federated(
+    train: list,
+    test_rows: np.ndarray,
+    is_new: np.ndarray,
+    space: ProjectionSpace,
+    pub_rows: np.ndarray,
+    sigma: float,
+    rng: np.random.Generator,
+) -> tuple:
+    """AUROC and flag rates of the federated model, mean over noise draws."""
+    figs = []
+    for _ in range(1 if sigma < 1e-6 else NOISE_DRAWS):
+        try:
+            model = _fed(train, space, sigma, rng)
+        except SemioFedError:  # no class above the noisy minimum: no model, nothing flagged
+            figs.append((0.5, 0.0, 0.0))
+            continue
+        model.calibrate_events(pub_rows)
+        ev = model.event_distance(test_rows)
+        flag = ev > model.threshold
+        figs.append((auroc(is_new, ev), flag[~is_new].mean(), flag[is_new].mean()))
+    return tuple(np.mean(figs, axis=0))
 
 
 def _cell(fig: tuple) -> str:
@@ -150,8 +169,9 @@ def run(ctx: BenchContext) -> str:
             rows = np.concatenate([r for r, _ in test])
             is_new = np.concatenate([y for _, y in test]) == u
             keep = pub_all[2] != u
-            space = public_space(pub_all[0], pub_all[1][keep], pub_all[2][keep])
-            figs[CLASSES[u]].append(_one(train, rows, is_new, space, pub_all[1][keep], rng))
+            pub = (pub_all[0], pub_all[1][keep], pub_all[2][keep])
+            spaces = (public_space(*pub), public_space(*pub, rank=RANK))
+            figs[CLASSES[u]].append(_one(train, rows, is_new, spaces, pub_all[1][keep], rng))
             counts[CLASSES[u]][0] += int(is_new.sum())
             counts[CLASSES[u]][1] += int((~is_new).sum())
     mean = {

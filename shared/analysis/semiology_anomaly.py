@@ -17,7 +17,7 @@ The DP release is :func:`~.anomaly.dp_anomaly_summary` with each patient's rows 
 feature vectors instead of its windows' embeddings: each row clipped to L2 norm ≤ 1 after
 projection, so a patient's vector still has L2 norm ≤ 1 however many events it has
 (sensitivity 1, one Gaussian release). The score of an event is its Mahalanobis distance to
-the nearest merged class mean (:meth:`~.openset.OpenSetScorer.event_distance`); the threshold
+the nearest merged class mean (:func:`merge`; :meth:`~.openset.OpenSetScorer.event_distance`); the threshold
 is set on public known-type events (:meth:`~.openset.OpenSetScorer.calibrate_events`).
 """
 
@@ -32,11 +32,13 @@ from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.semiology_features import semiology_features
 
-from .anomaly import SEIZURE_CLASSES
-from .openset import ProjectionSpace, event_features
+from .anomaly import SEIZURE_CLASSES, merge_anomaly
+from .openset import CLIP_QUANTILE, OpenSetScorer, ProjectionSpace, event_features
 
 #: floor of a feature's within-class s.d., as a share of its s.d. over all public windows
 WITHIN_FLOOR = 0.05
+#: a merged class is kept only if its noisy weight exceeds this many noise s.d.s
+NOISE_SDS = 1.0
 BATCH = 256
 
 
@@ -83,10 +85,15 @@ def patient_events(
 
 
 def public_space(
-    window_rows: np.ndarray, event_rows: np.ndarray, event_labels: np.ndarray
+    window_rows: np.ndarray,
+    event_rows: np.ndarray,
+    event_labels: np.ndarray,
+    rank: int | None = None,
 ) -> ProjectionSpace:
     """The space from public data only: every public window's features (``window_rows``) and
-    the public known-type events (rows, classes)."""
+    the public known-type events (rows, classes). ``rank``: keep only that many public
+    discriminant directions (principal directions of the public class means in the
+    standardised features, at most classes − 1) instead of every feature."""
     ev, lab = np.asarray(event_rows, dtype=np.float64), np.asarray(event_labels)
     classes = sorted(set(lab.tolist()))
     if len(ev) < 2 * max(len(classes), 1):
@@ -94,7 +101,23 @@ def public_space(
     means = np.stack([ev[lab == c].mean(0) for c in classes])
     within = np.sqrt(((ev - means[np.searchsorted(classes, lab)]) ** 2).mean(0))
     sd = np.maximum(within, WITHIN_FLOOR * np.asarray(window_rows).std(0)) + 1e-3
-    return ProjectionSpace.diagonal(ev.mean(0), sd, ev)
+    full = ProjectionSpace.diagonal(ev.mean(0), sd, ev)
+    if rank is None:
+        return full
+    rank = max(1, min(rank, len(classes) - 1))
+    directions = np.linalg.svd((means - full.centre) / sd, full_matrices=False)[2][:rank].T
+    basis = directions / sd[:, None]
+    norms = np.linalg.norm((ev - full.centre) @ basis, axis=1)
+    scale = 1.0 / max(float(np.quantile(norms, CLIP_QUANTILE)), 1e-9)
+    return ProjectionSpace(full.centre, basis, scale)
+
+
+def merge(summaries: Sequence[dict], space: ProjectionSpace) -> OpenSetScorer:
+    """The consortium's model from the sites' DP summaries (post-processing): DP class means;
+    the covariance is the public one (identity in the space's within-class units), not the
+    DP second moments, too noisy over 91 features; classes kept above :data:`NOISE_SDS`."""
+    var = np.full(space.rank, space.scale**2)
+    return merge_anomaly(summaries, space, public_variance=var, noise_sds=NOISE_SDS)
 
 
 def events_of(

@@ -1,0 +1,110 @@
+"""The anomaly model on semiology events: a patient moves a site's DP sum by at most 1 in L2
+however many or extreme its events; the public diagonal space is built from public rows only;
+events are the runs of one annotated class; the merged DP model separates an unseen type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semiofed.shared.analysis.anomaly import (
+    SEIZURE_CLASSES,
+    dp_anomaly_summary,
+    patient_contribution,
+)
+from semiofed.shared.analysis.openset import ProjectionSpace
+from semiofed.shared.analysis.semiology_anomaly import (
+    event_ids,
+    merge,
+    patient_events,
+    public_space,
+    window_features,
+)
+from semiofed.shared.dataset import load_patient_windows
+from semiofed.shared.errors import SemioFedError
+from semiofed.shared.metrics import auroc
+from semiofed.shared.semiology_features import N_FEATURES
+
+D = N_FEATURES
+# class centres of synthetic event rows: a few features differ per class, as signs do
+CENTRES = np.zeros((len(SEIZURE_CLASSES), D))
+for _k in range(len(SEIZURE_CLASSES)):
+    CENTRES[_k, 6 * _k : 6 * _k + 6] = 6.0
+
+
+def _events(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    return CENTRES[k] + rng.normal(0.0, 0.5, (n, D))
+
+
+def _space(rng: np.random.Generator, known: tuple[int, ...]) -> ProjectionSpace:
+    """Public rows: background-like windows and known-type events."""
+    windows = rng.normal(0.0, 1.0, (2000, D))
+    ev = np.concatenate([_events(rng, k, 6) for k in known])
+    lab = np.repeat([SEIZURE_CLASSES[k] for k in known], 6)
+    return public_space(windows, ev, lab)
+
+
+def _site(rng: np.random.Generator, n: int, known: tuple[int, ...]) -> list:
+    """n patients with 1–4 events of one or two known classes."""
+    out = []
+    for i in range(n):
+        ks = [known[i % len(known)], known[(i * 7 + 1) % len(known)]][: 1 + i % 2]
+        rows = [_events(rng, k, int(rng.integers(1, 5))) for k in ks]
+        labs = [np.full(len(r), SEIZURE_CLASSES[k]) for r, k in zip(rows, ks, strict=True)]
+        out.append((np.concatenate(rows), np.concatenate(labs)))
+    return out
+
+
+def test_a_worst_case_patient_moves_the_sum_by_at_most_one() -> None:
+    rng = np.random.default_rng(0)
+    space = _space(rng, (0, 1, 2, 3, 4))
+    others = _site(rng, 10, (0, 1, 2))
+    # all mass on one feature, far out: after the diagonal scaling one coordinate, clipped
+    one_axis = space.centre + 1e9 * np.eye(D)[0] / (space.basis[0, 0] * space.scale)
+    worst = [
+        (rng.normal(0, 1e6, (3000, D)), rng.integers(0, 6, 3000)),  # huge, many, every class
+        (np.tile(one_axis, (500, 1)), np.full(500, SEIZURE_CLASSES[0])),
+        (np.full((1, D), 1e12), np.array([SEIZURE_CLASSES[-1]])),
+    ]
+    without = dp_anomaly_summary(others, space, 1e-12, rng)["noisy_sums"]
+    for e, y in worst:
+        assert np.linalg.norm(patient_contribution(space, e, y)) <= 1.0 + 1e-9
+        with_it = dp_anomaly_summary([*others, (e, y)], space, 1e-12, rng)["noisy_sums"]
+        assert np.linalg.norm(np.subtract(with_it, without)) <= 1.0 + 1e-9
+    assert np.linalg.norm(patient_contribution(space, *worst[1])) == pytest.approx(1.0)
+    # the space is public: built from public rows alone, refused without enough of them
+    with pytest.raises(SemioFedError, match="too few"):
+        public_space(np.ones((10, D)), np.ones((3, D)), np.array([1, 2, 3]))
+
+
+def test_the_dp_model_flags_a_type_no_site_has() -> None:
+    rng = np.random.default_rng(1)
+    known = (0, 1, 2, 3)  # class index 4 (pnes) is at no site and not in the public rows
+    space = _space(rng, known)
+    sites = [_site(rng, 40, known) for _ in range(3)]
+    model = merge([dp_anomaly_summary(s, space, 3.0, rng) for s in sites], space)
+    model.calibrate_events(np.concatenate([_events(rng, k, 10) for k in known]))
+    test = np.concatenate([_events(rng, k, 15) for k in (0, 1, 2, 3, 4)])
+    is_new = np.repeat(np.arange(5) == 4, 15)
+    score = model.event_distance(test)
+    assert auroc(is_new, score) > 0.9
+    flagged = score > model.threshold
+    assert flagged[is_new].mean() > 0.5 and flagged[~is_new].mean() < 0.2
+
+
+def test_events_are_runs_of_one_annotated_class(small_consortium: Path) -> None:
+    p = next(q for q in load_patient_windows(small_consortium / "site-01") if q.y_detect.any())
+    ids = event_ids(p)
+    assert [i is None for i in ids] == [
+        not (d and t in SEIZURE_CLASSES) for d, t in zip(p.y_detect, p.y_type, strict=True)
+    ]
+    f = window_features(p)
+    assert f.shape == (len(p), D) and np.isfinite(f).all()
+    rows, lab = patient_events(p, f)
+    assert len(rows) == len({i for i in ids if i is not None}) > 0
+    first = next(i for i in ids if i is not None)
+    sel = np.array([i == first for i in ids])
+    assert np.allclose(rows[0], f[sel].mean(0)) and lab[0] == p.y_type[sel][0]
+    assert {int(p.y_type[k]) for k in np.flatnonzero(sel)} == {lab[0]}
