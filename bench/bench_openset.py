@@ -19,9 +19,10 @@ import numpy as np
 
 from bench.run import BenchContext
 from semiofed.privacy.accounting import epsilon
-from semiofed.shared.analysis.anomaly import SEIZURE_CLASSES, dp_anomaly_summary
+from semiofed.shared.analysis.anomaly import SEIZURE_CLASSES, dp_anomaly_summary, merge_anomaly
 from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
 from semiofed.shared.analysis.semiology_anomaly import (
+    NOISE_SDS,
     events_of,
     merge,
     patient_events,
@@ -47,20 +48,26 @@ COLUMNS = (
     ("motion", "motion energy (summed region speeds)"),
     ("knn", "1-NN distance, pooled (not DP)"),
     ("pooled", "class Gaussians, pooled events (not DP)"),
+    ("local", "class Gaussians, one site's own events (not DP; mean over sites)"),
     ("fed0", "federated estimator, no noise"),
     *((f"dp{s:g}", f"DP federated, σ = {s:g}") for s in SIGMAS),
+    ("v-fed0", "DP second moments as covariance: no noise"),
+    *((f"v-dp{s:g}", f"DP second moments: DP, σ = {s:g}") for s in SIGMAS),
     ("r-fed0", f"{RANK} public directions: no noise"),
     *((f"r-dp{s:g}", f"{RANK} public directions: DP, σ = {s:g}") for s in SIGMAS),
 )
 
 
-def _fed(train: list, space: ProjectionSpace, sigma: float, rng) -> OpenSetScorer:
+def _fed(
+    train: list, space: ProjectionSpace, sigma: float, rng, dp_variance: bool = False
+) -> OpenSetScorer:
     by_site: dict[str, list] = {}
     for site, rows, lab in train:
         by_site.setdefault(site, []).append((rows, lab))
-    return merge(
-        [dp_anomaly_summary(by_site[s], space, sigma, rng) for s in sorted(by_site)], space
-    )
+    sums = [dp_anomaly_summary(by_site[s], space, sigma, rng) for s in sorted(by_site)]
+    if dp_variance:  # the DP second moments instead of the public covariance
+        return merge_anomaly(sums, space, noise_sds=NOISE_SDS)
+    return merge(sums, space)
 
 
 def _one(train: list, test_rows, is_new, spaces, pub_rows, rng) -> dict:
@@ -77,9 +84,20 @@ def _one(train: list, test_rows, is_new, spaces, pub_rows, rng) -> dict:
     }
     pooled = OpenSetScorer.fit(z_tr, tr_lab)
     res["pooled"] = (auroc(is_new, pooled.mahalanobis(z_te)),)
-    for prefix, space in zip(("", "r-"), spaces, strict=True):
+    local = []
+    for site in sorted({s for s, _, _ in train}):
+        own = [(r, y) for s, r, y in train if s == site]
+        scorer = OpenSetScorer.fit(
+            space.project(np.concatenate([r for r, _ in own])), np.concatenate([y for _, y in own])
+        )
+        local.append(auroc(is_new, scorer.mahalanobis(z_te)))
+    res["local"] = (float(np.mean(local)),)
+    variants = (("", spaces[0], False), ("v-", spaces[0], True), ("r-", spaces[1], False))
+    for prefix, space, dp_var in variants:
         for key, sigma in (("fed0", 1e-9), *((f"dp{s:g}", s) for s in SIGMAS)):
-            res[prefix + key] = _federated(train, test_rows, is_new, space, pub_rows, sigma, rng)
+            res[prefix + key] = _federated(
+                train, test_rows, is_new, space, pub_rows, sigma, rng, dp_var
+            )
     return res
 
 
@@ -91,12 +109,13 @@ def _federated(
     pub_rows: np.ndarray,
     sigma: float,
     rng: np.random.Generator,
+    dp_variance: bool,
 ) -> tuple:
     """AUROC and flag rates of the federated model, mean over noise draws."""
     figs = []
     for _ in range(1 if sigma < 1e-6 else NOISE_DRAWS):
         try:
-            model = _fed(train, space, sigma, rng)
+            model = _fed(train, space, sigma, rng, dp_variance)
         except SemioFedError:  # no class above the noisy minimum: no model, nothing flagged
             figs.append((0.5, 0.0, 0.0))
             continue
