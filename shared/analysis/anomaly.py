@@ -121,6 +121,18 @@ def anomaly_summary_problem(doc: object, space: ProjectionSpace) -> str | None:
     return None
 
 
+def noisy_totals(summaries: Sequence[dict], space: ProjectionSpace) -> tuple[np.ndarray, float]:
+    """The sites' validated noisy sums added, one row per seizure class (count, means,
+    squares), and the s.d. of the noise on a class's weight (post-processing)."""
+    for i, s in enumerate(summaries):
+        problem = anomaly_summary_problem(s, space)
+        if problem:
+            raise SemioFedError(f"anomaly summary {i + 1}: {problem}")
+    total = np.sum([s["noisy_sums"] for s in summaries], axis=0).reshape(-1, 1 + 2 * space.rank)
+    noise_sd = math.sqrt(sum(float(s["noise_multiplier"]) ** 2 for s in summaries)) / W_COUNT
+    return total, noise_sd
+
+
 def merge_anomaly(
     summaries: Sequence[dict],
     space: ProjectionSpace,
@@ -135,14 +147,9 @@ def merge_anomaly(
     second moments; ``noise_sds``: a class is kept only if its noisy weight also exceeds that
     many s.d.s of the weight's noise (an absent class's noisy count passes the fixed minimum
     often when σ is large: its mean is then pure noise)."""
-    for i, s in enumerate(summaries):
-        problem = anomaly_summary_problem(s, space)
-        if problem:
-            raise SemioFedError(f"anomaly summary {i + 1}: {problem}")
+    total, noise_sd = noisy_totals(summaries, space)
     r = space.rank
-    total = np.sum([s["noisy_sums"] for s in summaries], axis=0).reshape(-1, 1 + 2 * r)
     weight = total[:, 0] / W_COUNT
-    noise_sd = math.sqrt(sum(float(s["noise_multiplier"]) ** 2 for s in summaries)) / W_COUNT
     keep = weight >= max(MIN_CLASS_WEIGHT, noise_sds * noise_sd)
     if not keep.any():
         raise SemioFedError(
