@@ -8,7 +8,8 @@ each held-out type ``u``: the training patients' events of the other types fit t
 the held-out patients' events are scored (unseen = type ``u``). The public space and the
 threshold (meant to flag 5 % of known events) come from the public tuning patients with type
 ``u`` removed. DP rows: one summary per site of its training patients (≈ 24 a site), mean over
-``NOISE_DRAWS`` noise draws.
+``NOISE_DRAWS`` noise draws. Public only / shrunk: the public tuning patients' class means
+alone (ε = 0), and the DP means shrunk to them (:func:`~.semiology_anomaly.merge` with a prior).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ projection, so a patient's vector still has L2 norm ≤ 1 however many events it
 (sensitivity 1, one Gaussian release). The score of an event is its Mahalanobis distance to
 the nearest merged class mean (:func:`merge`; :meth:`~.openset.OpenSetScorer.event_distance`); the threshold
 is set on public known-type events (:meth:`~.openset.OpenSetScorer.calibrate_events`).
+With a :func:`public_prior` (the public patients' noiseless sums), :func:`merge` shrinks each DP
+class mean to the public one (post-processing), or with no summaries gives the public model.
 """
 
 from __future__ import annotations
