@@ -105,6 +105,9 @@ def anomaly_summary_problem(doc: object, space: ProjectionSpace) -> str | None:
         return f"not a {ANOMALY_FORMAT} summary"
     if doc.get("classes") != list(SEIZURE_CLASSES) or doc.get("rank") != space.rank:
         return "fields 'classes'/'rank' are not this version's layout"
+    sigma = doc.get("noise_multiplier")
+    if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
+        return "field 'noise_multiplier' must be a finite number > 0"
     if doc.get("space") != space.digest():
         return "field 'space' names another public projection"
     values = doc.get("noisy_sums")
@@ -118,26 +121,48 @@ def anomaly_summary_problem(doc: object, space: ProjectionSpace) -> str | None:
     return None
 
 
-def merge_anomaly(summaries: Sequence[dict], space: ProjectionSpace) -> OpenSetScorer:
-    """The consortium's anomaly model from the sites' DP summaries (post-processing): class
-    means and a shared shrunk diagonal covariance in ``space``; not yet standardised or
-    thresholded (calibrate it on public data)."""
+def noisy_totals(summaries: Sequence[dict], space: ProjectionSpace) -> tuple[np.ndarray, float]:
+    """The sites' validated noisy sums added, one row per seizure class (count, means,
+    squares), and the s.d. of the noise on a class's weight (post-processing)."""
     for i, s in enumerate(summaries):
         problem = anomaly_summary_problem(s, space)
         if problem:
             raise SemioFedError(f"anomaly summary {i + 1}: {problem}")
+    total = np.sum([s["noisy_sums"] for s in summaries], axis=0).reshape(-1, 1 + 2 * space.rank)
+    noise_sd = math.sqrt(sum(float(s["noise_multiplier"]) ** 2 for s in summaries)) / W_COUNT
+    return total, noise_sd
+
+
+def merge_anomaly(
+    summaries: Sequence[dict],
+    space: ProjectionSpace,
+    public_variance: np.ndarray | None = None,
+    noise_sds: float = 0.0,
+) -> OpenSetScorer:
+    """The consortium's anomaly model from the sites' DP summaries (post-processing): class
+    means and a shared shrunk diagonal covariance in ``space``; not yet standardised or
+    thresholded (calibrate it on public data).
+
+    ``public_variance``: a public diagonal covariance (in ``space``) used instead of the DP
+    second moments; ``noise_sds``: a class is kept only if its noisy weight also exceeds that
+    many s.d.s of the weight's noise (an absent class's noisy count passes the fixed minimum
+    often when σ is large: its mean is then pure noise)."""
+    total, noise_sd = noisy_totals(summaries, space)
     r = space.rank
-    total = np.sum([s["noisy_sums"] for s in summaries], axis=0).reshape(-1, 1 + 2 * r)
     weight = total[:, 0] / W_COUNT
-    keep = weight >= MIN_CLASS_WEIGHT
+    keep = weight >= max(MIN_CLASS_WEIGHT, noise_sds * noise_sd)
     if not keep.any():
         raise SemioFedError(
-            f"no seizure class has a noisy patient weight ≥ {MIN_CLASS_WEIGHT}: no anomaly model"
+            "no seizure class has a noisy patient weight above the minimum: no model"
         )
     n = weight[keep][:, None]
     means = total[keep, 1 : 1 + r] / (W_MEAN * n)
     second = total[keep, 1 + r :] / (W_SQUARE * n)
-    var = np.sum(n * (second - means**2), axis=0) / n.sum()
-    var = np.maximum((1 - SHRINKAGE) * var + SHRINKAGE * max(float(var.mean()), 0.0), VAR_FLOOR)
+    if public_variance is None:
+        var = np.sum(n * (second - means**2), axis=0) / n.sum()
+        var = (1 - SHRINKAGE) * var + SHRINKAGE * max(float(var.mean()), 0.0)
+        var = np.maximum(var, VAR_FLOOR)
+    else:
+        var = np.asarray(public_variance, dtype=np.float64)
     classes = [k for k, kept in zip(SEIZURE_CLASSES, keep, strict=True) if kept]
     return OpenSetScorer(classes, means, np.diag(1.0 / var), space=space)

@@ -55,13 +55,34 @@ def event_scores(window_scores: np.ndarray, groups: Sequence) -> tuple[list, np.
     return ids, np.array([float(np.mean(window_scores[g == k])) for k in range(len(ids))])
 
 
+def event_features(window_features: np.ndarray, groups: Sequence) -> tuple[list, np.ndarray]:
+    """Mean feature row per group id (event; None ids skipped); returns (ids, (E, F))."""
+    x = np.asarray(window_features, dtype=np.float64)
+    ids = [g for g in dict.fromkeys(groups) if g is not None]
+    index = {g: k for k, g in enumerate(ids)}
+    g = np.array([index.get(i, -1) if i is not None else -1 for i in groups])
+    rows = [x[g == k].mean(0) for k in range(len(ids))]
+    return ids, np.array(rows).reshape(len(ids), x.shape[1] if x.ndim == 2 else 0)
+
+
 @dataclass(frozen=True)
 class ProjectionSpace:
     """Public map of fused embeddings (D,) to the anomaly model's features (rank,)."""
 
     centre: np.ndarray  # (D,)
-    basis: np.ndarray  # (D, rank), orthonormal columns
+    basis: np.ndarray  # (D, rank): orthonormal columns, or diagonal (:meth:`diagonal`)
     scale: float
+
+    @classmethod
+    def diagonal(cls, centre: np.ndarray, sd: np.ndarray, clip_rows: np.ndarray) -> ProjectionSpace:
+        """Every feature kept, centred and divided by a public s.d.; the clipping scale is
+        the public 95th percentile of the norm of ``clip_rows`` (public rows)."""
+        centre, sd = np.asarray(centre, dtype=np.float64), np.asarray(sd, dtype=np.float64)
+        if not (np.isfinite(sd).all() and (sd > 0).all()):
+            raise SemioFedError("a diagonal projection needs finite positive s.d.s")
+        basis = np.diag(1.0 / sd)
+        norms = np.linalg.norm((np.asarray(clip_rows, dtype=np.float64) - centre) @ basis, axis=1)
+        return cls(centre, basis, 1.0 / max(float(np.quantile(norms, CLIP_QUANTILE)), 1e-9))
 
     @classmethod
     def public(cls, emb: np.ndarray, rank: int = DEFAULT_RANK) -> ProjectionSpace:
@@ -148,6 +169,23 @@ class OpenSetScorer:
         e = (energy(type_logits) - self.energy_stats[0]) / self.energy_stats[1]
         m = (self.mahalanobis(emb) - self.maha_stats[0]) / self.maha_stats[1]
         return self.energy_weight * e + m
+
+    def event_distance(self, events: np.ndarray) -> np.ndarray:
+        """Standardised distance of events' feature rows (:func:`event_features`): the score
+        of the semiology-event representation (no energy)."""
+        return (self.mahalanobis(events) - self.maha_stats[0]) / self.maha_stats[1]
+
+    def calibrate_events(
+        self, events: np.ndarray, flag_rate: float = DEFAULT_FLAG_RATE
+    ) -> np.ndarray:
+        """Standardise and threshold :meth:`event_distance` on known-type events (public
+        ones for the federated model); returns their scores."""
+        self.maha_stats = _robust(self.mahalanobis(events))
+        self.energy_weight = 0.0
+        ev = self.event_distance(events)
+        self.threshold = float(np.quantile(ev, 1 - flag_rate, method="higher"))
+        self.flag_rate = flag_rate
+        return ev
 
     def calibrate(
         self,
