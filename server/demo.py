@@ -9,8 +9,10 @@ submits the FAB, federates with
 patient-level DP and SecAgg+, prints per round the aggregated metrics and each site's
 cumulative ε, then calibrates the final model and builds the federated anomaly model
 through each site's DP summaries (:mod:`.demo_privacy`; written into the run directory, so
-that publishing the run signs them into the same version as the weights) and prints each site's cumulative ε over training, evaluation and
-calibration from its ledger, then ends with one table, per site and overall, on held-out patients: the
+that publishing the run signs them into the same version as the weights), explains the
+final model on the public tuning patients for its card (``registry explain``: simulator data,
+no ε), prints each site's cumulative ε over training, evaluation and calibration from its
+ledger, then ends with one table, per site and overall, on held-out patients: the
 federated DP model, a centralized non-private model, each site's local-only model, the
 motion-energy baseline and detectors that know nothing (flag everything, coin flip, random
 10 %) — AUROC, type macro-F1, event sensitivity beside false alarms per hour (unmerged) and
@@ -293,6 +295,11 @@ def run_demo(
          "--tuning-dir", str(out / PUBLIC_TUNING), "--state-root", str(out / "state")],
         stdout=subprocess.PIPE, text=True, env=one_thread_env(),
     )  # fmt: skip
+    explaining = subprocess.Popen(  # the card's global explanations, on public data only
+        [sys.executable, "-m", "semiofed.shared.cli", "registry", "explain", str(run_dir),
+         "--public-data", str(out / PUBLIC_TUNING)],
+        env=one_thread_env(),
+    )  # fmt: skip
     try:
         calibration = demo_privacy.run_calibration(
             cmp_cfg, data_root, names, run_dir, out / "state", out / PUBLIC_TUNING
@@ -311,12 +318,16 @@ def run_demo(
             flush=True,
         )
         stdout, _ = comparing.communicate()
+        explaining.wait()
     except BaseException:
-        comparing.kill()
-        comparing.wait()
+        for proc in (comparing, explaining):
+            proc.kill()
+            proc.wait()
         raise
     if comparing.returncode != 0:
         raise SemioFedError(f"baseline comparison failed (exit {comparing.returncode}; see above)")
+    if explaining.returncode != 0:
+        raise SemioFedError(f"public explanations failed (exit {explaining.returncode}; see above)")
     comparison = json.loads(stdout)
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     eps = demo_privacy.cumulative_epsilon(out / "state", names, priv.delta, priv.accountant)
@@ -325,7 +336,8 @@ def run_demo(
     wall = time.perf_counter() - t_start
     print(
         f"\nrun directory: {run_dir}  (publish with `semiofed registry publish {run_dir}`: one "
-        "signed version with the seizure model, its DP calibration and the DP anomaly model)"
+        "signed version with the seizure model, its DP calibration, the DP anomaly model and "
+        "the global explanations on public data)"
     )
     print(f"demo wall time: {wall:.0f} s; Flower run {run_id}: {status.get('status')}")
     return {
