@@ -16,7 +16,7 @@ from semiofed.shared.analysis.anomaly import (
     merge_anomaly,
     patient_contribution,
 )
-from semiofed.shared.analysis.openset import ProjectionSpace
+from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
 from semiofed.shared.analysis.semiology_anomaly import (
     PRIOR_STRENGTH,
     event_ids,
@@ -86,6 +86,19 @@ def test_a_worst_case_patient_moves_the_sum_by_at_most_one(rank: int | None) -> 
         public_space(np.ones((10, D)), np.ones((3, D)), np.array([1, 2, 3]))
 
 
+def _assert_flags_the_new_type(
+    model: OpenSetScorer, rng: np.random.Generator, known: tuple[int, ...]
+) -> None:
+    """Threshold on known-type events, then class index 4's events rank and flag as new."""
+    model.calibrate_events(np.concatenate([_events(rng, k, 10) for k in known]))
+    test = np.concatenate([_events(rng, k, 15) for k in (0, 1, 2, 3, 4)])
+    is_new = np.repeat(np.arange(5) == 4, 15)
+    score = model.event_distance(test)
+    assert auroc(is_new, score) > 0.9
+    flagged = score > model.threshold
+    assert flagged[is_new].mean() > 0.5 and flagged[~is_new].mean() < 0.2
+
+
 def test_the_dp_model_flags_a_type_no_site_has() -> None:
     """In the low-rank public space, at σ = 1 per site (ε ≈ 4.7 per release) and 3 × 40
     patients (at σ = 3 the noisy class counts drop known classes: see bench_openset)."""
@@ -96,13 +109,7 @@ def test_the_dp_model_flags_a_type_no_site_has() -> None:
     sites = [_site(rng, 40, known) for _ in range(3)]
     model = merge([dp_anomaly_summary(s, space, 1.0, rng) for s in sites], space)
     assert model.classes == [SEIZURE_CLASSES[k] for k in known]
-    model.calibrate_events(np.concatenate([_events(rng, k, 10) for k in known]))
-    test = np.concatenate([_events(rng, k, 15) for k in (0, 1, 2, 3, 4)])
-    is_new = np.repeat(np.arange(5) == 4, 15)
-    score = model.event_distance(test)
-    assert auroc(is_new, score) > 0.9
-    flagged = score > model.threshold
-    assert flagged[is_new].mean() > 0.5 and flagged[~is_new].mean() < 0.2
+    _assert_flags_the_new_type(model, rng, known)
 
 
 def test_events_are_runs_of_one_annotated_class(small_consortium: Path) -> None:
@@ -172,10 +179,4 @@ def test_the_shrunk_dp_model_flags_a_type_no_site_has_at_sigma_3() -> None:
     sites = [_site(rng, 40, known) for _ in range(3)]
     model = merge([dp_anomaly_summary(s, space, 3.0, rng) for s in sites], space, prior)
     assert model.classes == [SEIZURE_CLASSES[k] for k in known]
-    model.calibrate_events(np.concatenate([_events(rng, k, 10) for k in known]))
-    test = np.concatenate([_events(rng, k, 15) for k in (0, 1, 2, 3, 4)])
-    is_new = np.repeat(np.arange(5) == 4, 15)
-    score = model.event_distance(test)
-    assert auroc(is_new, score) > 0.9
-    flagged = score > model.threshold
-    assert flagged[is_new].mean() > 0.5 and flagged[~is_new].mean() < 0.2
+    _assert_flags_the_new_type(model, rng, known)
