@@ -116,6 +116,12 @@ def explain_public(
             "stream_contributions": {
                 s: round(float(v), 4) for s, v in zip(STREAM_NAMES, mean_phi, strict=True)
             },
+            # share of the explained windows' frames where each stream is present: a stream
+            # the data lacks (the simulator makes no video, so no optical flow) contributes 0
+            "stream_presence": {
+                s: round(float(np.mean([patients[k].mask[s][i].mean() for k, i in picks])), 4)
+                for s in STREAM_NAMES
+            },
             "region_shares": {
                 r: round(float(v), 4) for r, v in zip(REGION_NAMES, mean_share, strict=True)
             },

@@ -41,6 +41,8 @@ def test_every_class_of_the_data_is_explained_by_streams_and_regions(explained: 
     for name, c in doc["classes"].items():
         assert c["explains"] == ("detection probability" if name == "bckg" else "type probability")
         assert set(c["stream_contributions"]) == set(STREAM_NAMES)
+        for st, share in c["stream_presence"].items():  # an absent stream explains nothing
+            assert 0.0 <= share <= 1.0 and (share > 0 or c["stream_contributions"][st] == 0.0)
         assert set(c["region_shares"]) == set(REGION_NAMES)
         assert sum(c["region_shares"].values()) == pytest.approx(1.0, abs=1e-3)
         assert 1 <= c["windows"] <= 2

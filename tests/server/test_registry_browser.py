@@ -47,7 +47,8 @@ EXPLANATIONS = {
         c: {
             "windows": 12,
             "explains": "type probability",
-            "stream_contributions": {"body": 0.5, "face": 0.1},
+            "stream_contributions": {"body": 0.5, "face": 0.1, "motion": 0.0},
+            "stream_presence": {"body": 1.0, "face": 0.9, "motion": 0.0},
             "region_shares": {"face": 0.6 if c == "automatisms" else 0.1, "trunk": 0.3},
         }
         for c in ("clonic", "automatisms")
@@ -117,6 +118,7 @@ def test_web_page_lists_versions_and_opens_a_card(tmp_path: Path) -> None:
                 assert page.locator("#explanations tbody tr").count() == 2
                 auto = page.locator("#explanations tbody tr", has_text="automatisms")
                 assert "face 60%, trunk 30%" in auto.inner_text()
+                assert "absent" in auto.inner_text()  # no optical flow in the public data
                 assert (
                     page.locator("#limitations li")
                     .first.inner_text()
