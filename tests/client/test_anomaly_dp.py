@@ -26,6 +26,7 @@ from semiofed.shared.analysis.anomaly import (
 from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace, event_scores
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.metrics import auroc
+from tests.anomaly_helpers import assert_each_worst_case_moves_the_sum_by_at_most_one
 from tests.ledger_helpers import new_ledger
 
 D, RANK = 16, 4
@@ -62,11 +63,7 @@ def test_a_worst_case_patient_moves_the_sum_by_at_most_one() -> None:
         (np.tile(1e9 * direction, (10_000, 1)), np.full(10_000, SEIZURE_CLASSES[0])),
         (np.zeros((1, D)) + 1e12, np.array([SEIZURE_CLASSES[-1]])),
     ]
-    without = dp_anomaly_summary(others, space, 1e-12, rng)["noisy_sums"]
-    for e, y in worst:
-        assert np.linalg.norm(patient_contribution(space, e, y)) <= 1.0 + 1e-9
-        with_it = dp_anomaly_summary([*others, (e, y)], space, 1e-12, rng)["noisy_sums"]
-        assert np.linalg.norm(np.subtract(with_it, without)) <= 1.0 + 1e-9
+    assert_each_worst_case_moves_the_sum_by_at_most_one(space, others, worst, rng)
     # the bound is attained (no slack hidden in the weights): one class, along a direction
     assert np.linalg.norm(patient_contribution(space, *worst[1])) == pytest.approx(1.0)
     # a patient without seizure windows contributes nothing

@@ -30,6 +30,7 @@ from semiofed.shared.dataset import load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.metrics import auroc
 from semiofed.shared.semiology_features import N_FEATURES
+from tests.anomaly_helpers import assert_each_worst_case_moves_the_sum_by_at_most_one
 
 D = N_FEATURES
 # class centres of synthetic event rows: a few features differ per class, as signs do
@@ -75,11 +76,7 @@ def test_a_worst_case_patient_moves_the_sum_by_at_most_one(rank: int | None) -> 
         (np.tile(one_axis, (500, 1)), np.full(500, SEIZURE_CLASSES[0])),
         (np.full((1, D), 1e12), np.array([SEIZURE_CLASSES[-1]])),
     ]
-    without = dp_anomaly_summary(others, space, 1e-12, rng)["noisy_sums"]
-    for e, y in worst:
-        assert np.linalg.norm(patient_contribution(space, e, y)) <= 1.0 + 1e-9
-        with_it = dp_anomaly_summary([*others, (e, y)], space, 1e-12, rng)["noisy_sums"]
-        assert np.linalg.norm(np.subtract(with_it, without)) <= 1.0 + 1e-9
+    assert_each_worst_case_moves_the_sum_by_at_most_one(space, others, worst, rng)
     assert np.linalg.norm(patient_contribution(space, *worst[1])) == pytest.approx(1.0)
     # the space is public: built from public rows alone, refused without enough of them
     with pytest.raises(SemioFedError, match="too few"):
