@@ -87,7 +87,7 @@ def run(ctx: BenchContext) -> str:
     model = site_task.build_model(cfg).eval()
     names = [f"site-{i:02d}" for i in range(1, SITES + 1)]
     sites = {s: site_task.load_site(root / "data" / s, cfg, root / "state" / s) for s in names}
-    public = PublicWindows(model, load_tuning(root / "public", model).patients)
+    public = PublicWindows(model, load_tuning(root / "public", model, background=False).patients)
     per_patient = {s: seizure_windows(model, d.train + d.val + d.test) for s, d in sites.items()}
     test = {}
     for s, d in sites.items():

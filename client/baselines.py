@@ -17,12 +17,15 @@ each site's windows are read with their embeddings from the site's embedding cac
 tuning patients are embedded once in memory: every model trains and scores its trainable top
 only, the same function as the full forward pass.
 
-Operating point: every learned detector's decision threshold and event rule (smoothing,
-minimum duration: :func:`~.evaluation.select_event_rule`) are chosen on PUBLIC tuning
-patients (:mod:`semiofed.shared.public_data`), the same procedure for each, and so are
-their type decisions: one type per detection (:func:`~.evaluation.event_types`). For the
-federated model that is post-processing of the DP release with public data: it costs no ε
-and uses no patient. The motion-energy threshold is fitted on the site's validation
+Operating point (:class:`~.evaluation.OperatingPoint`, the same procedure for every learned
+detector, all on PUBLIC data: :mod:`semiofed.shared.public_data`): the **event operating
+point** — threshold and event rule (smoothing, minimum duration) behind event sensitivity,
+false alarms/h and specificity — is chosen on the public tuning patients together with the
+public background recordings (hours of background; :func:`~.evaluation.select_operating_point`),
+and the **type threshold** — where the detections that are typed (one type per detection:
+:func:`~.evaluation.event_types`) are cut — on the tuning patients. For the federated model
+that is post-processing of the DP release with public data: it costs no ε and uses no
+patient. The motion-energy threshold is fitted on the site's validation
 patients; the detectors that know nothing use 0.5. The overall row pools every site's test
 patients, each scored at its site's operating point.
 Prints one JSON document on stdout and keeps it as RUN_DIR/comparison.json.
@@ -47,7 +50,12 @@ from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.labels import CLASS_INDEX, IGNORE_INDEX
 from semiofed.shared.metrics import EventCounts, paired_bootstrap, window_metrics
-from semiofed.shared.public_data import TUNING_CACHE, tuning_patients
+from semiofed.shared.public_data import (
+    BACKGROUND_DIR,
+    TUNING_CACHE,
+    background_patients,
+    tuning_patients,
+)
 from semiofed.shared.recording import load_recording
 from semiofed.shared.run_config import RunConfig, load_run_config
 
@@ -56,15 +64,17 @@ from .demo_calibration import Progress
 from .dp_training import TrainConfig, train_local
 from .evaluation import (
     DEFAULT_WINDOW,
+    EVENT_AIM_FALSE_ALARMS_PER_HOUR,
     TYPE_RULE,
     EventRule,
+    OperatingPoint,
     RecordingRef,
     evaluate_scores,
     event_types,
     predict,
     recording_counts,
     recording_refs,
-    select_event_rule,
+    select_operating_point,
 )
 from .feature_cache import EmbeddingCache, embed_patients, site_features
 
@@ -130,52 +140,84 @@ def _labels(patients: list[PatientWindows], key: str) -> np.ndarray:
     return np.concatenate([getattr(p, key) for p in patients])
 
 
-Scored = tuple[np.ndarray, np.ndarray, float, EventRule]  # test scores, types, threshold, rule
+Scored = tuple[np.ndarray, np.ndarray, OperatingPoint]  # test scores, type decisions, point
 
 
 @dataclass
 class Tuning:
-    """Public tuning patients (:func:`~semiofed.shared.public_data.tuning_patients`) and
-    their recordings: where every learned detector's operating point is chosen."""
+    """Public tuning patients (:func:`~semiofed.shared.public_data.tuning_patients`) and the
+    public background recordings (:func:`~semiofed.shared.public_data.background_patients`),
+    with their recordings: where every learned detector's operating point is chosen."""
 
     patients: list[PatientWindows]
     refs: dict[Any, RecordingRef]
+    background: list[PatientWindows]
+    background_refs: dict[Any, RecordingRef]
 
-    def operating_point(self, model: Any, device: str) -> tuple[float, EventRule]:
+    def operating_point(self, model: Any, device: str) -> OperatingPoint:
         score = predict(model, self.patients, device)["detect_prob"]
-        return select_event_rule(self.patients, score, self.refs)
+        bg = predict(model, self.background, device)["detect_prob"]
+        return select_operating_point(
+            (self.patients, score, self.refs), [(self.background, bg, self.background_refs)]
+        )
+
+    def background_hours(self) -> float:
+        """Hours of background of the tuning patients and the background recordings."""
+        counts = recording_counts(
+            self.patients, np.zeros(sum(map(len, self.patients))), refs=self.refs
+        )
+        counts.add(
+            recording_counts(
+                self.background,
+                np.zeros(sum(map(len, self.background))),
+                refs=self.background_refs,
+            )
+        )
+        return float(counts.summary()["background_hours"])
 
 
-def load_tuning(data: Path, model: Any = None) -> Tuning:
-    """The public tuning patients, with their embeddings under ``model``'s frozen encoders
-    when it has them; features and embeddings are cached in ``data/cache``
-    (:data:`~semiofed.shared.public_data.TUNING_CACHE`; public data, so a plain folder)."""
-    cache = data / TUNING_CACHE
-    patients = tuning_patients(data, site_features(cache))
+def _public_set(
+    folder: Path, patients: list[PatientWindows], model: Any
+) -> tuple[list[PatientWindows], dict[Any, RecordingRef]]:
+    """``patients`` of the public consortium in ``folder`` with their embeddings under
+    ``model``'s frozen encoders when it has them (cached in ``folder/cache``), and their
+    recordings."""
     if model is not None:
-        patients = embed_patients(model, patients, EmbeddingCache(cache))
+        patients = embed_patients(model, patients, EmbeddingCache(folder / TUNING_CACHE))
     refs: dict[Any, RecordingRef] = {}
     for site in dict.fromkeys(p.site for p in patients):
-        refs.update(recording_refs(data / site, [p for p in patients if p.site == site]))
-    return Tuning(patients, refs)
+        refs.update(recording_refs(folder / site, [p for p in patients if p.site == site]))
+    return patients, refs
+
+
+def load_tuning(data: Path, model: Any = None, background: bool = True) -> Tuning:
+    """The public tuning patients and (unless not ``background``) the public background
+    recordings, with their embeddings under ``model``'s frozen encoders when it has them;
+    features and embeddings are cached in ``data/cache`` and ``data/background/cache``
+    (:data:`~semiofed.shared.public_data.TUNING_CACHE`; public data, so plain folders)."""
+    bg_dir = data / BACKGROUND_DIR
+    tuning = tuning_patients(data, site_features(data / TUNING_CACHE))
+    bg = background_patients(data, site_features(bg_dir / TUNING_CACHE)) if background else []
+    return Tuning(*_public_set(data, tuning, model), *_public_set(bg_dir, bg, model))
 
 
 def _site_scores(
     data: site_task.SiteData,
     models: dict[str, Any],
     refs: dict[Any, RecordingRef],
-    points: dict[int, tuple[float, EventRule]],
+    points: dict[int, OperatingPoint],
     rng: np.random.Generator,
     device: str,
 ) -> dict[str, Scored]:
-    """Per detector: test scores, test type predictions and its operating point (learned
-    models: ``points[id(model)]``; motion energy: threshold fitted on validation patients)."""
+    """Per detector: test scores, test type decisions and its operating point (learned
+    models: ``points[id(model)]``, types decided at its type threshold; motion energy:
+    threshold fitted on validation patients)."""
     out: dict[str, Scored] = {}
     for name, model in models.items():
         test = predict(model, data.test, device)
-        thr, rule = points[id(model)]
-        types = event_types(data.test, test["detect_prob"], test["type_logits"], thr)
-        out[name] = (test["detect_prob"], types, thr, rule)
+        op = points[id(model)]
+        types = event_types(data.test, test["detect_prob"], test["type_logits"], op.type_threshold)
+        out[name] = (test["detect_prob"], types, op)
     y_val = _labels(data.val, "y_detect")
     y_train, t_train = _labels(data.train, "y_detect"), _labels(data.train, "y_type")
     seizure = t_train[(y_train == 1) & (t_train != IGNORE_INDEX)]
@@ -183,10 +225,11 @@ def _site_scores(
     thr = baseline.fit_threshold(_energy(data.val, refs), y_val.astype(bool))
     energy = _energy(data.test, refs)
     types = np.where(baseline.predict(energy, thr), majority, CLASS_INDEX["bckg"])
-    out["motion energy"] = (energy, types, thr, EventRule())
+    out["motion energy"] = (energy, types, OperatingPoint(thr, EventRule(), thr))
     n = sum(len(p) for p in data.test)
     for name in baseline.REFERENCE_DETECTORS:
-        out[name] = (*baseline.reference_detector(name, n, rng), 0.5, EventRule())
+        point = OperatingPoint(0.5, EventRule(), 0.5)
+        out[name] = (*baseline.reference_detector(name, n, rng), point)
     return out
 
 
@@ -240,7 +283,7 @@ def score_table(
         if not d.val:
             raise SemioFedError(f"{s}: no validation patient (training.val-fraction is 0)")
     rng = np.random.default_rng(REFERENCE_SEED)
-    points: dict[int, tuple[float, EventRule]] = {}
+    points: dict[int, OperatingPoint] = {}
     distinct = {id(m): m for ms in models.values() for m in ms.values()}.values()
     for model in tqdm(distinct, desc="operating points", unit="model", disable=None):
         points[id(model)] = tuning.operating_point(model, device)
@@ -248,6 +291,9 @@ def score_table(
         "plain_batch": PLAIN_BATCH,
         "plain_epochs": PLAIN_EPOCHS,
         "tuning_patients": len(tuning.patients),
+        "background_patients": len(tuning.background),
+        "tuning_background_hours": tuning.background_hours(),
+        "event_aim_false_alarms_per_hour": EVENT_AIM_FALSE_ALARMS_PER_HOUR,
         "type_rule": asdict(TYPE_RULE),
         "patients": {
             s: {k: len(getattr(d, k)) for k in ("train", "val", "test")} for s, d in data.items()
@@ -260,12 +306,15 @@ def score_table(
         refs = recording_refs(data_root / s, d.test + d.val)
         rows = {}
         scored = _site_scores(d, models[s], refs, points, rng, device)
-        for name, (score, types, thr, rule) in scored.items():
-            m = evaluate_scores(d.test, score, types, thr, events=False)
-            c = recording_counts(d.test, score, DEFAULT_WINDOW, thr, refs, rule)
-            rows[name] = _row(m, c.summary()) | {"event_rule": asdict(rule)}
+        for name, (score, types, op) in scored.items():
+            m = evaluate_scores(d.test, score, types, op.threshold, events=False)
+            c = recording_counts(d.test, score, DEFAULT_WINDOW, op.threshold, refs, op.rule)
+            rows[name] = _row(m, c.summary()) | {
+                "event_rule": asdict(op.rule),
+                "type_threshold": op.type_threshold,
+            }
             counts.setdefault(name, EventCounts()).add(c)
-            pooled.setdefault(name, []).append((score - thr + 0.5, types))
+            pooled.setdefault(name, []).append((score - op.threshold + 0.5, types))
         out["sites"][s] = rows
         if "federated" in rows and "local-only" in rows:
             out.setdefault("federated_minus_local", {})[s] = _paired_difference(

@@ -132,7 +132,7 @@ def _anomaly(
     (:meth:`.anomaly.PublicWindows.scorer`: standardised and thresholded on public data)."""
     from .baselines import load_tuning
 
-    public = PublicWindows(model, load_tuning(tuning_dir, model).patients)
+    public = PublicWindows(model, load_tuning(tuning_dir, model, background=False).patients)
     summaries = []
     for s in sites:
         summary, total = share_anomaly(state_root / s, seizures[s], public.space, noise_multiplier)

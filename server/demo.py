@@ -353,26 +353,31 @@ def make_tuning_data(
     folder: Path, config: Path, procs: list[subprocess.Popen], stop: threading.Event
 ) -> None:
     """The public tuning consortium of :func:`~semiofed.shared.public_data.tuning_patients`
-    (no patient data), generated unless it is there, and its features and embeddings cached
-    in ``folder/cache`` where the comparison reads them (each preparation's process is
-    appended to ``procs``, which the demo ends on error; none starts once ``stop`` is set)."""
+    and the public background recordings of
+    :func:`~semiofed.shared.public_data.background_patients` (no patient data), generated
+    unless they are there, and their features and embeddings cached in ``folder/cache`` and
+    ``folder/background/cache`` where the comparison reads them (each preparation's process
+    is appended to ``procs``, which the demo ends on error; none starts once ``stop`` is
+    set)."""
     from semiofed.shared import public_data as pub
     from semiofed.shared.synth.consortium import generate_consortium
 
-    sites = [folder / f"site-{i:02d}" for i in range(1, pub.TUNING_SITES + 1)]
-    if not all(s.is_dir() for s in sites):
-        generate_consortium(
-            folder,
-            pub.TUNING_SITES,
-            pub.TUNING_PATIENTS_PER_SITE,
-            pub.TUNING_MINUTES,
-            pub.TUNING_SEED,
-        )
-    for site in sites:
-        if stop.is_set():
-            return
-        procs.append(prepare_site(config, site, folder / pub.TUNING_CACHE, nice=True))
-        procs[-1].wait()  # one at a time: the federating sites need the CPU more
+    background = folder / pub.BACKGROUND_DIR
+    sets = (
+        (folder, pub.TUNING_SITES, pub.TUNING_PATIENTS_PER_SITE, pub.TUNING_MINUTES,
+         pub.TUNING_SEED, pub.SEIZURE_FREE_FRACTION),
+        (background, pub.BACKGROUND_SITES, pub.BACKGROUND_PATIENTS_PER_SITE,
+         pub.BACKGROUND_MINUTES, pub.BACKGROUND_SEED, pub.BACKGROUND_SEIZURE_FREE),
+    )  # fmt: skip
+    for root, n, patients, minutes, seed, free in sets:
+        sites = [root / f"site-{i:02d}" for i in range(1, n + 1)]
+        if not all(s.is_dir() for s in sites):
+            generate_consortium(root, n, patients, minutes, seed, seizure_free_fraction=free)
+        for site in sites:
+            if stop.is_set():
+                return
+            procs.append(prepare_site(config, site, root / pub.TUNING_CACHE, nice=True))
+            procs[-1].wait()  # one at a time: the federating sites need the CPU more
 
 
 def prepare_site(
@@ -428,14 +433,19 @@ def print_comparison(
     fed = comparison["sites"][next(iter(comparison["sites"]))]["federated"]
     rule, types = fed["event_rule"], comparison["type_rule"]
     print(
-        f"  (held-out test patients; every learned detector's threshold and event rule chosen on "
-        f"{comparison['tuning_patients']} PUBLIC simulator patients (no patient data: for the "
-        f"federated model post-processing of the DP release, no ε), federated: threshold "
+        "  (held-out test patients; every learned detector's operating point chosen on PUBLIC "
+        "simulator data (no patient data: for the federated model post-processing of the DP "
+        "release, no ε): its event operating point (event sens, FA/h, spec) at ≤ "
+        f"{comparison['event_aim_false_alarms_per_hour']:g} FA/h on "
+        f"{comparison['tuning_patients']} public tuning patients and "
+        f"{comparison['background_patients']} public background patients "
+        f"({comparison['tuning_background_hours']:.1f} h of background), federated: threshold "
         f"{fed['threshold']:.2f}, window scores averaged over {rule['smooth_windows']} window(s), "
-        f"detections ≥ {rule['min_event_s']:g} s; types decided per detection (scores averaged "
-        f"over {types['smooth_windows']} windows, detections ≥ {types['min_event_s']:g} s: a "
-        "window outside one is background, inside one it takes the detection's type); motion "
-        "energy's threshold fitted on validation "
+        f"detections ≥ {rule['min_event_s']:g} s; its type threshold on the tuning patients, "
+        f"federated {fed['type_threshold']:.2f}: types decided per detection at that threshold "
+        f"(scores averaged over {types['smooth_windows']} windows, detections ≥ "
+        f"{types['min_event_s']:g} s: a window outside one is background, inside one it takes "
+        "the detection's type); motion energy's threshold fitted on validation "
         f"patients; FA/h = false alarms per hour on unmerged detections, spec = specificity on "
         f"{overall['background_hours']:.1f} h of background, {overall['ref_events']} events; "
         f"ε = cumulative patient-level ε at δ = {delta:g}; centralized pools all sites; "

@@ -3,8 +3,11 @@ consortium's data uses, so no patient is involved and nothing of it needs a priv
 
 * :data:`PUBLIC_SEED`: the coordinator's pretraining data (``semiofed server pretrain``).
 * :data:`TUNING_SEED`: public tuning data, on which hyper-parameters and a released model's
-  operating point (decision threshold, event rule) are chosen. Choosing them there is
+  operating point (decision thresholds, event rule) are chosen. Choosing them there is
   post-processing of what was released: it costs no ε.
+* :data:`BACKGROUND_SEED`: public background recordings (mostly seizure-free patients, about
+  3.7 h of background) beside the tuning data, so that the event operating point's false-alarm
+  rate is pinned on hours of background, not on the tuning data's one hour.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import FeaturesFn, PatientWindows, file_features, load_patient_windows
+from .synth.profiles import SEIZURE_FREE_FRACTION
 from .windows import WindowConfig
 
 #: Simulator seed of the public pretraining data; no consortium of sites may use it.
@@ -26,6 +30,15 @@ TUNING_PATIENTS_PER_SITE = 10
 TUNING_MINUTES = 3.0
 #: Folder under the public tuning data where its features and embeddings are cached.
 TUNING_CACHE = "cache"
+#: Simulator seed of the public background recordings; no consortium of sites may use it.
+BACKGROUND_SEED = PUBLIC_SEED + 3
+BACKGROUND_SITES = 2
+BACKGROUND_PATIENTS_PER_SITE = 10
+BACKGROUND_MINUTES = 4.0
+#: Share of seizure-free patients (monitored 3× as long; the simulator keeps every class).
+BACKGROUND_SEIZURE_FREE = 0.9
+#: Folder under the public tuning data holding the background recordings (and their cache).
+BACKGROUND_DIR = "background"
 
 
 def public_patients(
@@ -35,14 +48,16 @@ def public_patients(
     minutes: float,
     seed: int,
     features: FeaturesFn = file_features,
+    seizure_free: float = SEIZURE_FREE_FRACTION,
 ) -> list[PatientWindows]:
     """Windows of a public simulated consortium, generated under ``data`` unless it is there
-    (per-frame ``features`` as in :func:`~.dataset.load_patient_windows`)."""
+    (per-frame ``features`` as in :func:`~.dataset.load_patient_windows`; ``seizure_free``:
+    the share of seizure-free patients per site)."""
     from .synth.consortium import generate_consortium
 
     names = [f"site-{i:02d}" for i in range(1, sites + 1)]
     if not all((data / s).is_dir() for s in names):
-        generate_consortium(data, sites, patients_per_site, minutes, seed)
+        generate_consortium(data, sites, patients_per_site, minutes, seed, None, seizure_free)
     return [p for s in names for p in load_patient_windows(data / s, features=features)]
 
 
@@ -50,6 +65,20 @@ def tuning_patients(data: Path, features: FeaturesFn = file_features) -> list[Pa
     """The public tuning patients (``TUNING_SEED``), generated under ``data``."""
     return public_patients(
         data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED, features
+    )
+
+
+def background_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
+    """The public background recordings (``BACKGROUND_SEED``), generated under
+    ``data/BACKGROUND_DIR`` (``data``: the public tuning data's folder)."""
+    return public_patients(
+        data / BACKGROUND_DIR,
+        BACKGROUND_SITES,
+        BACKGROUND_PATIENTS_PER_SITE,
+        BACKGROUND_MINUTES,
+        BACKGROUND_SEED,
+        features,
+        BACKGROUND_SEIZURE_FREE,
     )
 
 

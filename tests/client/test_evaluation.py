@@ -20,7 +20,9 @@ from semiofed.client.evaluation import (
     evaluate,
     evaluate_scores,
     event_types,
+    recording_counts,
     recording_refs,
+    select_operating_point,
     summary_line,
 )
 from semiofed.shared.baseline import REFERENCE_DETECTORS, reference_detector
@@ -154,3 +156,42 @@ def test_a_detection_takes_its_windows_majority_type_and_a_short_one_stays_untyp
     per_window = window_metrics(y_type, head, y_det, score)
     assert per_window["per_class_f1"]["automatisms"] == 0.0  # predicted, absent: counted
     assert window_metrics(y_type, types, y_det, score)["macro_f1"] == 1.0
+
+
+def _recording(patient: str, score: np.ndarray, events: list[tuple[int, int]]) -> PatientWindows:
+    """One recording of 1-s hop windows with ``score`` as detection scores and the windows
+    of ``events`` (start, stop) labelled clonic."""
+    n = len(score)
+    y_det = np.zeros(n, dtype=np.int64)
+    for a, b in events:
+        y_det[a:b] = 1
+    y_type = np.where(y_det == 1, CLASS_INDEX["clonic"], CLASS_INDEX["bckg"])
+    return PatientWindows(
+        "site-01", patient, {}, {}, y_det, y_type, np.full(n, "n/a"), np.arange(n, dtype=float),
+        np.full(n, "rec"),
+    )  # fmt: skip
+
+
+def test_the_event_operating_point_is_pinned_on_background_and_the_type_threshold_is_not() -> None:
+    """Tuning patients: 20 min with one 30-s event scored 0.9 and no false alarm at any
+    threshold; public background: 4 h of seizure-free recordings with a 20-s burst scored
+    0.7 every 30 min, 2 false alarms/h at thresholds ≤ 0.7. The event operating point moves
+    above the bursts; the type threshold, chosen on the tuning patients alone, stays where
+    they put it, and without background both are the same."""
+    score = np.full(1200, 0.1)
+    score[600:630] = 0.9
+    tuning = [_recording("sub-01", score, [(600, 630)])]
+    bg_score = np.full(3600, 0.1)
+    for start in range(900, 3600, 1800):
+        bg_score[start : start + 20] = 0.7
+    background = [_recording(f"sub-bg{i}", bg_score, []) for i in range(4)]
+    scores = np.concatenate([bg_score] * 4)
+    alone = select_operating_point((tuning, score, None), [])
+    pinned = select_operating_point((tuning, score, None), [(background, scores, None)])
+    assert alone.threshold == alone.type_threshold == pinned.type_threshold <= 0.7
+    assert pinned.threshold > 0.7 >= alone.threshold
+    counts = recording_counts(background, scores, threshold=pinned.threshold, rule=pinned.rule)
+    assert counts.summary()["false_alarms_per_hour_unmerged"] == 0.0
+    assert (
+        recording_counts(tuning, score, threshold=pinned.threshold).summary()["sensitivity"] == 1.0
+    )
