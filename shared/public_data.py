@@ -5,6 +5,10 @@ consortium's data uses, so no patient is involved and nothing of it needs a priv
 * :data:`TUNING_SEED`: public tuning data, on which hyper-parameters and a released model's
   operating point (decision threshold, event rule) are chosen. Choosing them there is
   post-processing of what was released: it costs no ε.
+* :data:`ANOMALY_SEED`: the semiology anomaly model's public events (its space, covariance,
+  prior class means): many short simulated patients from many simulated sites, so every
+  seizure type has tens of public events (each patient with events has one in its first
+  minute).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ TUNING_SEED = PUBLIC_SEED + 1
 TUNING_SITES = 2
 TUNING_PATIENTS_PER_SITE = 10
 TUNING_MINUTES = 3.0
+#: Simulator seed of the anomaly model's public events; no consortium of sites may use it.
+ANOMALY_SEED = PUBLIC_SEED + 2
+ANOMALY_SITES = 6
+ANOMALY_PATIENTS_PER_SITE = 20
+ANOMALY_MINUTES = 1.0
 #: Folder under the public tuning data where its features and embeddings are cached.
 TUNING_CACHE = "cache"
 
@@ -50,6 +59,13 @@ def tuning_patients(data: Path, features: FeaturesFn = file_features) -> list[Pa
     """The public tuning patients (``TUNING_SEED``), generated under ``data``."""
     return public_patients(
         data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED, features
+    )
+
+
+def anomaly_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
+    """The anomaly model's public patients (``ANOMALY_SEED``), generated under ``data``."""
+    return public_patients(
+        data, ANOMALY_SITES, ANOMALY_PATIENTS_PER_SITE, ANOMALY_MINUTES, ANOMALY_SEED, features
     )
 
 
