@@ -8,6 +8,10 @@ consortium's data uses, so no patient is involved and nothing of it needs a priv
 * :data:`BACKGROUND_SEED`: public background recordings (mostly seizure-free patients, about
   3.7 h of background) beside the tuning data, so that the event operating point's false-alarm
   rate is pinned on hours of background, not on the tuning data's one hour.
+* :data:`ANOMALY_SEED`: the semiology anomaly model's public events (its space, covariance,
+  prior class means): many short simulated patients from many simulated sites, so every
+  seizure type has tens of public events (each patient with events has one in its first
+  minute).
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ TUNING_SEED = PUBLIC_SEED + 1
 TUNING_SITES = 2
 TUNING_PATIENTS_PER_SITE = 10
 TUNING_MINUTES = 3.0
+#: Simulator seed of the anomaly model's public events; no consortium of sites may use it.
+ANOMALY_SEED = PUBLIC_SEED + 2
+ANOMALY_SITES = 6
+ANOMALY_PATIENTS_PER_SITE = 20
+ANOMALY_MINUTES = 1.0
 #: Folder under the public tuning data where its features and embeddings are cached.
 TUNING_CACHE = "cache"
 #: Simulator seed of the public background recordings; no consortium of sites may use it.
@@ -79,6 +88,13 @@ def background_patients(data: Path, features: FeaturesFn = file_features) -> lis
         BACKGROUND_SEED,
         features,
         BACKGROUND_SEIZURE_FREE,
+    )
+
+
+def anomaly_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
+    """The anomaly model's public patients (``ANOMALY_SEED``), generated under ``data``."""
+    return public_patients(
+        data, ANOMALY_SITES, ANOMALY_PATIENTS_PER_SITE, ANOMALY_MINUTES, ANOMALY_SEED, features
     )
 
 

@@ -9,9 +9,12 @@ network trained to tell the known types apart) pulls it.
 
 The public space (:func:`public_space`): each feature centred on the mean of the public
 known-type events and divided by its public within-class s.d. (floored at
-:data:`WITHIN_FLOOR` × its s.d. over every public window); all 91 features kept; clipping
-scale from the public events (:meth:`~.openset.ProjectionSpace.diagonal`). Every number of
-it comes from the simulator's public tuning patients.
+:data:`WITHIN_FLOOR` × its s.d. over every public window); all 91 features kept; with
+``whiten`` (the published model's), also multiplied by the inverse square root of the public
+within-class correlation (shrunk by :data:`~.openset.SHRINKAGE` towards its mean diagonal), so
+the merged model's identity covariance is the full public within-class covariance; clipping
+scale from the public events (95th percentile of their norm). Every number of it comes from
+public simulator patients (:func:`~semiofed.shared.public_data.anomaly_patients`).
 
 The DP release is :func:`~.anomaly.dp_anomaly_summary` with each patient's rows its events'
 feature vectors instead of its windows' embeddings: each row clipped to L2 norm ≤ 1 after
@@ -21,10 +24,19 @@ the nearest merged class mean (:func:`merge`; :meth:`~.openset.OpenSetScorer.eve
 is set on public known-type events (:meth:`~.openset.OpenSetScorer.calibrate_events`).
 With a :func:`public_prior` (the public patients' noiseless sums), :func:`merge` shrinks each DP
 class mean to the public one (post-processing), or with no summaries gives the public model.
+
+The flag threshold from a second DP release (:func:`dp_threshold_summary`, after the model is
+published to the sites): each patient contributes ``(W_COUNT, W_MEAN · mean u)`` over its
+known-type events, ``u`` the event's log distance under the published model minus the public
+median, clipped to ±:data:`THRESHOLD_WIDTH` and divided by it (L2 norm ≤ 1: sensitivity 1);
+:func:`dp_threshold` sets the threshold to the sites' noisy patient mean of the log distance
+plus :data:`THRESHOLD_MARGIN`, so it follows where the sites' known events sit (the public
+events, which set the model, sit closer to it than the sites' do).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +46,7 @@ from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.semiology_features import semiology_features
 
+from . import calibration as cal
 from .anomaly import (
     MIN_CLASS_WEIGHT,
     SEIZURE_CLASSES,
@@ -43,16 +56,25 @@ from .anomaly import (
     noisy_totals,
     patient_contribution,
 )
-from .openset import CLIP_QUANTILE, OpenSetScorer, ProjectionSpace, event_features
+from .openset import CLIP_QUANTILE, SHRINKAGE, OpenSetScorer, ProjectionSpace, event_features
 
 #: floor of a feature's within-class s.d., as a share of its s.d. over all public windows
 WITHIN_FLOOR = 0.05
 #: a merged class is kept only if its noisy weight exceeds this many noise s.d.s
 NOISE_SDS = 1.0
 #: the public prior's strength in :func:`merge`, per unit of noise variance Σ σ², in public
-#: class patient weights (chosen on the dev seeds 23/29/31 of bench_openset's scratch runs)
-PRIOR_STRENGTH = 32.0
+#: class patient weights: chosen (among 0.25–32) on a public consortium shaped like
+#: bench_openset's (simulator seed 104729, 3 × 40 × 8 min) with the whitened space and the
+#: prior of :func:`~semiofed.shared.public_data.anomaly_patients`
+PRIOR_STRENGTH = 1.0
 BATCH = 256
+THRESHOLD_FORMAT = "semiofed-dp-anomaly-threshold"
+#: clip range (± this, log units around the public median) of an event's log distance in the
+#: threshold release, and the margin (log units) above the sites' noisy mean that sets the
+#: threshold: chosen on the public consortium of :data:`PRIOR_STRENGTH` (σ = 3 release), where
+#: it flags 5 % of held-out patients' known events
+THRESHOLD_WIDTH, THRESHOLD_MARGIN = 2.0, 0.85
+T_COUNT, T_MEAN = math.sqrt(0.2), math.sqrt(0.8)
 
 
 def window_features(p: PatientWindows) -> np.ndarray:
@@ -102,11 +124,13 @@ def public_space(
     event_rows: np.ndarray,
     event_labels: np.ndarray,
     rank: int | None = None,
+    whiten: bool = False,
 ) -> ProjectionSpace:
     """The space from public data only: every public window's features (``window_rows``) and
     the public known-type events (rows, classes). ``rank``: keep only that many public
     discriminant directions (principal directions of the public class means in the
-    standardised features, at most classes − 1) instead of every feature."""
+    standardised features, at most classes − 1) instead of every feature; ``whiten``: every
+    feature, whitened by the public within-class correlation (module docstring)."""
     ev, lab = np.asarray(event_rows, dtype=np.float64), np.asarray(event_labels)
     classes = sorted(set(lab.tolist()))
     if len(ev) < 2 * max(len(classes), 1):
@@ -115,14 +139,25 @@ def public_space(
     within = np.sqrt(((ev - means[np.searchsorted(classes, lab)]) ** 2).mean(0))
     sd = np.maximum(within, WITHIN_FLOOR * np.asarray(window_rows).std(0)) + 1e-3
     full = ProjectionSpace.diagonal(ev.mean(0), sd, ev)
+    if whiten:
+        if rank is not None:
+            raise SemioFedError("a whitened anomaly space keeps every feature: no rank")
+        r = (ev - means[np.searchsorted(classes, lab)]) / sd
+        cov = r.T @ r / max(len(ev) - len(classes), 1)
+        cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.trace(cov) / len(cov) * np.eye(len(cov))
+        w, v = np.linalg.eigh(cov)
+        return _scaled(full.centre, (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T / sd[:, None], ev)
     if rank is None:
         return full
     rank = max(1, min(rank, len(classes) - 1))
     directions = np.linalg.svd((means - full.centre) / sd, full_matrices=False)[2][:rank].T
-    basis = directions / sd[:, None]
-    norms = np.linalg.norm((ev - full.centre) @ basis, axis=1)
-    scale = 1.0 / max(float(np.quantile(norms, CLIP_QUANTILE)), 1e-9)
-    return ProjectionSpace(full.centre, basis, scale)
+    return _scaled(full.centre, directions / sd[:, None], ev)
+
+
+def _scaled(centre: np.ndarray, basis: np.ndarray, rows: np.ndarray) -> ProjectionSpace:
+    """The space of ``basis`` with the clipping scale of the public ``rows``."""
+    norms = np.linalg.norm((rows - centre) @ basis, axis=1)
+    return ProjectionSpace(centre, basis, 1.0 / max(float(np.quantile(norms, CLIP_QUANTILE)), 1e-9))
 
 
 def public_prior(
@@ -185,3 +220,57 @@ def events_of(
         rows.append(e[keep])
         labs.append(y[keep])
     return np.concatenate(wins), np.concatenate(rows), np.concatenate(labs)
+
+
+def threshold_contribution(model: OpenSetScorer, rows: np.ndarray, centre: float) -> np.ndarray:
+    """One patient's vector (L2 norm ≤ 1) of the threshold release: ``rows`` its known-type
+    events' features, ``centre`` the public median log distance (:func:`public_log_centre`)."""
+    if not len(rows):
+        return np.zeros(2)
+    u = np.clip((np.log(model.mahalanobis(rows)) - centre) / THRESHOLD_WIDTH, -1.0, 1.0)
+    return np.array([T_COUNT, T_MEAN * float(u.mean())])
+
+
+def public_log_centre(model: OpenSetScorer, public_rows: np.ndarray) -> float:
+    """The median log distance of the public known-type events (sent with the model)."""
+    return float(np.median(np.log(model.mahalanobis(public_rows))))
+
+
+def dp_threshold_summary(
+    patients: Sequence[np.ndarray],
+    model: OpenSetScorer,
+    centre: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> dict:
+    """A site's threshold release: the sum of :func:`threshold_contribution` over its patients
+    (each the feature rows of its known-type events) plus ``N(0, σ²)`` per coordinate."""
+    total = np.sum([threshold_contribution(model, r, centre) for r in patients], axis=0)
+    return {
+        **cal.summary_header("anomaly threshold", noise_multiplier, THRESHOLD_FORMAT),
+        "centre": float(centre),
+        "noisy_sums": cal.noisy_sum(np.asarray(total, dtype=np.float64), noise_multiplier, rng),
+    }
+
+
+def dp_threshold(model: OpenSetScorer, summaries: Sequence[dict], public_rows: np.ndarray) -> None:
+    """Standardise ``model`` on the public events (:meth:`~.openset.OpenSetScorer.calibrate_events`)
+    and set its threshold from the sites' threshold releases (post-processing)."""
+    centre = public_log_centre(model, public_rows)
+    total = np.zeros(2)
+    for i, doc in enumerate(summaries):
+        sigma, values = doc.get("noise_multiplier"), doc.get("noisy_sums")
+        if (
+            doc.get("format") != THRESHOLD_FORMAT
+            or doc.get("centre") != centre
+            or not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0)
+            or not (isinstance(values, list) and len(values) == 2)
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        ):
+            raise SemioFedError(f"threshold summary {i + 1}: not a release for this model")
+        total += values
+    model.calibrate_events(public_rows)
+    n = max(total[0] / T_COUNT, 1.0)
+    mean = centre + THRESHOLD_WIDTH * float(np.clip(total[1] / T_MEAN / n, -1.0, 1.0))
+    d2 = math.exp(mean + THRESHOLD_MARGIN)
+    model.threshold = (d2 - model.maha_stats[0]) / model.maha_stats[1]

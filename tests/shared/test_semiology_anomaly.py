@@ -19,18 +19,27 @@ from semiofed.shared.analysis.anomaly import (
 from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
 from semiofed.shared.analysis.semiology_anomaly import (
     PRIOR_STRENGTH,
+    THRESHOLD_MARGIN,
+    THRESHOLD_WIDTH,
+    dp_threshold,
+    dp_threshold_summary,
     event_ids,
     merge,
     patient_events,
+    public_log_centre,
     public_prior,
     public_space,
+    threshold_contribution,
     window_features,
 )
 from semiofed.shared.dataset import load_patient_windows
 from semiofed.shared.errors import SemioFedError
 from semiofed.shared.metrics import auroc
 from semiofed.shared.semiology_features import N_FEATURES
-from tests.anomaly_helpers import assert_each_worst_case_moves_the_sum_by_at_most_one
+from tests.anomaly_helpers import (
+    assert_each_worst_case_moves_the_sum_by_at_most_one,
+    assert_worst_cases_move_the_release_by_at_most_one,
+)
 
 D = N_FEATURES
 # class centres of synthetic event rows: a few features differ per class, as signs do
@@ -44,13 +53,17 @@ def _events(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
 
 
 def _space(
-    rng: np.random.Generator, known: tuple[int, ...], rank: int | None = None
+    rng: np.random.Generator,
+    known: tuple[int, ...],
+    rank: int | None = None,
+    whiten: bool = False,
+    per_class: int = 6,
 ) -> ProjectionSpace:
     """Public rows: background-like windows and known-type events."""
     windows = rng.normal(0.0, 1.0, (2000, D))
-    ev = np.concatenate([_events(rng, k, 6) for k in known])
-    lab = np.repeat([SEIZURE_CLASSES[k] for k in known], 6)
-    return public_space(windows, ev, lab, rank)
+    ev = np.concatenate([_events(rng, k, per_class) for k in known])
+    lab = np.repeat([SEIZURE_CLASSES[k] for k in known], per_class)
+    return public_space(windows, ev, lab, rank, whiten)
 
 
 def _site(rng: np.random.Generator, n: int, known: tuple[int, ...]) -> list:
@@ -64,10 +77,10 @@ def _site(rng: np.random.Generator, n: int, known: tuple[int, ...]) -> list:
     return out
 
 
-@pytest.mark.parametrize("rank", [None, 3])
-def test_a_worst_case_patient_moves_the_sum_by_at_most_one(rank: int | None) -> None:
+@pytest.mark.parametrize(("rank", "whiten"), [(None, False), (3, False), (None, True)])
+def test_a_worst_case_patient_moves_the_sum_by_at_most_one(rank: int | None, whiten: bool) -> None:
     rng = np.random.default_rng(0)
-    space = _space(rng, (0, 1, 2, 3, 4), rank)
+    space = _space(rng, (0, 1, 2, 3, 4), rank, whiten)
     others = _site(rng, 10, (0, 1, 2))
     # far out along one projected coordinate: clipped to norm 1, the bound is attained
     one_axis = space.centre + 1e9 * np.linalg.pinv(space.basis)[0] / space.scale
@@ -177,3 +190,36 @@ def test_the_shrunk_dp_model_flags_a_type_no_site_has_at_sigma_3() -> None:
     model = merge([dp_anomaly_summary(s, space, 3.0, rng) for s in sites], space, prior)
     assert model.classes == [SEIZURE_CLASSES[k] for k in known]
     _assert_flags_the_new_type(model, rng, known)
+
+
+def test_the_threshold_release_has_sensitivity_one_and_follows_the_sites() -> None:
+    """A patient moves a site's threshold sums by at most 1 however many or extreme its events;
+    the DP threshold (σ = 3 a site) sits where the sites' known events are (their patients'
+    mean log distance plus the margin), though they sit further from the public class means
+    than the public events, whose 95 % quantile flags most of them."""
+    rng = np.random.default_rng(5)
+    known = (0, 1, 2, 3)
+    space = _space(rng, known, whiten=True, per_class=30)
+    public = _site(rng, 40, known)
+    model = merge([], space, public_prior(public, space))
+    pub_rows = np.concatenate([r for r, _ in public])
+    centre = public_log_centre(model, pub_rows)
+    assert_worst_cases_move_the_release_by_at_most_one(
+        lambda ps: dp_threshold_summary(ps, model, centre, 1e-12, rng)["noisy_sums"],
+        lambda rows: threshold_contribution(model, rows, centre),
+        [r for r, _ in _site(rng, 10, known)],
+        [rng.normal(0, 1e6, (300, D)), np.zeros((1, D)), np.full((1, D), 1e12), pub_rows[:0]],
+    )
+    # the sites' patients: two events each, every sign 30 % noisier than in the public ones
+    sites = [[CENTRES[k] + rng.normal(0, 0.65, (2, D)) for k in np.resize(known, 40)]] * 3
+    sums = [dp_threshold_summary(site, model, centre, 3.0, rng) for site in sites]
+    model.calibrate_events(pub_rows)
+    logs = [np.log(model.mahalanobis(r)) for r in sites[0]]
+    assert np.mean(np.concatenate(logs) > np.log(model.mahalanobis(pub_rows)).max()) > 0.5
+    dp_threshold(model, sums, pub_rows)
+    d2 = model.threshold * model.maha_stats[1] + model.maha_stats[0]
+    want = np.mean([np.clip((v - centre) / THRESHOLD_WIDTH, -1, 1).mean() for v in logs])
+    want = centre + THRESHOLD_WIDTH * want + THRESHOLD_MARGIN
+    assert np.log(d2) == pytest.approx(want, abs=0.2)
+    with pytest.raises(SemioFedError, match="threshold summary 1"):
+        dp_threshold(model, [{**sums[0], "centre": centre + 1.0}], pub_rows)
