@@ -94,19 +94,10 @@ class PublicWindows:
     def load(cls, model: nn.Module, public_dir: Path, window_config: Any) -> PublicWindows:
         """From the public tuning patients under ``public_dir`` (generated there if missing),
         cut into the model's windows."""
-        from semiofed.shared import public_data as pd
-        from semiofed.shared.synth.consortium import generate_consortium
+        from semiofed.shared.public_data import tuning_sites
 
-        names = [f"site-{i:02d}" for i in range(1, pd.TUNING_SITES + 1)]
-        if not all((public_dir / n).is_dir() for n in names):
-            generate_consortium(
-                public_dir,
-                pd.TUNING_SITES,
-                pd.TUNING_PATIENTS_PER_SITE,
-                pd.TUNING_MINUTES,
-                pd.TUNING_SEED,
-            )
-        public = [p for n in names for p in load_patient_windows(public_dir / n, window_config)]
+        sites = tuning_sites(public_dir)
+        public = [p for s in sites for p in load_patient_windows(s, window_config)]
         return cls(model, public)
 
     def scorer(

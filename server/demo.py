@@ -360,23 +360,13 @@ def make_tuning_data(
     is appended to ``procs``, which the demo ends on error; none starts once ``stop`` is
     set)."""
     from semiofed.shared import public_data as pub
-    from semiofed.shared.synth.consortium import generate_consortium
 
-    background = folder / pub.BACKGROUND_DIR
-    sets = (
-        (folder, pub.TUNING_SITES, pub.TUNING_PATIENTS_PER_SITE, pub.TUNING_MINUTES,
-         pub.TUNING_SEED, pub.SEIZURE_FREE_FRACTION),
-        (background, pub.BACKGROUND_SITES, pub.BACKGROUND_PATIENTS_PER_SITE,
-         pub.BACKGROUND_MINUTES, pub.BACKGROUND_SEED, pub.BACKGROUND_SEIZURE_FREE),
-    )  # fmt: skip
-    for root, n, patients, minutes, seed, free in sets:
-        sites = [root / f"site-{i:02d}" for i in range(1, n + 1)]
-        if not all(s.is_dir() for s in sites):
-            generate_consortium(root, n, patients, minutes, seed, seizure_free_fraction=free)
+    for make in (pub.tuning_sites, pub.background_sites):
+        sites = make(folder)  # generated unless they are there
         for site in sites:
             if stop.is_set():
                 return
-            procs.append(prepare_site(config, site, root / pub.TUNING_CACHE, nice=True))
+            procs.append(prepare_site(config, site, site.parent / pub.TUNING_CACHE, nice=True))
             procs[-1].wait()  # one at a time: the federating sites need the CPU more
 
 

@@ -149,15 +149,16 @@ def _scores(model: Any, patients: list[Any]) -> tuple[float, float]:
 
 def public_patients(pcfg: PretrainConfig, work: Path) -> list[Any]:
     """Windows of the public simulated consortium (generated under ``work``)."""
-    from semiofed.shared.public_data import public_patients as generate
+    from semiofed.shared import public_data as pub
 
-    return generate(
+    sites = pub.public_sites(
         work / "public-data",
         pcfg.sites,
         pcfg.patients_per_site,
         pcfg.minutes_per_patient,
         pcfg.seed,
     )
+    return pub.public_patients(sites)
 
 
 def _embedded(model: Any, patients: list[Any]) -> list[Any]:

@@ -50,52 +50,66 @@ BACKGROUND_SEIZURE_FREE = 0.9
 BACKGROUND_DIR = "background"
 
 
-def public_patients(
+def public_sites(
     data: Path,
     sites: int,
     patients_per_site: int,
     minutes: float,
     seed: int,
-    features: FeaturesFn = file_features,
     seizure_free: float = SEIZURE_FREE_FRACTION,
-) -> list[PatientWindows]:
-    """Windows of a public simulated consortium, generated under ``data`` unless it is there
-    (per-frame ``features`` as in :func:`~.dataset.load_patient_windows`; ``seizure_free``:
-    the share of seizure-free patients per site)."""
+) -> list[Path]:
+    """The site folders of a public simulated consortium under ``data``, generated unless they
+    are there (``seizure_free``: the share of seizure-free patients per site)."""
     from .synth.consortium import generate_consortium
 
-    names = [f"site-{i:02d}" for i in range(1, sites + 1)]
-    if not all((data / s).is_dir() for s in names):
+    names = [data / f"site-{i:02d}" for i in range(1, sites + 1)]
+    if not all(s.is_dir() for s in names):
         generate_consortium(data, sites, patients_per_site, minutes, seed, None, seizure_free)
-    return [p for s in names for p in load_patient_windows(data / s, features=features)]
+    return names
 
 
-def tuning_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
-    """The public tuning patients (``TUNING_SEED``), generated under ``data``."""
-    return public_patients(
-        data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED, features
-    )
+def public_patients(
+    sites: list[Path], features: FeaturesFn = file_features
+) -> list[PatientWindows]:
+    """Windows of the patients of public ``sites`` (per-frame ``features`` as in
+    :func:`~.dataset.load_patient_windows`)."""
+    return [p for s in sites for p in load_patient_windows(s, features=features)]
 
 
-def background_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
-    """The public background recordings (``BACKGROUND_SEED``), generated under
+def tuning_sites(data: Path) -> list[Path]:
+    """The public tuning consortium's site folders (``TUNING_SEED``), generated under ``data``."""
+    return public_sites(data, TUNING_SITES, TUNING_PATIENTS_PER_SITE, TUNING_MINUTES, TUNING_SEED)
+
+
+def background_sites(data: Path) -> list[Path]:
+    """The public background recordings' site folders (``BACKGROUND_SEED``), generated under
     ``data/BACKGROUND_DIR`` (``data``: the public tuning data's folder)."""
-    return public_patients(
+    return public_sites(
         data / BACKGROUND_DIR,
         BACKGROUND_SITES,
         BACKGROUND_PATIENTS_PER_SITE,
         BACKGROUND_MINUTES,
         BACKGROUND_SEED,
-        features,
         BACKGROUND_SEIZURE_FREE,
     )
 
 
+def tuning_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
+    """The public tuning patients (``TUNING_SEED``), generated under ``data``."""
+    return public_patients(tuning_sites(data), features)
+
+
+def background_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
+    """The public background recordings (:func:`background_sites`)."""
+    return public_patients(background_sites(data), features)
+
+
 def anomaly_patients(data: Path, features: FeaturesFn = file_features) -> list[PatientWindows]:
     """The anomaly model's public patients (``ANOMALY_SEED``), generated under ``data``."""
-    return public_patients(
-        data, ANOMALY_SITES, ANOMALY_PATIENTS_PER_SITE, ANOMALY_MINUTES, ANOMALY_SEED, features
+    sites = public_sites(
+        data, ANOMALY_SITES, ANOMALY_PATIENTS_PER_SITE, ANOMALY_MINUTES, ANOMALY_SEED
     )
+    return public_patients(sites, features)
 
 
 def confounder_windows(
