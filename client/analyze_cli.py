@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from semiofed.shared.analysis import calibration as cal
-from semiofed.shared.analysis.anomaly import ANOMALY_KIND, anomaly_summary_problem
+from semiofed.shared.analysis.anomaly import (
+    ANOMALY_KIND,
+    ANOMALY_THRESHOLD_KIND,
+    anomaly_summary_problem,
+)
+from semiofed.shared.analysis.openset import SEMIOLOGY_EVENTS, OpenSetScorer
 from semiofed.shared.atomic import atomic_write_bytes, atomic_write_json
 from semiofed.shared.cli_paths import folder, out_folder
 from semiofed.shared.errors import FormatError, SemioFedError
@@ -84,9 +89,13 @@ the patient; ε at the site budget's δ and accountant):
            1/sqrt(its number of classes)), summed, + Gaussian noise per bin; --merge-mondrian
            (with --merge-conformal) puts the per-class thresholds into calibration.json
   anomaly  --share anomaly --public-data DIR: every patient's per-class count indicator,
-           clipped mean and clipped mean square of its projected fused embeddings (L2 norm
-           <= 1 per patient), summed, + Gaussian noise per coordinate; --merge-anomaly
-           makes the federated DP anomaly model the aberrant flag (threshold: public data)
+           clipped mean and clipped mean square of its seizure events' semiology features in
+           the public whitened space (L2 norm <= 1 per patient), summed, + Gaussian noise per
+           coordinate; --merge-anomaly makes the merged model the aberrant flag (threshold:
+           public events), then --share anomaly-threshold --anomaly-model CAL (that
+           calibration.json): each patient's count indicator and mean clipped log distance
+           of its events under the merged model, summed, + noise; --merge-anomaly with
+           --merge-anomaly-threshold sets the flag threshold from those
 
 A summary file holds only these noisy numbers and public parameters (grid, σ, ε, δ): no
 count, score or label. Fewer than {cal.MIN_PATIENTS} held-out patients with labelled windows,
@@ -107,7 +116,11 @@ examples:
   semiofed site calibrate --model M --data D --state S --share anomaly \\
       --public-data PUBLIC --summary-out a-site1.json
   semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \\
-      --merge-anomaly a-site1.json a-site2.json
+      --merge-anomaly a-site1.json a-site2.json --out CAL
+  semiofed site calibrate --model M --data D --state S --share anomaly-threshold \\
+      --anomaly-model CAL --public-data PUBLIC --summary-out h-site1.json
+  semiofed site calibrate --model M --data D --held-out P1 P2 ... --public-data PUBLIC \\
+      --merge-anomaly a-site1.json a-site2.json --merge-anomaly-threshold h-site1.json h-site2.json
 """
 
 REVIEW_EPILOG = """\
@@ -221,10 +234,11 @@ def register(cmds: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, metavar="FILE", help="default: MODEL_DIR/calibration.json")
     c.add_argument(
         "--share",
-        choices=(*cal.SUMMARY_KINDS, cal.MONDRIAN, ANOMALY_KIND),
+        choices=(*cal.SUMMARY_KINDS, cal.MONDRIAN, ANOMALY_KIND, ANOMALY_THRESHOLD_KIND),
         help="federated: release this site's DP summary (to --summary-out), charged to --state; "
         f"'{ANOMALY_KIND}': the class sums of the anomaly model, over every patient of --data "
-        "(needs --public-data)",
+        f"(needs --public-data); '{ANOMALY_THRESHOLD_KIND}': its threshold release under the "
+        "merged model (needs --anomaly-model and --public-data)",
     )
     c.add_argument(
         "--summary-out", type=Path, metavar="FILE", help="where --share writes the summary"
@@ -271,14 +285,28 @@ def register(cmds: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="the aberrant flag of calibration.json from the sites' anomaly summaries: the "
-        "federated DP anomaly model, standardised and thresholded on --public-data",
+        "federated DP anomaly model on semiology events, standardised and thresholded on "
+        "--public-data",
+    )
+    c.add_argument(
+        "--merge-anomaly-threshold",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="with --merge-anomaly: the flag threshold from the sites' anomaly-threshold summaries",
+    )
+    c.add_argument(
+        "--anomaly-model",
+        type=Path,
+        metavar="CAL",
+        help=f"--share {ANOMALY_THRESHOLD_KIND}: the calibration.json holding the merged model",
     )
     c.add_argument(
         "--public-data",
         type=Path,
         metavar="DIR",
-        help="public tuning patients (the simulator at its public tuning seed; generated there "
-        "if missing): the anomaly model's projection and threshold",
+        help="the anomaly model's public simulator patients (its public seed; generated there "
+        "if missing): its space, prior and standardisation",
     )
     c.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
     c.set_defaults(func=run_calibrate)
@@ -641,8 +669,12 @@ def _check_share(args: argparse.Namespace) -> None:
 
     if args.summary_out is None or args.state is None:
         raise SemioFedError("--share needs --summary-out FILE and --state STATE")
-    if args.share == ANOMALY_KIND and args.public_data is None:
-        raise SemioFedError(f"--share {ANOMALY_KIND} needs --public-data DIR")
+    if args.share in (ANOMALY_KIND, ANOMALY_THRESHOLD_KIND) and args.public_data is None:
+        raise SemioFedError(f"--share {args.share} needs --public-data DIR")
+    if args.share == ANOMALY_THRESHOLD_KIND:
+        if args.anomaly_model is None:
+            raise SemioFedError(f"--share {ANOMALY_THRESHOLD_KIND} needs --anomaly-model CAL")
+        _published_anomaly_model(args.anomaly_model)
     if args.share in ("conformal", cal.MONDRIAN) and args.temperature is None:
         raise SemioFedError(f"--share {args.share} needs --temperature (the merged one)")
     if not (args.noise_multiplier > 0 and math.isfinite(args.noise_multiplier)):
@@ -668,42 +700,75 @@ def _share(args: argparse.Namespace, model, held: list) -> int:
     return 0
 
 
-def _share_anomaly(args: argparse.Namespace, model, patients: list, wcfg) -> int:
-    from .anomaly import PublicWindows, seizure_windows, share_anomaly
+def _share_anomaly(args: argparse.Namespace, patients: list) -> int:
+    from .anomaly import PublicEvents, share_anomaly, share_anomaly_threshold, site_events
 
-    per_patient = seizure_windows(model, patients)
-    space = PublicWindows.load(model, args.public_data, wcfg).space
-    summary, total = share_anomaly(args.state, per_patient, space, args.noise_multiplier)
+    model = None if args.share == ANOMALY_KIND else _published_anomaly_model(args.anomaly_model)
+    public = PublicEvents.load(args.public_data)
+    if model is not None and model.space.digest() != public.space.digest():
+        raise FormatError(
+            args.anomaly_model, "its anomaly model is not in the space of --public-data"
+        )
+    per_patient = site_events(patients)
+    sigma = args.noise_multiplier
+    if model is None:
+        summary, total = share_anomaly(args.state, per_patient, public.space, sigma)
+        what = f"{len(summary['noisy_sums'])} noisy class sums"
+    else:
+        centre = public.centre(model)
+        summary, total = share_anomaly_threshold(args.state, per_patient, model, centre, sigma)
+        what = "2 noisy threshold sums"
     atomic_write_json(args.summary_out, summary)
     print(
-        f"wrote {args.summary_out}: {len(summary['noisy_sums'])} noisy class sums of "
-        f"{len(per_patient)} patients with seizure windows, Gaussian noise "
-        f"σ={args.noise_multiplier:g}; ε = {summary['epsilon']:.3f} at δ={summary['delta']:g} "
-        f"({summary['accountant']}, privacy unit: patient) charged to {args.state}, site total "
-        f"ε = {total:.3f}. The file holds only these noisy values and public parameters."
+        f"wrote {args.summary_out}: {what} of {len(per_patient)} patients with seizure "
+        f"events, Gaussian noise σ={sigma:g}; ε = {summary['epsilon']:.3f} at "
+        f"δ={summary['delta']:g} ({summary['accountant']}, privacy unit: patient) charged to "
+        f"{args.state}, site total ε = {total:.3f}. The file holds only these noisy values and "
+        "public parameters."
     )
     return 0
 
 
-def _anomaly_scorer(args: argparse.Namespace, model, wcfg):
+def _published_anomaly_model(path: Path) -> OpenSetScorer:
+    """The merged semiology-event model of a calibration.json (checked before any data is read)."""
+    from semiofed.client.analysis.pipeline import SiteCalibration
+
+    try:
+        model = SiteCalibration.load(path).openset
+    except (OSError, ValueError, KeyError, TypeError, SemioFedError) as exc:
+        raise FormatError(path, f"not a calibration.json with an anomaly model ({exc})") from None
+    if model is None or model.representation != SEMIOLOGY_EVENTS or model.space is None:
+        raise FormatError(path, "its aberrant flag is not a federated semiology-event model")
+    return model
+
+
+def _anomaly_scorer(args: argparse.Namespace):
     import json
 
-    from .anomaly import PublicWindows
+    from .anomaly import PublicEvents
 
     if args.public_data is None:
         raise SemioFedError("--merge-anomaly needs --public-data DIR")
-    public = PublicWindows.load(model, args.public_data, wcfg)
-    docs = []
-    for p in args.merge_anomaly:
+    public = PublicEvents.load(args.public_data)
+
+    def read(p: Path) -> dict:
         try:
-            doc = json.loads(p.read_text())
+            return json.loads(p.read_text())
         except (OSError, ValueError) as exc:
             raise FormatError(p, f"unreadable summary ({exc})") from None
+
+    docs = []
+    for p in args.merge_anomaly:
+        doc = read(p)
         problem = anomaly_summary_problem(doc, public.space)
         if problem:
             raise FormatError(p, problem)
         docs.append(doc)
-    return public.scorer(docs, args.flag_rate)
+    model = public.model(docs)
+    if args.merge_anomaly_threshold:
+        thresholds = [read(p) for p in args.merge_anomaly_threshold]
+        public.set_threshold(model, thresholds)
+    return model
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -717,7 +782,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         t = cal.merge_temperature(_load_summaries(args.merge_temperature, "temperature"))
         print(f"merged temperature: {t:.6g} (pass it to --temperature in round 2)")
         return 0
-    required = ("model", "data") + (() if args.share == ANOMALY_KIND else ("held_out",))
+    anomaly_share = args.share in (ANOMALY_KIND, ANOMALY_THRESHOLD_KIND)
+    required = ("model", "data") + (() if anomaly_share else ("held_out",))
     needed = [f"--{k.replace('_', '-')}" for k in required if not getattr(args, k)]
     if needed:
         raise SemioFedError(
@@ -732,8 +798,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     model, wcfg, _ = load_model_folder(args.model, args.device)
     patients = load_patient_windows(args.data, wcfg, features=site_features(args.state))
     by_name = {p.patient: p for p in patients}
-    if args.share == ANOMALY_KIND:
-        return _share_anomaly(args, model, patients, wcfg)
+    if anomaly_share:
+        return _share_anomaly(args, patients)
     missing = [h for h in args.held_out if h not in by_name]
     if missing:
         raise SemioFedError(
@@ -772,8 +838,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         thresholds, _ = cal.merge_mondrian(mondrian, args.coverage)
         calib.class_thresholds = [float(t) for t in thresholds]
         calib.source += f"; per-class thresholds: federated (DP), {len(mondrian)} sites"
+    if args.merge_anomaly_threshold and not args.merge_anomaly:
+        raise SemioFedError("--merge-anomaly-threshold goes with --merge-anomaly")
     if args.merge_anomaly:
-        calib.openset = _anomaly_scorer(args, model, wcfg)
+        calib.openset = _anomaly_scorer(args)
         calib.source += (
             f"; aberrant flag: federated DP anomaly model of {len(args.merge_anomaly)} sites"
         )

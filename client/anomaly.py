@@ -1,14 +1,21 @@
-"""The site's share of the federated anomaly model: one DP release of its patients' class
-sums (:func:`~semiofed.shared.analysis.anomaly.dp_anomaly_summary`), charged to the site's
+"""The site's share of the federated anomaly model, the semiology-event class Gaussians of
+:mod:`semiofed.shared.analysis.semiology_anomaly`: two DP releases, each charged to the site's
 privacy ledger before it is computed and recorded in the signed audit trail
 (:func:`.dp_release.release_gaussian`).
 
-What leaves the site: ``noisy_sums`` — per seizure class the sum over its patients of a count
-indicator, a clipped mean and a clipped mean square of their windows' projected fused
-embeddings, each patient's whole vector of L2 norm ≤ 1 (sensitivity 1 under adding or
-removing a patient), plus ``N(0, σ²)`` per coordinate drawn from a secret generator — and
-public fields (format, σ, the class list, the rank and digest of the public projection, its
-own ε, δ and accountant). No count, label or embedding of any patient.
+1. :func:`share_anomaly`: per seizure class the sum over its patients of a count indicator, a
+   clipped mean and a clipped mean square of their annotated events' semiology features in
+   the public space (each patient's whole vector of L2 norm ≤ 1: sensitivity 1 under adding
+   or removing a patient), plus ``N(0, σ²)`` per coordinate.
+2. :func:`share_anomaly_threshold`, under the model the coordinator merged from the first:
+   a count indicator and each patient's mean clipped log distance of its events (L2 norm ≤ 1),
+   plus ``N(0, σ²)``; the coordinator sets the flag threshold from it.
+
+Both draw their noise from a secret generator and hold only those noisy values and public
+fields (format, σ, the class list, the space's rank and digest, the public centre, their own
+ε, δ and accountant). No count, label or feature of any patient. The space, the prior the
+class means are shrunk to and the standardisation come from public simulator patients
+(:class:`PublicEvents`), never from a site's.
 """
 
 from __future__ import annotations
@@ -18,45 +25,48 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from semiofed.shared.analysis import calibration as cal
-from semiofed.shared.analysis.anomaly import (
-    DEFAULT_ENERGY_WEIGHT,
-    SEIZURE_CLASSES,
-    dp_anomaly_summary,
-    merge_anomaly,
+from semiofed.shared.analysis.anomaly import dp_anomaly_summary
+from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
+from semiofed.shared.analysis.semiology_anomaly import (
+    dp_threshold,
+    dp_threshold_summary,
+    merge,
+    patient_events,
+    public_log_centre,
+    public_prior,
+    public_space,
+    window_features,
 )
-from semiofed.shared.analysis.openset import DEFAULT_FLAG_RATE, OpenSetScorer, ProjectionSpace
-from semiofed.shared.dataset import PatientWindows, load_patient_windows
-from semiofed.shared.errors import SemioFedError
+from semiofed.shared.dataset import PatientWindows
 
 from .dp_release import release_gaussian
 
 PURPOSE = "anomaly summary: class gaussians"
+THRESHOLD_PURPOSE = "anomaly summary: threshold"
+
+Events = list[tuple[np.ndarray, np.ndarray]]
 
 
-def seizure_windows(
-    model: nn.Module, patients: Sequence[PatientWindows]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(fused embeddings, type classes) of each patient's windows of annotated seizure
-    classes, from one batched pass; patients without any are left out."""
-    from .evaluation import labelled_windows
-
-    return labelled_windows(model, patients, "fused", lambda p: np.isin(p.y_type, SEIZURE_CLASSES))
+def site_events(patients: Sequence[PatientWindows]) -> Events:
+    """(event feature rows, their classes) of each patient's annotated seizure events;
+    patients without any are left out."""
+    events = [patient_events(p) for p in patients]
+    return [(rows, labels) for rows, labels in events if len(labels)]
 
 
 def share_anomaly(
     state_dir: Path,
-    per_patient: Sequence[tuple[np.ndarray, np.ndarray]],
+    per_patient: Events,
     space: ProjectionSpace,
     noise_multiplier: float = cal.DEFAULT_NOISE_MULTIPLIER,
 ) -> tuple[dict[str, Any], float]:
-    """Release the site's DP anomaly summary (at least :data:`~.calibration.MIN_PATIENTS`
-    patients with seizure windows, else nothing); returns it with its own ε, δ and
+    """Release the site's DP class sums (at least :data:`~.calibration.MIN_PATIENTS` patients
+    with seizure events, else nothing); returns the summary with its own ε, δ and
     accountant, and the site's cumulative ε after it. Refused without a sound ledger or over
     budget, before anything is computed."""
-    cal.require_patients(len(per_patient), "patient(s) with seizure windows", "anomaly")
+    cal.require_patients(len(per_patient), "patient(s) with seizure events", "anomaly")
     rng = cal.secret_rng()
     return release_gaussian(
         state_dir,
@@ -67,48 +77,65 @@ def share_anomaly(
     )
 
 
-class PublicWindows:
-    """The model's outputs on the annotated seizure windows of public patients (the
-    simulator's tuning patients, :func:`~semiofed.shared.public_data.tuning_patients`): where
-    the anomaly model's projection, standardisation and threshold come from (no ε)."""
+def share_anomaly_threshold(
+    state_dir: Path,
+    per_patient: Events,
+    model: OpenSetScorer,
+    centre: float,
+    noise_multiplier: float = cal.DEFAULT_NOISE_MULTIPLIER,
+) -> tuple[dict[str, Any], float]:
+    """Release the site's DP threshold summary under the merged ``model`` (``centre``: the
+    public median log distance sent with it); as :func:`share_anomaly` otherwise."""
+    cal.require_patients(len(per_patient), "patient(s) with seizure events", "anomaly threshold")
+    rng = cal.secret_rng()
+    rows = [r for r, _ in per_patient]
+    return release_gaussian(
+        state_dir,
+        THRESHOLD_PURPOSE,
+        noise_multiplier,
+        len(rows),
+        lambda: dp_threshold_summary(rows, model, centre, noise_multiplier, rng),
+    )
 
-    def __init__(self, model: nn.Module, public: Sequence[PatientWindows]) -> None:
-        from semiofed.client.analysis.pipeline import event_groups
 
-        from .evaluation import predict
+class PublicEvents:
+    """The anomaly model's public simulator patients
+    (:func:`~semiofed.shared.public_data.anomaly_patients`): the whitened space, the prior of
+    the class means and the known-type events that standardise the model (no ε)."""
 
-        out = predict(model, list(public))  # from their cached embeddings when they carry them
-        y_detect = np.concatenate([p.y_detect for p in public])
-        y_type = np.concatenate([p.y_type for p in public])
-        sel = (y_detect == 1) & np.isin(y_type, SEIZURE_CLASSES)
-        if sel.sum() < 10:
-            raise SemioFedError(
-                f"{int(sel.sum())} public seizure windows: too few for a projection"
-            )
-        groups = event_groups(list(public))
-        self.fused, self.logits = out["fused"][sel], out["type_logits"][sel]
-        self.groups = [groups[i] for i in np.flatnonzero(sel)]
-        self.space = ProjectionSpace.public(self.fused)
+    def __init__(self, public: Sequence[PatientWindows]) -> None:
+        windows, events = [], []
+        for p in public:
+            f = window_features(p)
+            windows.append(f)
+            events.append(patient_events(p, f))
+        self.rows = np.concatenate([r for r, _ in events])
+        labels = np.concatenate([y for _, y in events])
+        self.space = public_space(np.concatenate(windows), self.rows, labels, whiten=True)
+        self.prior = public_prior(events, self.space)
 
     @classmethod
-    def load(cls, model: nn.Module, public_dir: Path, window_config: Any) -> PublicWindows:
-        """From the public tuning patients under ``public_dir`` (generated there if missing),
-        cut into the model's windows."""
-        from semiofed.shared.public_data import tuning_sites
+    def load(cls, public_dir: Path) -> PublicEvents:
+        """From the public patients in ``public_dir``'s anomaly folder (generated there if
+        missing; their per-frame features cached there)."""
+        from semiofed.shared.public_data import ANOMALY_DIR, TUNING_CACHE, anomaly_patients
 
-        sites = tuning_sites(public_dir)
-        public = [p for s in sites for p in load_patient_windows(s, window_config)]
-        return cls(model, public)
+        from .feature_cache import site_features
 
-    def scorer(
-        self,
-        summaries: Sequence[dict],
-        flag_rate: float = DEFAULT_FLAG_RATE,
-        energy_weight: float = DEFAULT_ENERGY_WEIGHT,
-    ) -> OpenSetScorer:
-        """The consortium's anomaly model from the sites' DP summaries (post-processing),
-        standardised and thresholded on the public windows."""
-        model = merge_anomaly(summaries, self.space)
-        model.energy_weight = energy_weight
-        model.calibrate(self.fused, self.logits, self.groups, flag_rate)
-        return model
+        folder = public_dir / ANOMALY_DIR
+        return cls(anomaly_patients(folder, site_features(folder / TUNING_CACHE)))
+
+    def model(self, summaries: Sequence[dict]) -> OpenSetScorer:
+        """The consortium's model from the sites' class sums (post-processing), standardised
+        on the public events; its threshold until the threshold release: the public one."""
+        scorer = merge(summaries, self.space, self.prior)
+        scorer.calibrate_events(self.rows)
+        return scorer
+
+    def centre(self, model: OpenSetScorer) -> float:
+        """The public median log distance the sites' threshold releases are centred on."""
+        return public_log_centre(model, self.rows)
+
+    def set_threshold(self, model: OpenSetScorer, summaries: Sequence[dict]) -> None:
+        """The flag threshold from the sites' threshold releases (post-processing)."""
+        dp_threshold(model, summaries, self.rows)

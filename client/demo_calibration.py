@@ -5,9 +5,10 @@ Each site does what ``semiofed site calibrate --share`` does, with its own state
 (``STATE_ROOT/<site>``: the ledger the ClientApp charged, the signed audit trail): round 1,
 a DP temperature summary; the coordinator merges them (post-processing); round 2, a DP
 conformal summary and a DP Mondrian (per-class) summary at the merged temperature, merged
-into the consortium's threshold and per-class thresholds; then one DP anomaly summary
-(:mod:`.anomaly`, every patient with seizure windows), merged into the federated anomaly
-model, standardised and thresholded on the public tuning patients. Every summary is charged
+into the consortium's threshold and per-class thresholds; then the anomaly model
+(:mod:`.anomaly`, every patient with seizure events): a DP class-sum release, merged with the
+public prior into the semiology-event class Gaussians, then a DP threshold release under that
+model, which sets its flag threshold. Every summary is charged
 to the site's ledger and recorded in its trail before it exists
 (:func:`.dp_release.release_gaussian`).
 
@@ -33,7 +34,7 @@ from semiofed.shared.labels import CLASSES
 from semiofed.shared.run_config import load_run_config
 
 from . import site_task
-from .anomaly import PublicWindows, seizure_windows, share_anomaly
+from .anomaly import PublicEvents, share_anomaly, share_anomaly_threshold, site_events
 from .dp_release import labelled_outputs, share_calibration
 
 
@@ -77,7 +78,7 @@ def calibrate(
         held = labelled_outputs(model, data.val + data.test)
         use_all = len(held) < cal.MIN_PATIENTS
         outputs[s] = labelled_outputs(model, data.train) + held if use_all else held
-        seizures[s] = seizure_windows(model, data.train + data.val + data.test)
+        seizures[s] = site_events(data.train + data.val + data.test)
         progress(f"{s}: outputs of {len(outputs[s])} patients")
         report[s] = {
             "held_out_patients": len(held),
@@ -108,7 +109,7 @@ def calibrate(
             threshold, mass = cal.merge_conformal(summaries, coverage)
             merged.update(conformal_threshold=threshold, noisy_patients=mass, coverage=coverage)
         progress(f"{kind} summaries released and merged")
-    merged["anomaly"] = _anomaly(model, tuning_dir, sites, state_root, seizures, report)
+    merged["anomaly"] = _anomaly(tuning_dir, sites, state_root, seizures, report)
     progress("anomaly summaries released and merged")
     return {
         **merged,
@@ -120,7 +121,6 @@ def calibrate(
 
 
 def _anomaly(
-    model: Any,
     tuning_dir: Path,
     sites: list[str],
     state_root: Path,
@@ -128,25 +128,43 @@ def _anomaly(
     report: dict[str, Any],
     noise_multiplier: float = cal.DEFAULT_NOISE_MULTIPLIER,
 ) -> dict[str, Any]:
-    """Each site's DP anomaly summary in the public projection, then the merged model
-    (:meth:`.anomaly.PublicWindows.scorer`: standardised and thresholded on public data)."""
-    from .baselines import load_tuning
+    """Each site's DP class sums of its patients' seizure events, merged with the public prior
+    (:class:`.anomaly.PublicEvents`, generated under ``tuning_dir``); then each site's DP
+    threshold release under the merged model, which sets its threshold."""
+    public = PublicEvents.load(tuning_dir)
 
-    public = PublicWindows(model, load_tuning(tuning_dir, model, background=False).patients)
-    summaries = []
-    for s in sites:
-        summary, total = share_anomaly(state_root / s, seizures[s], public.space, noise_multiplier)
-        summaries.append(summary)
+    def charged(s: str, kind: str, released: tuple[dict, float]) -> dict:
+        summary, total = released
         report[s]["summaries"].append(
-            {"kind": "anomaly", "epsilon": summary["epsilon"], "epsilon_total_after": total}
+            {"kind": kind, "epsilon": summary["epsilon"], "epsilon_total_after": total}
         )
-    scorer = public.scorer(summaries)
+        return summary
+
+    sums = [
+        charged(
+            s, "anomaly", share_anomaly(state_root / s, seizures[s], public.space, noise_multiplier)
+        )
+        for s in sites
+    ]
+    scorer = public.model(sums)
+    centre = public.centre(scorer)
+    public_threshold = scorer.threshold
+    thresholds = [
+        charged(
+            s,
+            "anomaly threshold",
+            share_anomaly_threshold(state_root / s, seizures[s], scorer, centre, noise_multiplier),
+        )
+        for s in sites
+    ]
+    public.set_threshold(scorer, thresholds)
     return {
         "scorer": scorer.to_dict(),
         "classes": [CLASSES[k] for k in scorer.classes],
         "threshold": scorer.threshold,
+        "public_threshold": public_threshold,
         "flag_rate": scorer.flag_rate,
-        "public_events": len(set(public.groups)),
+        "public_events": len(public.rows),
         "noise_multiplier": noise_multiplier,
     }
 

@@ -21,6 +21,7 @@ from typing import Any
 from semiofed.privacy.accounting import epsilon
 from semiofed.privacy.ledger import PrivacyLedger
 from semiofed.shared.analysis import calibration as cal
+from semiofed.shared.analysis.semiology_anomaly import THRESHOLD_MARGIN, THRESHOLD_WIDTH
 from semiofed.shared.atomic import atomic_write_json
 from semiofed.shared.errors import SemioFedError
 
@@ -39,13 +40,17 @@ PROTECTS_AGAINST = (
 )
 ANOMALY_WHAT = (
     "Federated anomaly model behind the aberrant-seizure flag and the review queue: "
-    "class-conditional Gaussians (per seizure class a mean, one shared diagonal covariance) of "
-    "the model's fused embedding in a public 4-dimensional projection, estimated from one "
-    "Gaussian-mechanism summary per site (each patient's vector of L2 norm ≤ 1); an event's "
-    "score is the mean over its windows of the standardised squared Mahalanobis distance to "
-    "the nearest class mean plus the standardised energy of the type head. It flags seizures "
-    "unlike the consortium's known types for clinician review; it does not diagnose."
+    "class-conditional Gaussians (per seizure class a mean, the public within-class "
+    "covariance) of an event's semiology features (the mean over its windows of the 91 fixed "
+    "quantified signs: motion, frequency, band power, asymmetry, face, presence per region) in "
+    "a whitened space made from public simulator events; each class mean from the sites' DP "
+    "class sums (one Gaussian-mechanism release per site, each patient's vector of L2 norm "
+    "≤ 1), shrunk to the public class mean. An event's score is its standardised squared "
+    "Mahalanobis distance to the nearest class mean. It flags seizures unlike the "
+    "consortium's known types for clinician review; it does not diagnose."
 )
+#: The sites' summary kinds the anomaly model costs (class sums, then its threshold release).
+ANOMALY_KINDS = ("anomaly", "anomaly threshold")
 
 
 def run_calibration(
@@ -82,13 +87,15 @@ def run_calibration(
     )
     a = calib["anomaly"]
     eps = ", ".join(
-        f"{s} {_section_epsilon(calib, s, ('anomaly',), a['noise_multiplier'])[0]:.2f}"
+        f"{s} {_section_epsilon(calib, s, ANOMALY_KINDS, a['noise_multiplier'])[0]:.2f}"
         for s in calib["sites"]
     )
     print(
-        f"  federated DP anomaly model (1 summary per site, σ={a['noise_multiplier']:g}; ε "
-        f"{eps}): classes {', '.join(a['classes'])}, threshold {a['threshold']:.2f} = the "
-        f"{1 - a['flag_rate']:.0%} quantile of {a['public_events']} public tuning events' scores",
+        f"  federated DP anomaly model on semiology events (2 releases per site: class sums, "
+        f"then the threshold under the merged model; σ={a['noise_multiplier']:g}; ε {eps}): "
+        f"classes {', '.join(a['classes'])}, threshold {a['threshold']:.2f} from the sites' "
+        f"threshold releases (the public one, the {1 - a['flag_rate']:.0%} quantile of "
+        f"{a['public_events']} public events' scores, was {a['public_threshold']:.2f})",
         flush=True,
     )
     doc = federated_calibration(calib)
@@ -149,13 +156,15 @@ def federated_calibration(calib: dict[str, Any]) -> dict[str, Any]:
             "threshold": a["threshold"],
             "flag_rate": a["flag_rate"],
             "threshold_rule": (
-                f"the {1 - a['flag_rate']:.0%} quantile of the event scores of "
-                f"{a['public_events']} known-type seizure events of public simulator patients "
-                "(the tuning seed); the standardisation comes from the same public windows, "
-                "so no site's patient enters it: flagging costs no further ε"
+                "the sites' noisy patient mean of their seizure events' log distance under "
+                "the merged model (a second DP release per site: each patient's mean, clipped "
+                f"to ±{THRESHOLD_WIDTH:g} log units around the public median), plus a margin "
+                f"of {THRESHOLD_MARGIN:g} log units; the standardisation comes from "
+                f"{a['public_events']} known-type events of public simulator patients; "
+                "flagging a new event costs no further ε"
             ),
             "classes": a["classes"],
-            "privacy": _privacy(calib, ("anomaly",), a["noise_multiplier"]),
+            "privacy": _privacy(calib, ANOMALY_KINDS, a["noise_multiplier"]),
             "scorer": a["scorer"],
         },
     }
@@ -168,7 +177,7 @@ def print_release_epsilon(calib: dict[str, Any]) -> None:
     for s in calib["sites"]:
         c, _ = _section_epsilon(calib, s, cal.FEDERATED_KINDS, calib["noise_multiplier"])
         sigma = calib["anomaly"]["noise_multiplier"]
-        a, total = _section_epsilon(calib, s, ("anomaly",), sigma)
+        a, total = _section_epsilon(calib, s, ANOMALY_KINDS, sigma)
         parts.append(f"{s} calibration {c:.2f} + anomaly model {a:.2f} (cumulative {total:.2f})")
     print(
         f"  ε of the published calibration and anomaly model alone, per site at δ = "

@@ -37,6 +37,8 @@ ANOMALY_SEED = PUBLIC_SEED + 2
 ANOMALY_SITES = 6
 ANOMALY_PATIENTS_PER_SITE = 20
 ANOMALY_MINUTES = 1.0
+#: Folder under the public tuning data holding the anomaly model's public patients.
+ANOMALY_DIR = "anomaly"
 #: Folder under the public tuning data where its features and embeddings are cached.
 TUNING_CACHE = "cache"
 #: Simulator seed of the public background recordings; no consortium of sites may use it.

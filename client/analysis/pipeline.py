@@ -21,7 +21,8 @@ from torch import nn
 
 from semiofed.shared.analysis import calibration as cal
 from semiofed.shared.analysis.explain import explain_window, resting_baseline
-from semiofed.shared.analysis.openset import OpenSetScorer
+from semiofed.shared.analysis.openset import SEMIOLOGY_EVENTS, OpenSetScorer
+from semiofed.shared.analysis.semiology_anomaly import features_of_windows
 from semiofed.shared.atomic import atomic_write_json
 from semiofed.shared.errors import FormatError, SemioFedError
 from semiofed.shared.events import Event
@@ -194,6 +195,18 @@ def _detected_events(
     )
 
 
+def _aberrant_score(
+    scorer: OpenSetScorer, w: dict, out: dict[str, np.ndarray], inside: np.ndarray
+) -> float:
+    """An event's anomaly score from the rows its scorer's representation names: the mean
+    semiology features of its windows, or the mean window score of their fused embeddings."""
+    if scorer.representation == SEMIOLOGY_EVENTS:
+        x = {k: v[inside] for k, v in w["x"].items()}
+        mask = {k: v[inside] for k, v in w["mask"].items()}
+        return float(scorer.event_distance(features_of_windows(x, mask).mean(0, keepdims=True))[0])
+    return float(np.mean(scorer.window_scores(out["fused"][inside], out["type_logits"][inside])))
+
+
 def analyze_recording(
     rec: Recording,
     model: nn.Module,
@@ -248,8 +261,7 @@ def analyze_recording(
         )
         aberrant: dict = {"score": None, "threshold": None, "flagged": False}
         if calib and calib.openset:
-            ws = calib.openset.window_scores(out["fused"][inside], out["type_logits"][inside])
-            score = float(np.mean(ws))
+            score = _aberrant_score(calib.openset, w, out, inside)
             aberrant = {
                 "score": round(score, 4),
                 "threshold": round(calib.openset.threshold, 4),

@@ -51,6 +51,8 @@ MIN_CLASS_WEIGHT = 2.0
 DEFAULT_ENERGY_WEIGHT = 1.0
 #: ``site calibrate --share`` kind of the anomaly summary
 ANOMALY_KIND = "anomaly"
+#: ``site calibrate --share`` kind of the anomaly model's threshold release
+ANOMALY_THRESHOLD_KIND = "anomaly-threshold"
 VAR_FLOOR = 1e-3
 
 

@@ -34,6 +34,10 @@ DEFAULT_FLAG_RATE = 0.05
 SHRINKAGE = 0.1
 DEFAULT_RANK = 4
 CLIP_QUANTILE = 0.95
+#: what an :class:`OpenSetScorer` scores: windows' fused embeddings (with their type logits),
+#: or events' mean semiology features (:mod:`.semiology_anomaly`)
+EMBEDDING, SEMIOLOGY_EVENTS = "embedding", "semiology-events"
+REPRESENTATIONS = (EMBEDDING, SEMIOLOGY_EVENTS)
 
 
 def energy(type_logits: np.ndarray) -> np.ndarray:
@@ -143,6 +147,8 @@ class OpenSetScorer:
     space: ProjectionSpace | None = None
     #: weight of the standardised energy score in :meth:`window_scores` (0: distance only)
     energy_weight: float = 1.0
+    #: the rows it scores (:data:`REPRESENTATIONS`): a loader feeds it nothing else
+    representation: str = EMBEDDING
 
     @classmethod
     def fit(cls, emb: np.ndarray, labels: np.ndarray) -> OpenSetScorer:
@@ -213,10 +219,19 @@ class OpenSetScorer:
             "flag_rate": self.flag_rate,
             "space": None if self.space is None else self.space.to_dict(),
             "energy_weight": self.energy_weight,
+            "representation": self.representation,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> OpenSetScorer:
+        """The scorer of :meth:`to_dict`; an unknown representation is refused (a file without
+        the field predates the semiology-event model: it scores embeddings)."""
+        representation = d.get("representation", EMBEDDING)
+        if representation not in REPRESENTATIONS:
+            raise SemioFedError(
+                f"anomaly model: field 'representation' must be one of {list(REPRESENTATIONS)}, "
+                f"got {representation!r}"
+            )
         return cls(
             classes=[int(c) for c in d["classes"]],
             means=np.asarray(d["means"], dtype=np.float64),
@@ -227,4 +242,5 @@ class OpenSetScorer:
             flag_rate=float(d["flag_rate"]),
             space=None if d.get("space") is None else ProjectionSpace.from_dict(d["space"]),
             energy_weight=float(d.get("energy_weight", 1.0)),
+            representation=representation,
         )

@@ -56,7 +56,14 @@ from .anomaly import (
     noisy_totals,
     patient_contribution,
 )
-from .openset import CLIP_QUANTILE, SHRINKAGE, OpenSetScorer, ProjectionSpace, event_features
+from .openset import (
+    CLIP_QUANTILE,
+    SEMIOLOGY_EVENTS,
+    SHRINKAGE,
+    OpenSetScorer,
+    ProjectionSpace,
+    event_features,
+)
 
 #: floor of a feature's within-class s.d., as a share of its s.d. over all public windows
 WITHIN_FLOOR = 0.05
@@ -79,12 +86,19 @@ T_COUNT, T_MEAN = math.sqrt(0.2), math.sqrt(0.8)
 
 def window_features(p: PatientWindows) -> np.ndarray:
     """(N, N_FEATURES) semiology features of a patient's windows (deterministic, no model)."""
+    return features_of_windows(p.x, p.mask)
+
+
+def features_of_windows(x: dict[str, np.ndarray], mask: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, N_FEATURES) semiology features of windows given as per-stream arrays (``x``: (N, …)
+    features, ``mask``: their presence), as the model's inputs hold them."""
+    n = len(next(iter(x.values()))) if x else 0
     out = []
     with torch.no_grad():
-        for a in range(0, len(p), BATCH):
-            batch = {f"x_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in p.x.items()}
+        for a in range(0, n, BATCH):
+            batch = {f"x_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in x.items()}
             batch |= {
-                f"m_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in p.mask.items()
+                f"m_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in mask.items()
             }
             out.append(semiology_features(batch).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
@@ -188,7 +202,9 @@ def merge(
     always kept, one without only above the noise level. No summaries: the public model."""
     var = np.full(space.rank, space.scale**2)
     if prior is None:
-        return merge_anomaly(summaries, space, public_variance=var, noise_sds=NOISE_SDS)
+        model = merge_anomaly(summaries, space, public_variance=var, noise_sds=NOISE_SDS)
+        model.representation = SEMIOLOGY_EVENTS
+        return model
     r = space.rank
     p = np.asarray(prior, dtype=np.float64).reshape(len(SEIZURE_CLASSES), 1 + 2 * r)
     if summaries:
@@ -203,7 +219,9 @@ def merge(
         raise SemioFedError("no seizure class has public support or a noisy weight: no model")
     means = (s0 + s)[keep] / (n0 + np.maximum(n, 0.0))[keep, None]
     classes = [k for k, kept in zip(SEIZURE_CLASSES, keep, strict=True) if kept]
-    return OpenSetScorer(classes, means, np.diag(1.0 / var), space=space)
+    return OpenSetScorer(
+        classes, means, np.diag(1.0 / var), space=space, representation=SEMIOLOGY_EVENTS
+    )
 
 
 def events_of(

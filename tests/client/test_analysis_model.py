@@ -275,3 +275,36 @@ def test_analyze_a_video_reports_the_dominant_frequency(trained: dict, tmp_path:
     head = report["semiology"]["regions"]["head"]["dominant_frequency_hz"]
     assert head is not None and abs(head - FREQ_HZ) <= 0.3, head
     assert list((out / "keypoints").glob("*_keypoints.npz"))  # keypoints only, no frames
+
+
+def test_a_semiology_event_model_scores_each_event_from_its_windows_features(
+    trained: dict,
+) -> None:
+    """The published anomaly model's representation decides what `site analyze` feeds it:
+    for a semiology-event model, the mean semiology features of the event's windows."""
+    from semiofed.client.analysis.pipeline import SiteCalibration, analyze_recording
+    from semiofed.shared.analysis.openset import SEMIOLOGY_EVENTS, OpenSetScorer, ProjectionSpace
+    from semiofed.shared.analysis.semiology_anomaly import features_of_windows
+    from semiofed.shared.errors import SemioFedError
+    from semiofed.shared.model_folder import load_model_folder
+    from semiofed.shared.windows import windows_from_recording
+
+    model, wcfg, _ = load_model_folder(trained["model_dir"], "cpu")
+    rec, _, _ = simulate_event_clip("f2b", 60.0, 5, fps=15.0)
+    w = windows_from_recording(rec, [], wcfg)
+    f = features_of_windows(w["x"], w["mask"])
+    d = f.shape[1]
+    centre = f.mean(0, keepdims=True)  # one class mean: every window's mean
+    scorer = OpenSetScorer([1], centre, np.eye(d), threshold=0.0, representation=SEMIOLOGY_EVENTS)
+    scorer.space = ProjectionSpace(np.zeros(d), np.eye(d), 1.0)
+    doc = SiteCalibration(1.0, 0.9, 0.5, "test", openset=scorer).to_dict()
+    report = analyze_recording(rec, model, wcfg, SiteCalibration.from_dict(doc))
+    ev = report["events"][0]
+    centres = w["t0"] + wcfg.seconds / 2
+    inside = (centres >= ev["onset_s"] - 0.01) & (centres <= ev["offset_s"] + 0.01)
+    expected = float(((f[inside].mean(0) - centre[0]) ** 2).sum())
+    assert ev["aberrant"]["score"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    assert ev["aberrant"]["flagged"] == (expected > 0.0)
+    doc["openset"]["representation"] = "pixels"
+    with pytest.raises(SemioFedError, match="representation"):
+        SiteCalibration.from_dict(doc)

@@ -222,6 +222,7 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     from semiofed.privacy.ledger import PlannedRun
     from semiofed.server.demo import DEFAULT_CONFIG
     from semiofed.server.demo_privacy import (
+        ANOMALY_KINDS,
         cumulative_epsilon,
         print_site_epsilon,
         run_calibration,
@@ -253,12 +254,12 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
         r = calib["sites"][s]
         assert r["held_out_patients"] < cal.MIN_PATIENTS <= r["patients"]
         assert r["patients_used"] == "all (training included)"
-        assert [x["kind"] for x in r["summaries"]] == [*cal.FEDERATED_KINDS, "anomaly"]
+        assert [x["kind"] for x in r["summaries"]] == [*cal.FEDERATED_KINDS, *ANOMALY_KINDS]
         trail = site_trail(tmp_path / "state" / s).path
         assert verify(trail, require_head=False).ok
-        assert sum(e["kind"] == "summary_released" for e in read_entries(trail)) == 4
+        assert sum(e["kind"] == "summary_released" for e in read_entries(trail)) == 5
     sigma = (cal.DEFAULT_NOISE_MULTIPLIER, 1.0, 1)
-    expected = epsilon([training, sigma, sigma, sigma, sigma], DELTA, "rdp")
+    expected = epsilon([training, *[sigma] * 5], DELTA, "rdp")
     eps = cumulative_epsilon(tmp_path / "state", sites, DELTA, "rdp")
     assert eps == {s: pytest.approx(expected) for s in sites}
     assert calib["sites"]["site-01"]["summaries"][-1]["epsilon_total_after"] == pytest.approx(
@@ -269,7 +270,7 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[0].startswith("  site-01: cumulative ε = ")
     assert f"{expected:.2f} at δ = 1e-05 (rdp accountant" in lines[0]
-    assert "1 training rounds + 0 evaluations + 3 calibration summaries + 1 anomaly" in lines[0]
+    assert "1 training rounds + 0 evaluations + 3 calibration summaries + 2 anomaly" in lines[0]
 
     # the card of the run directory carries both sections, each schema-checked, with what
     # each site paid for them alone and after them
@@ -280,9 +281,9 @@ def test_demo_calibration_charges_each_site_and_the_demo_reads_epsilon_from_its_
     (tmp_path / "run" / "run.json").write_text('{"data": "synthetic"}', encoding="utf-8")
     card = Card.model_validate(build_card(tmp_path / "run"))
     assert card.anomaly is not None and card.calibration is not None
-    one = epsilon([sigma], DELTA, "rdp")
+    two = epsilon([sigma] * 2, DELTA, "rdp")  # the class sums and the threshold release
     for s in sites:
-        assert card.anomaly.privacy.per_site[s].epsilon == pytest.approx(one)
+        assert card.anomaly.privacy.per_site[s].epsilon == pytest.approx(two)
         assert card.anomaly.privacy.per_site[s].epsilon_total_after == pytest.approx(expected)
         three = epsilon([sigma] * 3, DELTA, "rdp")
         assert card.calibration.privacy.per_site[s].epsilon == pytest.approx(three)
@@ -295,7 +296,8 @@ def test_anomaly_summaries_are_charged_recorded_and_merge_into_the_aberrant_flag
     site: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from semiofed.client.analysis.pipeline import SiteCalibration
-    from semiofed.client.anomaly import PURPOSE
+    from semiofed.client.anomaly import PURPOSE, THRESHOLD_PURPOSE
+    from semiofed.shared.analysis.openset import SEMIOLOGY_EVENTS
 
     states = {s: _state(tmp_path, f"state-{s}", 20.0) for s in ("a", "b")}
     public = ["--public-data", str(site["public"])]
@@ -322,4 +324,29 @@ def test_anomaly_summaries_are_charged_recorded_and_merge_into_the_aberrant_flag
     calib = SiteCalibration.load(merged)
     assert calib.openset is not None and calib.openset.space is not None
     assert "federated DP anomaly model of 2 sites" in calib.source
-    assert np.isfinite(calib.openset.threshold)
+    assert calib.openset.representation == SEMIOLOGY_EVENTS
+    public_threshold = calib.openset.threshold
+    assert np.isfinite(public_threshold)
+
+    # the threshold release under that model, then the merge that sets the threshold from it
+    for s in ("a", "b"):
+        data, _ = site[s]
+        share = ["site", "calibrate", "--model", str(site["model"]), "--data", str(data)]
+        share += ["--share", "anomaly-threshold", "--state", str(states[s]), *public]
+        share += ["--summary-out", str(tmp_path / f"h-{s}.json"), "--device", "cpu"]
+        assert main([*share, "--anomaly-model", str(merged)]) == 0
+        assert "2 noisy threshold sums" in capsys.readouterr().out
+        runs = PrivacyLedger(states[s]).load()["runs"]
+        assert [r["purpose"] for r in runs] == [PURPOSE, THRESHOLD_PURPOSE]
+    assert main(share) == 2  # no model to release under
+    assert "needs --anomaly-model" in capsys.readouterr().err
+    (tmp_path / "local.json").write_text(merged.read_text().replace(SEMIOLOGY_EVENTS, "embedding"))
+    assert main([*share, "--anomaly-model", str(tmp_path / "local.json")]) == 2
+    assert "not a federated semiology-event model" in capsys.readouterr().err
+    assert len(PrivacyLedger(states["b"]).load()["runs"]) == 2  # refused before any release
+    thresholds = [str(tmp_path / f"h-{s}.json") for s in "ab"]
+    assert main([*argv, *files, "--merge-anomaly-threshold", *thresholds]) == 0
+    final = SiteCalibration.load(merged).openset
+    assert final is not None and np.isfinite(final.threshold)
+    assert final.threshold != public_threshold  # set by the sites' release
+    assert final.means.tolist() == calib.openset.means.tolist()

@@ -268,14 +268,17 @@ def _federated_calibration(sites: tuple[str, ...]) -> dict:
     calibration result of the demo's shape."""
     import numpy as np
 
-    from semiofed.server.demo_privacy import federated_calibration
+    from semiofed.server.demo_privacy import ANOMALY_KINDS, federated_calibration
     from semiofed.shared.analysis import calibration as cal
-    from semiofed.shared.analysis.openset import OpenSetScorer, ProjectionSpace
+    from semiofed.shared.analysis.openset import SEMIOLOGY_EVENTS, OpenSetScorer, ProjectionSpace
     from semiofed.shared.labels import CLASSES
 
     space = ProjectionSpace(np.zeros(8), np.eye(8)[:, :4], 2.0)
-    scorer = OpenSetScorer([1, 3], np.ones((2, 4)), np.eye(4), threshold=1.75, space=space)
-    kinds = [*cal.FEDERATED_KINDS, "anomaly"]
+    scorer = OpenSetScorer(
+        [1, 3], np.ones((2, 4)), np.eye(4), threshold=1.75, space=space,
+        representation=SEMIOLOGY_EVENTS,
+    )  # fmt: skip
+    kinds = [*cal.FEDERATED_KINDS, *ANOMALY_KINDS]
     return federated_calibration(
         {
             "temperature": 1.3,
@@ -297,6 +300,7 @@ def _federated_calibration(sites: tuple[str, ...]) -> dict:
                 "scorer": scorer.to_dict(),
                 "classes": ["automatisms", "f2b"],
                 "threshold": 1.75,
+                "public_threshold": 1.5,
                 "flag_rate": 0.05,
                 "public_events": 40,
                 "noise_multiplier": 3.0,
@@ -327,8 +331,9 @@ def test_a_version_with_the_federated_calibration_and_anomaly_model_installs_the
     assert model.version == "v3"
     anomaly = model.card["anomaly"]
     site = anomaly["privacy"]["per_site"]["site-a"]
-    assert site["epsilon"] == pytest.approx(epsilon([(3.0, 1.0, 1)], 1e-5, "rdp"))
-    assert site["epsilon_total_after"] == 5.0  # the site's ledger after its anomaly summary
+    # its two releases (class sums, then the threshold) composed
+    assert site["epsilon"] == pytest.approx(epsilon([(3.0, 1.0, 1)] * 2, 1e-5, "rdp"))
+    assert site["epsilon_total_after"] == 6.0  # the site's ledger after its threshold release
     calib_alone = model.card["calibration"]["privacy"]["per_site"]["site-a"]["epsilon"]
     assert calib_alone == pytest.approx(epsilon([(3.0, 1.0, 3)], 1e-5, "rdp"))
     calib = SiteCalibration.load(state / "models" / "v3" / "calibration.json")
@@ -340,7 +345,7 @@ def test_a_version_with_the_federated_calibration_and_anomaly_model_installs_the
 
     auditor = {"Authorization": f"Bearer {setup.tokens['auditor']}"}
     page = tc.get("/versions/v3", headers=auditor).text
-    assert 'id="anomaly-privacy"' in page and "quantile of the event scores of 40" in page
+    assert 'id="anomaly-privacy"' in page and "a second DP release per site" in page
     assert "No anomaly model published" in tc.get("/versions/v1", headers=auditor).text
 
     (run / FEDERATED_CALIBRATION_FILE).write_text(
