@@ -44,7 +44,7 @@ import torch
 
 from semiofed.shared.dataset import PatientWindows
 from semiofed.shared.errors import SemioFedError
-from semiofed.shared.semiology_features import semiology_features
+from semiofed.shared.semiology_features import N_FEATURES, semiology_features
 
 from . import calibration as cal
 from .anomaly import (
@@ -101,7 +101,7 @@ def features_of_windows(x: dict[str, np.ndarray], mask: dict[str, np.ndarray]) -
                 f"m_{s}": torch.from_numpy(np.array(v[a : a + BATCH])) for s, v in mask.items()
             }
             out.append(semiology_features(batch).double().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    return np.concatenate(out) if out else np.zeros((0, N_FEATURES))
 
 
 def event_ids(p: PatientWindows) -> list:
@@ -125,10 +125,17 @@ def patient_events(
     p: PatientWindows, features: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(event feature rows (E, N_FEATURES), their classes (E,)) of a patient's annotated
-    seizure events (``features``: its windows' :func:`window_features`, computed if None)."""
-    f = window_features(p) if features is None else features
+    seizure events (``features``: its windows' :func:`window_features`; if None, computed for
+    its event windows only)."""
     groups = event_ids(p)
-    ids, rows = event_features(f, groups)
+    if features is None:
+        at = np.flatnonzero([g is not None for g in groups])
+        f = features_of_windows(
+            {k: v[at] for k, v in p.x.items()}, {k: v[at] for k, v in p.mask.items()}
+        )
+        ids, rows = event_features(f, [groups[i] for i in at])
+    else:
+        ids, rows = event_features(features, groups)
     first = {g: i for i, g in reversed(list(enumerate(groups))) if g is not None}
     return rows, np.array([int(p.y_type[first[g]]) for g in ids], dtype=np.int64)
 

@@ -24,6 +24,7 @@ from semiofed.shared.analysis.semiology_anomaly import (
     dp_threshold,
     dp_threshold_summary,
     event_ids,
+    features_of_windows,
     merge,
     patient_events,
     public_log_centre,
@@ -136,6 +137,12 @@ def test_events_are_runs_of_one_annotated_class(small_consortium: Path) -> None:
     sel = np.array([i == first for i in ids])
     assert np.allclose(rows[0], f[sel].mean(0)) and lab[0] == p.y_type[sel][0]
     assert {int(p.y_type[k]) for k in np.flatnonzero(sel)} == {lab[0]}
+    alone, lab_alone = patient_events(p)  # only the event windows' features computed
+    assert np.allclose(alone, rows) and (lab_alone == lab).all()
+    none = features_of_windows(
+        {k: v[:0] for k, v in p.x.items()}, {k: v[:0] for k, v in p.mask.items()}
+    )
+    assert none.shape == (0, D)  # no window: still D features wide (rows concatenate)
 
 
 def test_merge_drops_a_class_within_the_noise_and_refuses_a_bad_sigma() -> None:
