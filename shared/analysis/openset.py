@@ -1,8 +1,9 @@
-"""Aberrant seizures: an open-set score on the model's fused embedding.
+"""Aberrant seizures: an open-set scorer of class means and a covariance.
 
-Two fits share this scorer: the site's local one below (:meth:`OpenSetScorer.fit`, not DP,
-never leaves the site) and the federated DP anomaly model of :mod:`.anomaly` (class means
-and a diagonal covariance in a public :class:`ProjectionSpace`, from DP sums).
+Two fits share this scorer, told apart by its ``representation``: the site's local one below
+(:meth:`OpenSetScorer.fit` on the model's fused embedding, not DP, never leaves the site) and
+the published federated DP model of :mod:`.semiology_anomaly` (events' semiology features,
+class means from DP sums in a public :class:`ProjectionSpace`).
 
 Two complementary scores per window, each standardised (median / 1.4826·MAD) on windows of
 known-type events, then added:
